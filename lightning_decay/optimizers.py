@@ -1,0 +1,487 @@
+"""Adam with each weight-decay rule of :mod:`lightning_decay.decay_rules`, as ``torch.optim.Optimizer`` classes.
+
+Speed by construction:
+
+* ``AdamL2``, ``AdamW`` (both conventions) and ``ProxAdam`` are torch's own Adam/AdamW kernels (fused on CPU and
+  CUDA by default) run with the per-step learning rate and weight decay that make them exactly the rule
+  (:meth:`~lightning_decay.decay_rules.KernelDecayRule.kernel_settings`).
+* ``AdamP`` decays elementwise, which no torch kernel does; it runs a ``torch.compile``'d multi-tensor step whose
+  per-step scalars are tensors (no recompiles when the lr changes), and an eager path where compiling is
+  impossible (one warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_decay.decay_rules import (
+    AdamL2Rule,
+    AdamPRule,
+    AdamWPaperRule,
+    AdamWTorchRule,
+    DecayRule,
+    KernelDecayRule,
+    ProxAdamRule,
+    adam_denominator,
+    check_nonnegative,
+)
+
+__all__ = ["AdamL2", "AdamW", "ProxAdam", "AdamP", "DecayOptimizer", "VARIANTS", "resolve_variant"]
+
+log = logging.getLogger(__name__)
+
+#: Group key holding the lr a group was built with: the blog's alpha when no scheduler set ``initial_lr``.
+LR_AT_CONSTRUCTION = "lr_at_construction"
+
+ADAMW_DEFAULT_WEIGHT_DECAY = 1e-2  # torch.optim.AdamW's default, torch convention
+
+
+def _default_weight_decay(weight_decay: float | None, lr: float, per_unit_lr: bool) -> float:
+    """torch AdamW's default 1e-2; for rules whose decay is ``eta_t * wd``, the same decay at the initial lr."""
+    if weight_decay is not None:
+        return weight_decay
+    check_nonnegative("lr", lr)
+    return ADAMW_DEFAULT_WEIGHT_DECAY * (lr if per_unit_lr else 1.0)
+
+
+def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
+    """Validate a group's Adam settings; errors name the argument (and the group, when it is not the default)."""
+    for name in ("lr", "eps", "weight_decay"):
+        check_nonnegative(name, group[name], where)
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas{where} must be a pair (beta1, beta2), got {betas!r}")
+    for index, beta in enumerate(betas):
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+            raise TypeError(f"betas[{index}]{where} must be a real number, got {beta!r}")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"betas[{index}]{where} must be in [0, 1), got {beta!r}")
+
+
+def _group_label(optimizer: Optimizer, group: dict[str, Any]) -> str:
+    index = next((i for i, g in enumerate(optimizer.param_groups) if g is group), len(optimizer.param_groups))
+    name = group.get("name")
+    if index == 0 and len(optimizer.param_groups) <= 1 and name is None:
+        return ""
+    return f" (param group {index}{f' {name!r}' if name else ''})"
+
+
+def _fused_supported(params: list[Any]) -> bool:
+    """True when torch's fused Adam kernel can take every parameter (device type and floating dtype)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    tensors: list[Tensor] = []
+    for item in params:
+        if isinstance(item, dict):
+            tensors.extend(item["params"] if not isinstance(item["params"], Tensor) else [item["params"]])
+        elif isinstance(item, tuple):  # named parameters
+            tensors.append(item[1])
+        else:
+            tensors.append(item)
+    return bool(tensors) and all(
+        isinstance(t, Tensor) and t.device.type in devices and torch.is_floating_point(t) for t in tensors
+    )
+
+
+class DecayOptimizer:
+    """What every optimizer of this package shares: its decay rule, alpha bookkeeping and validation."""
+
+    decay_rule: DecayRule
+    param_groups: list[dict[str, Any]]
+
+    def initial_lr(self, group: dict[str, Any]) -> float:
+        """The blog's alpha: ``initial_lr`` set by a torch LR scheduler, else the lr the group was built with."""
+        return float(group.get("initial_lr", group[LR_AT_CONSTRUCTION]))
+
+    def schedule_multiplier(self, group: dict[str, Any]) -> float:
+        """``eta_t = lr_t / alpha`` for this group."""
+        return self.decay_rule.schedule_multiplier(group["lr"], self.initial_lr(group))
+
+    def decay_factor(self, group: dict[str, Any], denominator: Tensor | None = None) -> float | Tensor:
+        """This step's decay factor for ``group`` (elementwise rules need Adam's denominator)."""
+        return self.decay_rule.decay_factor(group["lr"], self.initial_lr(group), group["weight_decay"], denominator)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        where = _group_label(self, group)  # type: ignore[arg-type]
+        _check_hyperparameters(group, where)
+        try:
+            self.decay_rule.check(group["lr"], self.initial_lr(group), group["weight_decay"])
+        except ValueError as error:
+            raise ValueError(f"{error}{where}") from None
+
+    def _prepare_group(self, group: dict[str, Any]) -> None:
+        group.setdefault(LR_AT_CONSTRUCTION, group["lr"])
+        self._check_group(group)
+
+
+def _torch_adam_step(optimizer: torch.optim.Adam) -> None:
+    """torch's ``Adam.step`` without the step-hook wrapper torch adds once an Adam exists (ours already ran)."""
+    step = torch.optim.Adam.step
+    if getattr(step, "hooked", False):
+        step = step.__wrapped__
+    step(optimizer)
+
+
+class _KernelAdam(DecayOptimizer, torch.optim.Adam):
+    """torch's Adam run with the per-step ``(lr', wd')`` of a :class:`KernelDecayRule`."""
+
+    decay_rule: KernelDecayRule
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        rule: KernelDecayRule,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        amsgrad: bool,
+        *,
+        maximize: bool,
+        foreach: bool | None,
+        capturable: bool,
+        differentiable: bool,
+        fused: bool | None,
+    ) -> None:
+        self.decay_rule = rule
+        params = list(params)
+        if not params:
+            raise ValueError("params is empty: the optimizer got no parameters")
+        _check_hyperparameters({"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": betas}, "")
+        if fused is None and foreach is None and not differentiable and _fused_supported(params):
+            fused = True  # the fastest exact path: torch's fused kernel (memory-bandwidth bound)
+        decoupled = rule.kernel_settings(lr, lr, weight_decay).decoupled
+        super().__init__(
+            params,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=decoupled,
+        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._prepare_group(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict: no alpha stored
+            group.setdefault(LR_AT_CONSTRUCTION, group.get("initial_lr", group["lr"]))
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One step: every group is checked, then torch's kernel runs with the rule's settings."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        kernel_settings = []
+        for group in self.param_groups:
+            self._check_group(group)
+            kernel_settings.append(
+                self.decay_rule.kernel_settings(group["lr"], self.initial_lr(group), group["weight_decay"])
+            )
+        saved = [(group["lr"], group["weight_decay"]) for group in self.param_groups]
+        try:
+            for group, settings in zip(self.param_groups, kernel_settings):
+                group["lr"], group["weight_decay"] = settings.lr, settings.weight_decay
+            _torch_adam_step(self)
+        finally:
+            for group, (lr, weight_decay) in zip(self.param_groups, saved):
+                group["lr"], group["weight_decay"] = lr, weight_decay
+        return loss
+
+
+class AdamL2(_KernelAdam):
+    """Adam with an L2 penalty in the gradient: ``g <- g + wd * w``, then the Adam step.
+
+    Not scale-free: the penalty does not scale with the loss. torch's ``Adam(weight_decay=wd)``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-4,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params, AdamL2Rule(), lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+        )
+
+
+CONVENTIONS = {"torch": AdamWTorchRule, "paper": AdamWPaperRule}
+
+
+class AdamW(_KernelAdam):
+    """AdamW in either convention.
+
+    * ``convention="torch"`` (default; a drop-in for ``torch.optim.AdamW``): ``w <- (1 - lr_t*wd) w - lr_t u_t``.
+    * ``convention="paper"`` (Loshchilov & Hutter): ``w <- (1 - eta_t*wd) w - lr_t u_t``, ``eta_t = lr_t / alpha``.
+
+    ``weight_decay=None`` means torch's default 1e-2 in the torch convention and the same decay at the initial
+    lr in the paper convention (``1e-2 * lr``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        amsgrad: bool = False,
+        *,
+        convention: str = "torch",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
+        self.convention = convention
+        weight_decay = _default_weight_decay(weight_decay, lr, per_unit_lr=convention == "paper")
+        super().__init__(
+            params, CONVENTIONS[convention](), lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+            foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,
+        )
+
+
+class ProxAdam(_KernelAdam):
+    """Zhuang et al.'s proximal Adam: ``w <- (w - lr_t * u_t) / (1 + eta_t * wd)``, ``eta_t = lr_t / alpha``.
+
+    ``weight_decay=None`` means ``1e-2 * lr`` (torch AdamW's default decay at the initial lr).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        weight_decay = _default_weight_decay(weight_decay, lr, per_unit_lr=True)
+        super().__init__(
+            params, ProxAdamRule(), lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+        )
+
+
+def _adamp_multi_tensor_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    group_of_param: tuple[int, ...],
+    hyperparameters: Tensor,
+    maximize: bool,
+) -> None:
+    """One AdamP step over many tensors; ``hyperparameters[g] = (lr, wd, beta1, beta2, eps)`` of group g."""
+    rule = AdamPRule()
+    for param, grad, exp_avg, exp_avg_sq, step, group in zip(
+        params, grads, exp_avgs, exp_avg_sqs, steps, group_of_param
+    ):
+        lr, weight_decay, beta1, beta2, eps = hyperparameters[group].unbind()
+        if maximize:
+            grad = -grad
+        step += 1
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        exp_avg.mul_(beta1).add_(grad * (1 - beta1))
+        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        denominator = adam_denominator(exp_avg_sq, bias_correction2_sqrt, eps)
+        param.sub_(exp_avg / denominator * (lr / bias_correction1))
+        param.mul_(rule.decay_factor(lr, 0.0, weight_decay, denominator))
+
+
+class _CompiledStep:
+    """``torch.compile`` of a multi-tensor step, falling back (with one warning) to eager when compiling fails."""
+
+    _warned = False
+
+    def __init__(self, function: Callable[..., None]) -> None:
+        self.function = function
+        self.compiled: Callable[..., None] | None = None
+        self.failed = False
+        self.compile_seconds: float | None = None
+
+    def __call__(self, *args: Any, use_compile: bool) -> None:
+        if not use_compile or self.failed or torch.compiler.is_compiling():
+            self.function(*args)
+            return
+        if self.compiled is None:
+            self.compiled = torch.compile(self.function, fullgraph=True, dynamic=False)
+            started = time.perf_counter()
+            try:
+                self.compiled(*args)
+            except Exception as error:  # no C++ compiler, unsupported platform, ...
+                self.failed = True
+                if not _CompiledStep._warned:
+                    _CompiledStep._warned = True
+                    warnings.warn(
+                        f"AdamP: torch.compile of the fused step failed ({type(error).__name__}: {error}); "
+                        "using the slower eager multi-tensor step.",
+                        stacklevel=3,
+                    )
+                self.function(*args)
+                return
+            self.compile_seconds = time.perf_counter() - started
+            log.info("AdamP: first step (compiling the fused kernel) took %.1f s", self.compile_seconds)
+            return
+        self.compiled(*args)
+
+
+class AdamP(DecayOptimizer, Optimizer):
+    """The blog's AdamP (Decay No More, ICLR 2023 blog track) — not Heo et al. 2021's AdamP.
+
+    ``w <- (w - lr_t * m_hat / D) / (1 + lr_t * wd / D)`` with ``D = sqrt(v_hat) + eps``: the proximal step of
+    the plain squared norm in Adam's adaptive metric. The decay is elementwise and, unlike AdamW's, not
+    scale-free. ``fused=None``/``True`` runs a compiled multi-tensor kernel (first step compiles for seconds),
+    ``fused=False`` or ``foreach=True`` the same step eagerly.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        self.decay_rule = AdamPRule()
+        _check_hyperparameters({"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": betas}, "")
+        if fused and foreach:
+            raise ValueError("fused and foreach cannot both be True")
+        if fused is None:
+            fused = not foreach
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
+            fused=fused,
+        )
+        super().__init__(params, defaults)
+        self._kernel = _CompiledStep(_adamp_multi_tensor_step)
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """Seconds the first compiled step took (compilation included); None before it or without compiling."""
+        return self._kernel.compile_seconds
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._prepare_group(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault(LR_AT_CONSTRUCTION, group.get("initial_lr", group["lr"]))
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", True)
+        if not hasattr(self, "_kernel"):  # unpickled or deep-copied; load_state_dict keeps the compiled kernel
+            self._kernel = _CompiledStep(_adamp_multi_tensor_step)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_kernel", None)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One AdamP step over all groups (groups checked first)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._check_group(group)
+        by_device: dict[tuple[torch.device, bool], dict[str, list[Any]]] = {}
+        for index, group in enumerate(self.param_groups):
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError("AdamP does not support sparse gradients")
+                state = self.state[param]
+                if len(state) == 0:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                key = (param.device, bool(group["maximize"]))
+                lists = by_device.setdefault(key, {"p": [], "g": [], "m": [], "v": [], "s": [], "i": []})
+                lists["p"].append(param)
+                lists["g"].append(grad)
+                lists["m"].append(state["exp_avg"])
+                lists["v"].append(state["exp_avg_sq"])
+                lists["s"].append(state["step"])
+                lists["i"].append(index)
+        rows = [
+            [group["lr"], group["weight_decay"], group["betas"][0], group["betas"][1], group["eps"]]
+            for group in self.param_groups
+        ]
+        use_compile = all(group["fused"] for group in self.param_groups)
+        for (device, maximize), lists in by_device.items():
+            hyperparameters = torch.tensor(rows, dtype=torch.float64, device=device)
+            self._kernel(
+                lists["p"], lists["g"], lists["m"], lists["v"], lists["s"], tuple(lists["i"]), hyperparameters,
+                maximize, use_compile=use_compile,
+            )
+        return loss
+
+
+#: Variant name -> (optimizer class, fixed keyword arguments). The factory and the CLI resolve names here.
+VARIANTS: dict[str, tuple[type[Optimizer], dict[str, Any]]] = {
+    "adaml2": (AdamL2, {}),
+    "adamw": (AdamW, {"convention": "torch"}),
+    "adamw-paper": (AdamW, {"convention": "paper"}),
+    "proxadam": (ProxAdam, {}),
+    "adamp": (AdamP, {}),
+}
+
+
+def resolve_variant(name: str) -> tuple[type[Optimizer], dict[str, Any]]:
+    """``(optimizer class, fixed kwargs)`` of a variant name; ValueError listing the valid names on a typo."""
+    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
+    if key not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+    return VARIANTS[key]
