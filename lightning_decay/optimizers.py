@@ -302,31 +302,41 @@ class ProxAdam(_KernelAdam):
         )
 
 
+def _adamp_step_scalars(
+    steps: list[Tensor], group_of_param: list[int], hyperparameters: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """Advance the step counters and return each parameter's scalars as one ``(n, 7)`` tensor of ``dtype``.
+
+    Columns: ``lr_t / (1 - beta1^t)``, ``sqrt(1 - beta2^t)``, ``lr_t``, ``wd``, ``beta1``, ``beta2``, ``eps``.
+    Computed in float64 outside the elementwise kernel, so the kernel's inner loop only loads them.
+    """
+    torch._foreach_add_(steps, 1)
+    step = torch.stack(steps).to(hyperparameters.device, torch.float64)
+    index = torch.tensor(group_of_param, device=hyperparameters.device)
+    lr, weight_decay, beta1, beta2, eps = hyperparameters[index].unbind(1)
+    step_size = lr / (1 - beta1**step)
+    bias_correction2_sqrt = (1 - beta2**step).sqrt()
+    return torch.stack([step_size, bias_correction2_sqrt, lr, weight_decay, beta1, beta2, eps], dim=1).to(dtype)
+
+
 def _adamp_multi_tensor_step(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    group_of_param: tuple[int, ...],
-    hyperparameters: Tensor,
+    scalars: Tensor,
     maximize: bool,
 ) -> None:
-    """One AdamP step over many tensors; ``hyperparameters[g] = (lr, wd, beta1, beta2, eps)`` of group g."""
+    """One AdamP step over many tensors, given :func:`_adamp_step_scalars` (row i belongs to tensor i)."""
     rule = AdamPRule()
-    for param, grad, exp_avg, exp_avg_sq, step, group in zip(
-        params, grads, exp_avgs, exp_avg_sqs, steps, group_of_param
-    ):
-        lr, weight_decay, beta1, beta2, eps = hyperparameters[group].unbind()
+    for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        step_size, bias_correction2_sqrt, lr, weight_decay, beta1, beta2, eps = scalars[index].unbind()
         if maximize:
             grad = -grad
-        step += 1
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step).sqrt()
         exp_avg.mul_(beta1).add_(grad * (1 - beta1))
         exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
         denominator = adam_denominator(exp_avg_sq, bias_correction2_sqrt, eps)
-        param.sub_(exp_avg / denominator * (lr / bias_correction1))
+        param.sub_(exp_avg / denominator * step_size)
         param.mul_(rule.decay_factor(lr, 0.0, weight_decay, denominator))
 
 
@@ -434,7 +444,7 @@ class AdamP(DecayOptimizer, Optimizer):
                 loss = closure()
         for group in self.param_groups:
             self._check_group(group)
-        by_device: dict[tuple[torch.device, bool], dict[str, list[Any]]] = {}
+        by_device: dict[tuple[torch.device, torch.dtype, bool], dict[str, list[Any]]] = {}
         for index, group in enumerate(self.param_groups):
             for param in group["params"]:
                 grad = param.grad
@@ -447,7 +457,9 @@ class AdamP(DecayOptimizer, Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                key = (param.device, bool(group["maximize"]))
+                # float64 params compute in float64, everything else in float32 (bf16/fp16 upcast in the kernel)
+                dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+                key = (param.device, dtype, bool(group["maximize"]))
                 lists = by_device.setdefault(key, {"p": [], "g": [], "m": [], "v": [], "s": [], "i": []})
                 lists["p"].append(param)
                 lists["g"].append(grad)
@@ -460,12 +472,10 @@ class AdamP(DecayOptimizer, Optimizer):
             for group in self.param_groups
         ]
         use_compile = all(group["fused"] for group in self.param_groups)
-        for (device, maximize), lists in by_device.items():
+        for (device, dtype, maximize), lists in by_device.items():
             hyperparameters = torch.tensor(rows, dtype=torch.float64, device=device)
-            self._kernel(
-                lists["p"], lists["g"], lists["m"], lists["v"], lists["s"], tuple(lists["i"]), hyperparameters,
-                maximize, use_compile=use_compile,
-            )
+            scalars = _adamp_step_scalars(lists["s"], lists["i"], hyperparameters, dtype)
+            self._kernel(lists["p"], lists["g"], lists["m"], lists["v"], scalars, maximize, use_compile=use_compile)
         return loss
 
 

@@ -1,0 +1,99 @@
+"""Tests for lightning_decay.models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_decay.models import MODELS, ResNet20, SmallCNN, build_model
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_resnet20_param_count() -> None:
+    assert 260_000 <= n_params(ResNet20()) <= 280_000
+
+
+def test_resnet20_has_20_weight_layers_and_option_a_shortcuts() -> None:
+    model = ResNet20()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 19  # stem + 9 blocks x 2; option-A shortcuts add no 1x1 convs
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert len([m for m in model.modules() if isinstance(m, nn.Linear)]) == 1
+    assert [m.out_channels for m in (model.layer1[0].conv1, model.layer2[0].conv1, model.layer3[0].conv1)] == [
+        16,
+        32,
+        64,
+    ]
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_resnet20_batch_norm_switch(batch_norm: bool) -> None:
+    model = ResNet20(batch_norm=batch_norm)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert has_bn is batch_norm
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all((c.bias is not None) is (not batch_norm) for c in convs)
+    assert 260_000 <= n_params(model) <= 280_000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "size"), [({}, 32), ({"num_classes": 100}, 32), ({"width": 8, "batch_norm": False}, 32), ({}, 64)]
+)
+def test_resnet20_forward_shapes(kwargs: dict, size: int) -> None:
+    model = ResNet20(**kwargs)
+    out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, kwargs.get("num_classes", 10))
+    assert torch.isfinite(out).all()
+
+
+def test_resnet20_width_scales_params() -> None:
+    assert n_params(ResNet20(width=32)) > 3.5 * n_params(ResNet20(width=16))
+    ResNet20(width=5)(torch.randn(1, 3, 32, 32))  # odd widths: uneven zero padding in the shortcut
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_resnet20_zero_init_residual_blocks_start_as_identity(batch_norm: bool) -> None:
+    model = ResNet20(batch_norm=batch_norm, zero_init_residual=True).eval()
+    x = torch.relu(torch.randn(2, 16, 8, 8))
+    block = model.layer1[1]
+    if not batch_norm:
+        assert torch.equal(block.conv2.weight, torch.zeros_like(block.conv2.weight))
+    torch.testing.assert_close(block(x), x)
+
+
+def test_resnet20_backward() -> None:
+    model = ResNet20(width=4)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_small_cnn(batch_norm: bool) -> None:
+    model = SmallCNN(num_classes=7, channels=(8, 16, 16), batch_norm=batch_norm)
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 7)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) is batch_norm
+    assert n_params(SmallCNN()) < 10_000
+
+
+def test_small_cnn_rejects_bad_channels() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        SmallCNN(channels=())
+
+
+def test_build_model() -> None:
+    assert set(MODELS) == {"resnet20", "small_cnn"}
+    model = build_model("resnet20", num_classes=5, batch_norm=False)
+    assert isinstance(model, ResNet20) and model.fc.out_features == 5 and not model.batch_norm
+    assert isinstance(build_model("small_cnn", channels=(4,)), SmallCNN)
+    assert isinstance(build_model("ResNet20"), ResNet20)
+
+
+def test_build_model_typo_names_valid_models() -> None:
+    with pytest.raises(ValueError, match="resnet20") as info:
+        build_model("resnet2O")
+    assert "small_cnn" in str(info.value) and "resnet2O" in str(info.value)
