@@ -1,0 +1,6 @@
+"""``python -m lightning_decay`` runs the ``lightning-decay`` command."""
+
+from lightning_decay.cli import main
+
+if __name__ == "__main__":
+    main()
