@@ -1,0 +1,395 @@
+"""``DecayMixin``: one base class that gives a LightningModule its weight-decay optimizer and lr schedule.
+
+.. code-block:: python
+
+    class MyModel(DecayMixin, LightningModule):          # DecayMixin first
+        def __init__(self, hidden: int = 64, **kwargs):  # **kwargs reach DecayMixin (decay=..., optimizer_callable=...)
+            super().__init__(**kwargs)
+            self.save_hyperparameters()
+            ...
+
+    MyModel(decay=DecaySettings(optimizer="proxadam", lr=3e-4, weight_decay=0.1, warmup_steps=500))
+    MyModel(decay=DecaySettings(optimizer="adamw", decay_timescale_epochs=10))  # wd from the EMA timescale
+    MyModel().set_decay(optimizer="adamw-paper", weight_decay=1e-4)            # unchanged __init__
+
+Without settings the model trains with AdamW (torch convention, torch's default weight decay 1e-2), lr 1e-3,
+cosine decay over the fit, biases / norms / 1-D parameters without decay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from lightning_decay.conventions import decay_rule_of, steps_to_epochs, timescale_steps, weight_decay_for_timescale
+from lightning_decay.factory import (
+    build_optimizer_config,
+    check_optimizer_settings,
+    check_schedule_settings,
+    trainer_steps_per_epoch,
+)
+from lightning_decay.param_groups import DECAY, ParamGroupSettings
+
+__all__ = ["DecaySettings", "DecayMixin"]
+
+#: Settings that describe the optimizer itself; with ``optimizer_callable`` they belong in the callable.
+_OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "betas", "eps", "optimizer_kwargs")
+#: Settings of the built-in schedule; with ``lr_scheduler_callable`` they do not apply.
+_SCHEDULE_FIELDS = ("schedule", "warmup_steps", "warmup_ratio", "total_steps", "min_lr_ratio")
+
+
+@dataclass(frozen=True)
+class DecaySettings:
+    """Everything :class:`DecayMixin` needs to build the optimizer and schedule; validated on construction.
+
+    * ``optimizer``: a variant of :data:`~lightning_decay.optimizers.VARIANTS` (``adaml2``, ``adamw`` = torch
+      convention, ``adamw-paper``, ``proxadam``, ``adamp``, ...) or a dotted ``Optimizer`` class path (a class is
+      accepted and stored as its path).
+    * ``lr``: the peak learning rate ``alpha``. ``weight_decay``: in the variant's own convention (torch AdamW:
+      decay ``1 - lr_t*wd`` per step; paper AdamW and ProxAdam: ``1 - eta_t*wd``); ``None`` = the optimizer's
+      default (AdamW torch 1e-2, paper ``1e-2*lr``).
+    * ``decay_timescale_epochs`` (instead of ``weight_decay``): the EMA timescale of the decay in epochs (Wang &
+      Aitchison 2024), ``tau_epoch = 1 / (1 - f) / steps_per_epoch`` with ``f`` the variant's per-step decay
+      factor at the peak lr (torch AdamW: ``wd = 1 / (lr * tau_epoch * steps_per_epoch)``), resolved when the
+      trainer knows the steps per epoch.
+    * ``betas``, ``eps``: ``None`` = the optimizer's defaults; ``optimizer_kwargs``: other constructor arguments
+      (e.g. ``{"fused": False}``).
+    * ``schedule`` (``cosine`` | ``linear`` | ``constant``) after ``warmup_steps`` (or ``warmup_ratio`` of the
+      total) linear warmup, down to ``min_lr_ratio * lr`` at ``total_steps`` (default: the trainer's estimate),
+      stepped every optimizer step.
+    * ``groups``: the parameter groups (:class:`~lightning_decay.param_groups.ParamGroupSettings`).
+    * ``lr_scheduler_interval`` / ``lr_scheduler_monitor``: only for a ``lr_scheduler_callable`` (how often to
+      step it; the metric of a ``ReduceLROnPlateau``).
+
+    :meth:`to_dict` gives the plain form stored in ``hparams``; :meth:`coerce` reads it back.
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float | None = None
+    decay_timescale_epochs: float | None = None
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    total_steps: int | None = None
+    min_lr_ratio: float = 0.0
+    groups: ParamGroupSettings = field(default_factory=ParamGroupSettings)
+    lr_scheduler_interval: str = "epoch"
+    lr_scheduler_monitor: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self._normalize_and_check()
+        except (TypeError, ValueError) as error:
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"DecaySettings: {error}") from None
+
+    def _normalize_and_check(self) -> None:
+        if isinstance(self.optimizer, type):
+            object.__setattr__(self, "optimizer", f"{self.optimizer.__module__}.{self.optimizer.__qualname__}")
+        if not isinstance(self.optimizer, str):
+            raise TypeError(f"optimizer must be a variant name or a class path, got {type(self.optimizer).__name__}")
+        if self.betas is not None and not isinstance(self.betas, (str, bytes)):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        if not isinstance(self.optimizer_kwargs, Mapping):
+            raise TypeError(f"optimizer_kwargs must be a mapping, got {type(self.optimizer_kwargs).__name__}")
+        object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
+        object.__setattr__(self, "groups", ParamGroupSettings.coerce(self.groups))
+        check_schedule_settings(
+            self.schedule, self.warmup_steps, self.warmup_ratio, self.total_steps, self.min_lr_ratio
+        )
+        if self.lr_scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {self.lr_scheduler_interval!r}")
+        if self.lr_scheduler_monitor is not None and not isinstance(self.lr_scheduler_monitor, str):
+            raise TypeError(f"lr_scheduler_monitor must be a metric name, got {self.lr_scheduler_monitor!r}")
+        trial = check_optimizer_settings(
+            self.optimizer, self.lr, self.weight_decay, self.betas, self.eps, self.optimizer_kwargs
+        )
+        if self.decay_timescale_epochs is not None:
+            _check_timescale(self.decay_timescale_epochs, self.weight_decay, trial)
+
+    @classmethod
+    def coerce(cls, value: DecaySettings | Mapping[str, Any] | str | None) -> DecaySettings:
+        """Settings from themselves, their :meth:`to_dict` form (unknown keys: ValueError naming them), a variant
+        name, or ``None`` (the defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(optimizer=value)
+        if isinstance(value, Mapping):
+            valid = [f.name for f in fields(cls)]
+            unknown = [key for key in value if key not in valid]
+            if unknown:
+                raise ValueError(f"DecaySettings: unknown setting(s) {unknown}; valid: {valid}")
+            return cls(**value)
+        raise TypeError(f"decay must be DecaySettings, a mapping, a variant name or None, got {type(value).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (YAML- and ``torch.load(weights_only=True)``-safe) form, as stored in ``hparams["decay"]``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["betas"] = list(self.betas) if self.betas is not None else None
+        out["optimizer_kwargs"] = dict(self.optimizer_kwargs)
+        out["groups"] = self.groups.to_dict()
+        return out
+
+    def replace(self, **changes: Any) -> DecaySettings:
+        """A copy with ``changes`` (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_timescale(tau_epochs: Any, weight_decay: float | None, optimizer: Optimizer) -> None:
+    """``decay_timescale_epochs`` is a finite number > 0, exclusive with ``weight_decay``, and the optimizer's
+    decay rule has a timescale (not L2 or elementwise)."""
+    if isinstance(tau_epochs, bool) or not isinstance(tau_epochs, (int, float)):
+        raise TypeError(f"decay_timescale_epochs must be a real number, got {type(tau_epochs).__name__}")
+    if not (math.isfinite(tau_epochs) and tau_epochs > 0):
+        raise ValueError(f"decay_timescale_epochs must be a finite number > 0 (epochs), got {tau_epochs!r}")
+    if weight_decay is not None:
+        raise ValueError(
+            f"give weight_decay or decay_timescale_epochs, not both (got {weight_decay} and {tau_epochs})"
+        )
+    try:
+        weight_decay_for_timescale(1e6, float(optimizer.defaults["lr"]), decay_rule_of(optimizer))
+    except ValueError as error:
+        raise ValueError(f"decay_timescale_epochs: {error}") from None
+
+
+def _init_accepts(cls: type, name: str) -> bool:
+    parameters = inspect.signature(cls.__init__).parameters
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+class DecayMixin:
+    """Gives a ``LightningModule`` a ``configure_optimizers`` with a weight-decay variant, named parameter groups
+    and a warmup + cosine/linear/constant schedule: ``class MyModel(DecayMixin, LightningModule)``.
+
+    Arguments (keyword-only; a subclass passes them on with ``super().__init__(**kwargs)`` or names them):
+
+    * ``decay``: :class:`DecaySettings` (also a mapping of its fields or a variant name). Default: AdamW in the
+      torch convention with its default weight decay, lr 1e-3, cosine schedule.
+    * ``optimizer_callable``: LightningCLI dependency injection (``OptimizerCallable``, ``params -> Optimizer``);
+      it is called with the named parameter groups, so they survive. Set lr / weight_decay in it, not in
+      ``decay`` (ValueError otherwise). ``decay.decay_timescale_epochs`` still works when it builds one of this
+      package's optimizers.
+    * ``lr_scheduler_callable``: (``LRSchedulerCallable``) replaces the built-in schedule, stepped per
+      ``decay.lr_scheduler_interval``.
+
+    **LightningCLI.** Use the model's keys, never LightningCLI's top-level ``optimizer:``/``lr_scheduler:`` keys:
+    those build the optimizer on ``model.parameters()`` (one group: biases and norms decay, group names are lost)
+    and replace this ``configure_optimizers``. Either the settings (YAML ``model: {decay: {optimizer: proxadam,
+    lr: 3.0e-4, weight_decay: 0.1}}``, or ``--model.decay.optimizer proxadam``), or dependency injection
+    (``model: {optimizer_callable: {class_path: lightning_decay.AdamW, init_args: {lr: 0.01, weight_decay:
+    0.05}}}``, or ``--model.optimizer_callable lightning_decay.AdamW --model.optimizer_callable.lr 0.01``).
+    Prefer ``decay`` (one block, validated when the model is built, variants by name, timescales); use
+    ``optimizer_callable`` for an optimizer class outside ``VARIANTS`` whose arguments the CLI should document.
+
+    **Hyperparameters.** ``hparams["decay"]`` holds the settings as a plain dict (``save_hyperparameters()``
+    stores the ``decay`` argument; the mixin stores it itself when the model does not), so
+    ``load_from_checkpoint`` rebuilds the same optimizer configuration. When the model's ``__init__`` cannot take
+    ``decay`` (no such argument, no ``**kwargs``), the settings are restored from the checkpoint in
+    ``on_load_checkpoint``. Callables given in Python are not plain data: prefer
+    ``DecaySettings(optimizer="pkg.module.OptimizerClass", optimizer_kwargs=...)`` there; LightningCLI stores
+    callables as ``class_path``/``init_args`` and rebuilds them.
+
+    After ``configure_optimizers``, :attr:`resolved_decay` holds the resolved numbers (weight decay and
+    timescale per group, steps per epoch); they are logged as hyperparameters (``decay/...``) and printed once.
+    If the model defines its own ``configure_optimizers``, call :meth:`configure_decay_optimizers` (or
+    ``DecayMixin.configure_optimizers(self)``) from it.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        decay: DecaySettings = DecaySettings(),  # noqa: B008 - frozen: one shared instance is safe
+        optimizer_callable: OptimizerCallable | None = None,
+        lr_scheduler_callable: LRSchedulerCallable | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.decay_settings: DecaySettings = DecaySettings.coerce(decay)
+        self.optimizer_callable = optimizer_callable
+        self.lr_scheduler_callable = lr_scheduler_callable
+        self.resolved_decay: dict[str, Any] = {}
+        _check_callables(self.decay_settings, optimizer_callable, lr_scheduler_callable)
+        self.save_hyperparameters({"decay": self.decay_settings.to_dict()}, frame=inspect.currentframe())
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if LightningModule in mro and mro.index(LightningModule) < mro.index(DecayMixin):
+            raise TypeError(
+                f"{cls.__name__}: list DecayMixin before LightningModule (class {cls.__name__}(DecayMixin, "
+                "LightningModule)); otherwise LightningModule hides the mixin's __init__ and configure_optimizers"
+            )
+
+    def save_hyperparameters(self, *args: Any, frame: Any = None, **kwargs: Any) -> None:
+        """LightningModule's ``save_hyperparameters``, with :class:`DecaySettings` values stored as plain dicts."""
+        if frame is None:
+            frame = inspect.currentframe().f_back  # type: ignore[union-attr]
+        super().save_hyperparameters(*args, frame=frame, **kwargs)  # type: ignore[misc]
+        for store in (self.hparams, getattr(self, "_hparams_initial", {})):  # type: ignore[attr-defined]
+            for key, value in list(store.items()):
+                if isinstance(value, DecaySettings):
+                    store[key] = value.to_dict()
+
+    def set_decay(self, decay: DecaySettings | Mapping[str, Any] | str | None = None, **changes: Any) -> DecayMixin:
+        """Replace the settings (``decay``) and/or change some (``changes``, e.g. ``lr=3e-4``); updates
+        ``hparams["decay"]``. Returns ``self``."""
+        settings = DecaySettings.coerce(decay) if decay is not None else self.decay_settings
+        if changes:
+            settings = settings.replace(**changes)
+        _check_callables(settings, self.optimizer_callable, self.lr_scheduler_callable)
+        self.decay_settings = settings
+        for store in (self.hparams, getattr(self, "_hparams_initial", None)):  # type: ignore[attr-defined]
+            if store is not None:
+                store["decay"] = settings.to_dict()
+        return self
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore ``hparams["decay"]`` in ``load_from_checkpoint`` when ``__init__`` could not take it."""
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        saved = checkpoint.get("hyper_parameters", {}).get("decay")
+        if saved is not None and self._trainer is None and not _init_accepts(type(self), "decay"):  # type: ignore[attr-defined]
+            self.set_decay(saved)
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """The optimizer on named parameter groups and its per-step schedule (:meth:`configure_decay_optimizers`)."""
+        return self.configure_decay_optimizers()
+
+    def configure_decay_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """Build the optimizer and schedule from the settings (resolving a timescale in epochs with the trainer's
+        steps per epoch) and report the resolved weight decay."""
+        settings = self.decay_settings
+        trainer = self._trainer  # type: ignore[attr-defined]
+        steps_per_epoch = None
+        if settings.decay_timescale_epochs is not None:
+            if trainer is None:
+                raise ValueError("decay_timescale_epochs needs the trainer (the steps per epoch): call it during fit")
+            steps_per_epoch = trainer_steps_per_epoch(trainer)
+        injected = self.optimizer_callable is not None
+        config = build_optimizer_config(
+            self,  # type: ignore[arg-type]
+            self.optimizer_callable if injected else settings.optimizer,
+            None if injected else settings.lr,
+            None if injected else settings.weight_decay,
+            decay_timescale_epochs=settings.decay_timescale_epochs,
+            steps_per_epoch=steps_per_epoch,
+            betas=None if injected else settings.betas,
+            eps=None if injected else settings.eps,
+            optimizer_kwargs=None if injected else settings.optimizer_kwargs,
+            groups=settings.groups,
+            schedule=settings.schedule,
+            warmup_steps=settings.warmup_steps,
+            warmup_ratio=settings.warmup_ratio,
+            total_steps=settings.total_steps,
+            min_lr_ratio=settings.min_lr_ratio,
+            lr_scheduler=self.lr_scheduler_callable,
+            lr_scheduler_interval=settings.lr_scheduler_interval,
+            lr_scheduler_monitor=settings.lr_scheduler_monitor,
+            trainer=trainer,
+        )
+        self._report_decay(config["optimizer"], steps_per_epoch)
+        return config
+
+    def _report_decay(self, optimizer: Optimizer, steps_per_epoch: int | None) -> None:
+        """Fill :attr:`resolved_decay`, log it as hyperparameters and print it once (rank zero)."""
+        settings = self.decay_settings
+        resolved: dict[str, Any] = {"decay/optimizer": type(optimizer).__name__}
+        if steps_per_epoch is not None:
+            resolved["decay/steps_per_epoch"] = steps_per_epoch
+            resolved["decay/timescale_epochs"] = settings.decay_timescale_epochs
+        lines = []
+        for index, group in enumerate(optimizer.param_groups):
+            name = group.get("name", f"pg{index + 1}")
+            lr = float(group.get("initial_lr", group["lr"]))
+            weight_decay = float(group["weight_decay"])
+            resolved[f"decay/weight_decay/{name}"] = weight_decay
+            count = sum(p.numel() for p in group["params"])
+            line = f"  {name}: {len(group['params'])} tensors, {count:,} parameters, weight_decay={weight_decay:.6g}"
+            line += f" at lr={lr:.6g}"
+            try:
+                tau = timescale_steps(weight_decay, lr, decay_rule_of(optimizer, group))
+            except (ValueError, TypeError):
+                tau = None  # no scalar timescale (L2, elementwise) or not one of this package's optimizers
+            if tau is not None and math.isfinite(tau):
+                resolved[f"decay/timescale_steps/{name}"] = tau
+                line += f", timescale {tau:.6g} steps"
+                if steps_per_epoch is not None:
+                    tau_epochs = steps_to_epochs(tau, steps_per_epoch)
+                    resolved[f"decay/timescale_epochs/{name}"] = tau_epochs
+                    line += f" = {tau_epochs:.6g} epochs"
+            lines.append(line)
+        if f"decay/weight_decay/{DECAY}" in resolved:
+            resolved["decay/weight_decay"] = resolved[f"decay/weight_decay/{DECAY}"]
+        self.resolved_decay = resolved
+        header = f"{type(self).__name__}: {type(optimizer).__name__}"
+        if steps_per_epoch is not None:
+            header += (
+                f", decay timescale {settings.decay_timescale_epochs:g} epochs at {steps_per_epoch} steps/epoch; "
+                "parameter groups:"
+            )
+        else:
+            header += ", parameter groups:"
+        rank_zero_info("\n".join([header, *lines]))
+        trainer = self._trainer  # type: ignore[attr-defined]
+        for logger in trainer.loggers if trainer is not None else []:
+            logger.log_hyperparams(resolved)
+
+
+def _check_callables(
+    settings: DecaySettings,
+    optimizer_callable: OptimizerCallable | None,
+    lr_scheduler_callable: LRSchedulerCallable | None,
+) -> None:
+    """Callables are callable, build what they should, and do not fight with ``decay`` settings."""
+    defaults = DecaySettings()
+    trial = None
+    if optimizer_callable is not None:
+        if not callable(optimizer_callable):
+            raise TypeError(f"optimizer_callable must be callable (params -> Optimizer), got {optimizer_callable!r}")
+        changed = [name for name in _OPTIMIZER_FIELDS if getattr(settings, name) != getattr(defaults, name)]
+        if changed:
+            raise ValueError(
+                f"decay.{', decay.'.join(changed)} would be ignored: with optimizer_callable, set the optimizer's "
+                "arguments in the callable (its init_args)"
+            )
+        trial = check_optimizer_settings(optimizer_callable)
+        if settings.decay_timescale_epochs is not None:
+            _check_timescale(settings.decay_timescale_epochs, None, trial)
+    if lr_scheduler_callable is not None:
+        if not callable(lr_scheduler_callable):
+            raise TypeError(
+                f"lr_scheduler_callable must be callable (optimizer -> scheduler), got {lr_scheduler_callable!r}"
+            )
+        changed = [name for name in _SCHEDULE_FIELDS if getattr(settings, name) != getattr(defaults, name)]
+        if changed:
+            raise ValueError(
+                f"decay.{', decay.'.join(changed)} would be ignored: they set the built-in schedule, which "
+                "lr_scheduler_callable replaces"
+            )
+        if trial is None:
+            trial = check_optimizer_settings(
+                settings.optimizer, settings.lr, settings.weight_decay, settings.betas, settings.eps,
+                settings.optimizer_kwargs,
+            )
+        scheduler = lr_scheduler_callable(trial)
+        if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
+            raise TypeError(f"lr_scheduler_callable returned {type(scheduler).__name__}, not an LR scheduler")
+        if isinstance(scheduler, ReduceLROnPlateau) and not settings.lr_scheduler_monitor:
+            raise ValueError("decay.lr_scheduler_monitor: ReduceLROnPlateau needs the metric to monitor")
