@@ -36,7 +36,8 @@ def read_metrics_csv(path: str | Path) -> Series:
 
 
 def plot_diagnostics(series: Series, path: str | Path, max_layers: int = 12) -> Path:
-    """Two panels (weight norms per layer, decay factor per group) and the lr, against the step; returns ``path``."""
+    """Three panels against the step: per-layer weight norms (relative to the first logged value), the per-step
+    decay ``1 - factor`` per param group, and the lr. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,8 +53,11 @@ def plot_diagnostics(series: Series, path: str | Path, max_layers: int = 12) -> 
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for key in norms + (["weight_norm/total"] if "weight_norm/total" in series else []):
         steps, values = zip(*series[key])
-        axes[0].plot(steps, values, label=key.removeprefix("weight_norm/"), lw=2.5 if key.endswith("total") else 1.2)
-    axes[0].set(title=f"weight norm per layer (largest {len(norms)})", xlabel="step", ylabel="L2 norm", yscale="log")
+        relative = [v / values[0] if values[0] else float("nan") for v in values]
+        axes[0].plot(steps, relative, label=key.removeprefix("weight_norm/"), lw=2.5 if key.endswith("total") else 1.2)
+    axes[0].set(
+        title=f"weight norm / first logged value (largest {len(norms)} layers)", xlabel="step", ylabel="|w_t| / |w_0|"
+    )
     for key in factors:
         steps, values = zip(*series[key])
         axes[1].plot(steps, [1.0 - v for v in values], label=key.removeprefix("decay_factor/"))
