@@ -1,6 +1,8 @@
 """``python -m lightning_decay`` runs the ``lightning-decay`` command."""
 
+import sys
+
 from lightning_decay.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

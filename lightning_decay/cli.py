@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-__all__ = ["DecayCLI", "main"]
+__all__ = ["DecayCLI", "main", "run_cli"]
 
 
 class DecayCLI(LightningCLI):
@@ -33,13 +32,8 @@ class DecayCLI(LightningCLI):
             parser.error(f"invalid configuration: {error}")
 
 
-def main(args: ArgsType = None) -> Any:
-    """Entry point of the ``lightning-decay`` console script and ``python -m lightning_decay``."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "sweep":
-        from lightning_decay.sweep import main as sweep_main
-
-        return sweep_main(argv[1:])
+def run_cli(args: ArgsType = None) -> DecayCLI:
+    """Run a LightningCLI subcommand (fit / validate / test / predict) and return the CLI (trainer, model, ...)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     return DecayCLI(
         LightningModule,
@@ -47,5 +41,16 @@ def main(args: ArgsType = None) -> Any:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=None if args is None else argv,
+        args=args,
     )
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``lightning-decay`` console script and ``python -m lightning_decay``; the exit code."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "sweep":
+        from lightning_decay.sweep import main as sweep_main
+
+        return int(sweep_main(argv[1:]) or 0)
+    run_cli(None if args is None else argv)
+    return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_decay.cli import main
+from lightning_decay.cli import main, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -46,7 +46,7 @@ def config_args(path: Path) -> list[str]:
 def test_every_config_trains_two_steps(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cli = main(["fit", *config_args(path)])
+    cli = run_cli(["fit", *config_args(path)])
     assert cli.trainer.global_step == 2
     content = yaml.safe_load(path.read_text())
     variant = (((content.get("model") or {}).get("init_args") or {}).get("decay") or {}).get("optimizer")

@@ -1,0 +1,388 @@
+"""The sweep runner: grid validation, the results store, pictures, and a real 2 x 2 sweep end to end.
+
+The end-to-end test trains :class:`tests.sweep_toy.ToyClassifier` on the tiny JPEG set of ``conftest.py`` (40
+train / 20 test images) in real cell processes: it interrupts a sweep with SIGINT, kills another with SIGKILL in
+the middle of a cell, resumes (running exactly the unfinished cells), and re-runs with nothing to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lightning_decay.heatmaps import plot_sweep
+from lightning_decay.sweep import (
+    GridError,
+    GridSpec,
+    check_cells,
+    load_results,
+    result_tables,
+    run_sweep,
+    write_wandb_sweeps,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_base_config(folder: Path, data_dir: Path, step_delay: float = 0.0) -> Path:
+    path = folder / "base.yaml"
+    config = {
+        "model": {"class_path": "tests.sweep_toy.ToyClassifier", "init_args": {"step_delay": step_delay}},
+        "data": {
+            "class_path": "lightning_decay.data.CIFAR10DataModule",
+            "init_args": {"data_dir": str(data_dir), "batch_size": 8, "augment": True},
+        },
+        "trainer": {
+            "max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+            "enable_checkpointing": False, "log_every_n_steps": 1,
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def write_grid(folder: Path, text: str) -> Path:
+    path = folder / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+GRID_2X2 = """
+name: toy2x2
+configs: base.yaml
+variant_key: model.init_args.variant
+variants: [adamw]
+axes:
+  lr: {key: model.init_args.lr, values: [1e-3, 3e-2]}
+  weight_decay: {key: model.init_args.weight_decay, values: [0.0, 1e-2]}
+overrides:
+  trainer.max_epochs: 2
+output: OUTPUT
+"""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The grid file
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def base_dir(tmp_path: Path, cifar_jpeg_tar: Path) -> Path:
+    write_base_config(tmp_path, cifar_jpeg_tar)
+    return tmp_path
+
+
+def test_grid_cells_ids_and_arguments(base_dir: Path) -> None:
+    grid = GridSpec.load(write_grid(base_dir, GRID_2X2.replace("OUTPUT", str(base_dir / "out"))))
+    assert grid.axis("lr").values == (1e-3, 3e-2)  # YAML 1.1 reads 1e-3 as a string: converted to a number
+    cells = grid.cells()
+    assert [c.id for c in cells] == [
+        "adamw__lr=0.001__weight_decay=0.0",
+        "adamw__lr=0.001__weight_decay=0.01",
+        "adamw__lr=0.03__weight_decay=0.0",
+        "adamw__lr=0.03__weight_decay=0.01",
+    ]
+    assert grid.cell_args(cells[1]) == [
+        "--config", str((base_dir / "base.yaml").resolve()),
+        "--trainer.max_epochs=2",
+        "--model.init_args.variant=adamw",
+        "--model.init_args.lr=0.001",
+        "--model.init_args.weight_decay=0.01",
+    ]
+    assert grid.output == base_dir / "out"
+
+
+def test_fingerprint_follows_config_content_not_formatting(base_dir: Path) -> None:
+    grid_path = write_grid(base_dir, GRID_2X2.replace("OUTPUT", "out"))
+    cell = GridSpec.load(grid_path).cells()[0]
+    before = GridSpec.load(grid_path).fingerprint(cell)
+    base = base_dir / "base.yaml"
+    base.write_text("# a comment\n" + base.read_text())
+    assert GridSpec.load(grid_path).fingerprint(cell) == before
+    base.write_text(base.read_text().replace("max_epochs: 2", "max_epochs: 3"))
+    assert GridSpec.load(grid_path).fingerprint(cell) != before
+    assert GridSpec.load(grid_path).fingerprint(GridSpec.load(grid_path).cells()[1]) != before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("name: toy2x2", "name: toy2x2\nlearning_rate: 1"), "unknown key.*learning_rate"),
+        (("variants: [adamw]", "variants: []"), "variants: is empty"),
+        (("variants: [adamw]", "variants: [adamw, adamw]"), "'adamw' appears twice"),
+        (("variant_key: model.init_args.variant\nvariants: [adamw]", "variants: [adamw, adamp]"), "identical settings"),
+        (("values: [1e-3, 3e-2]", "values: []"), "axes.lr.values: must be a non-empty list"),
+        (("values: [1e-3, 3e-2]", "values: [1e-3, 1e-3]"), "axes.lr.values: has duplicates"),
+        (("overrides:", "  loss_scale: [1, 10]\noverrides:"), r"axes.loss_scale.key: missing"),
+        (("configs: base.yaml", "configs: missing.yaml"), "configs: config file 'missing.yaml' not found"),
+        (("overrides:", "plot: {x: momentum}\noverrides:"), "plot.x: 'momentum' is not an axis"),
+        (("overrides:", "metrics: {acc: val/acc}\noverrides:"), "metrics: must be a mapping with keys"),
+        (("overrides:", "jobs: 0\noverrides:"), "jobs: must be an int >= 1"),
+        (("variants: [adamw]", "variants: [{name: adamw, config: x.yaml}]"), r"variants.adamw: must be a mapping"),
+    ],
+)
+def test_grid_errors_name_the_key(base_dir: Path, change: tuple[str, str], message: str) -> None:
+    text = GRID_2X2.replace("OUTPUT", "out")
+    assert change[0] in text
+    text = text.replace(change[0], change[1], 1)
+    with pytest.raises(GridError, match=message):
+        GridSpec.load(write_grid(base_dir, text))
+
+
+def test_variants_with_config_files_and_extra_axis(base_dir: Path) -> None:
+    (base_dir / "adamp.yaml").write_text("model:\n  init_args:\n    variant: adamp\n")
+    text = """
+configs: [base.yaml]
+variants:
+  adamw: {overrides: {model.init_args.variant: adamw}}
+  adamp: {configs: adamp.yaml}
+axes:
+  lr: [0.001]
+  weight_decay: [0.0]
+  loss_scale: {key: model.init_args.width, values: [4, 8]}
+"""
+    grid = GridSpec.load(write_grid(base_dir, text))
+    assert grid.name == "grid"
+    assert grid.output == Path("outputs/sweeps/grid")
+    cells = grid.cells()
+    assert len(cells) == 4
+    assert cells[2].id == "adamp__lr=0.001__weight_decay=0.0__loss_scale=4"
+    args = grid.cell_args(cells[2])
+    assert args[:4] == ["--config", str((base_dir / "base.yaml").resolve()), "--config", str(base_dir / "adamp.yaml")]
+    assert args[-1] == "--model.init_args.width=4"
+
+
+def test_check_cells_rejects_a_wrong_cli_key(base_dir: Path) -> None:
+    text = GRID_2X2.replace("OUTPUT", "out").replace("key: model.init_args.weight_decay", "key: model.init_args.wd")
+    grid = GridSpec.load(write_grid(base_dir, text))
+    with pytest.raises(GridError, match=r"(?s)cell adamw__lr=0.001__weight_decay=0.0: .*Option .wd. is not accepted"):
+        check_cells(grid, grid.cells())
+    bad_variant = GRID_2X2.replace("OUTPUT", "out").replace("variants: [adamw]", "variants: [adamx]")
+    grid = GridSpec.load(write_grid(base_dir, bad_variant))
+    with pytest.raises(GridError, match="unknown variant 'adamx'"):
+        check_cells(grid, grid.cells())
+
+
+def test_default_keys_fit_the_package_classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default axis keys and the variant configs of configs/ are accepted by ImageClassifier's LightningCLI."""
+    monkeypatch.setenv("WANDB_MODE", "offline")  # quickstart.yaml's AutoWandbLogger is instantiated by the check
+    text = f"""
+configs: [{REPO / "configs" / "quickstart.yaml"}]
+variant_key: model.init_args.decay.optimizer
+variants:
+  adamw: {{}}
+  adamp: {{configs: [{REPO / "configs" / "adamp.yaml"}]}}
+axes:
+  lr: [1.0e-3, 1.0e-2]
+  weight_decay: [1.0e-4]
+  loss_scale: {{key: model.init_args.loss_scale, values: [1, 100]}}
+overrides:
+  model.init_args.architecture: small_cnn
+"""
+    grid = GridSpec.load(write_grid(tmp_path, text))
+    assert grid.axis("lr").key == "model.init_args.decay.lr"
+    assert grid.axis("weight_decay").key == "model.init_args.decay.weight_decay"
+    check_cells(grid, grid.cells())
+    negative = GridSpec.load(write_grid(tmp_path, text.replace("lr: [1.0e-3, 1.0e-2]", "lr: [-1.0]")))
+    with pytest.raises(GridError, match="(?s)cell adamw__lr=-1.0__.*lr"):
+        check_cells(negative, negative.cells())
+
+
+def test_wandb_sweep_files(base_dir: Path) -> None:
+    grid = GridSpec.load(write_grid(base_dir, GRID_2X2.replace("OUTPUT", str(base_dir / "out"))))
+    paths = write_wandb_sweeps(grid)
+    assert [p.name for p in paths] == ["wandb_sweep.yaml", "wandb_sweep.fit.adamw.yaml"]
+    everything = yaml.safe_load(paths[0].read_text())
+    assert everything["method"] == "grid"
+    assert everything["metric"] == {"name": "test/acc", "goal": "maximize"}
+    assert everything["parameters"] == {
+        "variant": {"values": ["adamw"]}, "lr": {"values": [1e-3, 3e-2]}, "weight_decay": {"values": [0.0, 1e-2]},
+    }
+    command = everything["command"]
+    assert command[1:4] == ["lightning-decay", "sweep", "cell"] and command[-1] == "${args}"
+    assert str(grid.path.resolve()) in command
+    fit = yaml.safe_load(paths[1].read_text())
+    assert set(fit["parameters"]) == {"model.init_args.lr", "model.init_args.weight_decay"}
+    assert fit["command"][1:3] == ["lightning-decay", "fit"]
+    assert "--model.init_args.variant=adamw" in fit["command"] and fit["command"][-1] == "${args}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results tables and pictures (synthetic rows, no training)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def synthetic_rows() -> list[dict]:
+    rows = []
+    for variant, best_lr in (("adamw", 1e-3), ("adamp", 1e-2)):
+        for scale in (1, 10):
+            for lr in (1e-3, 1e-2, 1e-1):
+                for wd in (1e-4, 1e-3):
+                    for seed in (0, 1):
+                        accuracy = 0.9 - 0.2 * abs(np.log10(lr / best_lr)) + 0.01 * seed
+                        rows.append({
+                            "cell": f"{variant}-{scale}-{lr}-{wd}-{seed}", "variant": variant, "lr": lr,
+                            "weight_decay": wd, "loss_scale": scale, "seed": seed, "status": "ok",
+                            "accuracy": accuracy, "weight_norm": 10 * scale / (1 + 1000 * wd), "train_loss": 0.1,
+                            "norm_history": [{"epoch": e, "weight_norm": 10 + e * scale} for e in range(3)],
+                            "axes": ["lr", "weight_decay", "loss_scale", "seed"], "test/acc": accuracy,
+                        })
+    rows.append({**rows[0], "cell": "failed", "status": "error", "accuracy": None})
+    return rows
+
+
+def test_result_tables_average_seeds_and_split_extra_axes() -> None:
+    tables = result_tables(synthetic_rows())
+    assert [t.label for t in tables] == [
+        "adamw, loss_scale=1", "adamw, loss_scale=10", "adamp, loss_scale=1", "adamp, loss_scale=10",
+    ]
+    table = tables[0]
+    assert table.x_values == [1e-3, 1e-2, 1e-1] and table.y_values == [1e-4, 1e-3]
+    assert table.values.shape == (2, 3)
+    assert table.values[0, 0] == pytest.approx(0.905)  # mean of the two seeds
+    assert (table.counts == 2).all()
+    assert len(table.rows) == 12  # the failed row is left out
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    plots = plot_sweep(synthetic_rows(), tmp_path)
+    assert set(plots) == {"heatmap_accuracy", "heatmap_norm", "norm_curves"}
+    for path in plots.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------------------------------------------
+# End to end: real cells in real processes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_sweep(grid_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightning_decay.sweep", "--config", str(grid_path), "--jobs", "1", "--no-check"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def status(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text())["status"]
+    except (OSError, ValueError):
+        return None
+
+
+def lock_pids(path: Path) -> list[int]:
+    try:
+        return json.loads(path.read_text())["pids"]
+    except (OSError, ValueError):
+        return []
+
+
+def process_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (exited, waiting for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sweep_end_to_end_interrupt_kill_resume(
+    tmp_path: Path, cifar_jpeg_tar: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")  # never online from a test, whatever credentials the machine has
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    write_base_config(tmp_path, cifar_jpeg_tar, step_delay=0.02)
+    output = tmp_path / "out"
+    grid_path = write_grid(tmp_path, GRID_2X2.replace("OUTPUT", str(output)))
+    grid = GridSpec.load(grid_path)
+    cells = [c.id for c in grid.cells()]
+    result = {cid: output / "cells" / cid / "result.json" for cid in cells}
+    lock = {cid: output / "cells" / cid / "lock" for cid in cells}
+
+    # 1. Ctrl-C after the first cell: the running cell is stopped, its lock released, the finished cell kept.
+    sweep = start_sweep(grid_path)
+    wait_for(lambda: result[cells[0]].exists(), 120, "the first cell")
+    wait_for(lambda: lock[cells[1]].exists(), 30, "the second cell to start")
+    sweep.send_signal(signal.SIGINT)
+    out, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, out
+    assert "interrupted" in out and "[1/4] adamw__lr=0.001__weight_decay=0.0 ok" in out
+    assert json.loads(result[cells[0]].read_text())["status"] == "ok"
+    assert not any(path.exists() for path in lock.values())
+    assert not result[cells[1]].exists() or json.loads(result[cells[1]].read_text())["status"] == "interrupted"
+
+    # 2. A crash: SIGKILL the sweep while cell 3 runs. Its process dies with the sweep; its lock stays, stale.
+    sweep = start_sweep(grid_path)
+    wait_for(lambda: status(result[cells[1]]) == "ok", 120, "the second cell")
+    wait_for(lambda: len(lock_pids(lock[cells[2]])) == 2, 30, "the third cell to start")
+    child = json.loads(lock[cells[2]].read_text())["pids"][1]
+    sweep.kill()
+    sweep.communicate(timeout=30)
+    wait_for(lambda: not process_running(child), 30, "the orphaned cell process to exit")
+    assert lock[cells[2]].exists()
+    assert not result[cells[2]].exists() or json.loads(result[cells[2]].read_text())["status"] != "ok"
+    stamps = {cid: result[cid].stat().st_mtime_ns for cid in cells[:2]}
+
+    # 3. Resume (with W&B offline): only the two unfinished cells run, the finished ones are untouched.
+    lines: list[str] = []
+    grid_wandb = dataclasses.replace(grid, wandb={})
+    summary = run_sweep(grid_wandb, jobs=2, log=lines.append)
+    assert summary.skipped == cells[:2]
+    assert sorted(summary.ran) == sorted(cells[2:])
+    assert summary.failed == [] and summary.exit_code == 0
+    assert {cid: result[cid].stat().st_mtime_ns for cid in cells[:2]} == stamps
+    assert any(line.startswith("[4/4] ") and "ETA 00:00" in line for line in lines), lines
+    assert any("img/s" in line for line in lines)
+
+    rows = load_results(output)
+    assert [r["cell"] for r in rows] == cells
+    for row in rows:
+        assert row["status"] == "ok"
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["train_loss"] > 0 and row["weight_norm"] > 0
+        # 2 epochs x 5 steps of 8 images, each step sleeping 0.02 s; the first step is not timed
+        assert row["train_s"] >= 9 * 0.02
+        assert 0 < row["images_per_s"] <= 8 / 0.02
+        assert [h["epoch"] for h in row["norm_history"]] == [0, 1, 2]
+        assert row["norm_history"][-1]["weight_norm"] == pytest.approx(row["weight_norm"], rel=1e-5)
+        assert row["accuracy"] == row["test/acc"] and row["train_loss"] == row["train/loss"]
+    csv_lines = (output / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 5 and csv_lines[0].startswith("cell,variant,lr,weight_decay,status,accuracy")
+    for name in ("heatmap_accuracy.png", "heatmap_norm.png", "norm_curves.png"):
+        assert (output / name).stat().st_size > 5_000
+    decoupling = json.loads((output / "decoupling.json").read_text())
+    assert 0 < decoupling["panels"]["adamw"]["rectangularity"] <= 1
+    assert (output / "wandb_sweep.yaml").exists()
+    for cid in cells[2:]:  # the resumed cells logged to W&B offline runs, grouped by the sweep name
+        assert list((output / "cells" / cid / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert list((output / "wandb").glob("offline-run-*/run-*.wandb"))  # the summary run with the pictures
+
+    # 4. Nothing left to do: nothing runs, nothing is rewritten.
+    stamps = {cid: result[cid].stat().st_mtime_ns for cid in cells}
+    summary = run_sweep(grid, log=lines.append)
+    assert summary.ran == [] and summary.skipped == cells
+    assert {cid: result[cid].stat().st_mtime_ns for cid in cells} == stamps
+
+    # 5. Changed settings are refused unless asked for.
+    base = tmp_path / "base.yaml"
+    base.write_text(base.read_text().replace("step_delay: 0.02", "step_delay: 0.0"))
+    with pytest.raises(GridError, match="other settings"):
+        run_sweep(GridSpec.load(grid_path), log=lines.append)
