@@ -11,14 +11,20 @@ from lightning_decay.conventions import (
 )
 from lightning_decay.factory import WarmupSchedule, build_lr_scheduler, build_optimizer, build_optimizer_config
 from lightning_decay.mixin import DecayMixin, DecaySettings
-from lightning_decay.optimizers import VARIANTS, AdamL2, AdamP, AdamW, ProxAdam, resolve_variant
+from lightning_decay.optimizers import VARIANTS, AdamC, AdamL2, AdamP, AdamW, CautiousAdamW, ProxAdam, resolve_variant
 from lightning_decay.param_groups import GroupOverride, ParamGroupSettings, assign_param_groups, build_param_groups
+from lightning_decay.sgd import SGDL2, SGDW, ProxSGD
 
 __all__ = [
     "AdamL2",
     "AdamW",
     "ProxAdam",
     "AdamP",
+    "AdamC",
+    "CautiousAdamW",
+    "SGDL2",
+    "SGDW",
+    "ProxSGD",
     "VARIANTS",
     "resolve_variant",
     "DecayMixin",

@@ -2,7 +2,9 @@
 
 Notation (the blog's): ``alpha`` is a group's initial learning rate, ``eta_t`` the schedule multiplier,
 ``lr_t = alpha * eta_t`` the learning rate a scheduler sets, ``wd`` the group's ``weight_decay``,
-``u_t = m_hat / D`` the Adam direction with ``D = sqrt(v_hat) + eps``.
+``u_t = m_hat / D`` the Adam direction with ``D = sqrt(v_hat) + eps``, ``d_t`` the SGD direction (torch's momentum:
+``b_1 = g_1``, ``b_t = mu * b_{t-1} + (1 - tau) * g_t``; ``d_t = b_t``, or ``g_t + mu * b_t`` with Nesterov, or ``g_t``
+without momentum), ``1[.]`` an elementwise indicator.
 
 | rule | one step |
 |---|---|
@@ -11,11 +13,23 @@ Notation (the blog's): ``alpha`` is a group's initial learning rate, ``eta_t`` t
 | ``adamw-paper`` (Loshchilov & Hutter) | ``w <- (1 - eta_t * wd) * w - lr_t * u_t`` |
 | ``proxadam`` (Zhuang et al. 2022) | ``w <- (w - lr_t * u_t) / (1 + eta_t * wd)`` |
 | ``adamp`` (the blog's AdamP) | ``w <- (w - lr_t * u_t) / (1 + lr_t * wd / D)``, elementwise |
+| ``adamc`` (Defazio et al. 2025), normalized groups | ``w <- (1 - lr_t^2 / lr_max * wd) * w - lr_t * u_t`` |
+| ``adamw-cautious`` (Chen et al. 2025) | ``w <- w - lr_t * u_t - lr_t * wd * 1[u_t * w >= 0] * w`` |
+| ``adamw-paper-cautious`` | ``w <- w - lr_t * u_t - eta_t * wd * 1[u_t * w >= 0] * w`` |
+| ``sgd-l2`` | ``g <- g + wd * w``, then SGD (the decay term enters the momentum buffer) |
+| ``sgdw`` (torch convention) | ``w <- (1 - lr_t * wd) * w - lr_t * d_t`` |
+| ``sgdw-paper`` (Loshchilov & Hutter) | ``w <- (1 - eta_t * wd) * w - lr_t * d_t`` |
+| ``proxsgd`` | ``w <- (w - lr_t * d_t) / (1 + eta_t * wd)`` |
 
-Rules that torch's Adam kernel can run exactly (all but AdamP) say so through :meth:`KernelDecayRule.kernel_settings`:
-the learning rate and weight decay to hand torch's Adam/AdamW kernel (``w <- (1 - lr' * wd') * w - lr' * u_t``,
-or ``g <- g + wd' * w`` when not decoupled) so that one step is exactly the rule's. The per-step decay factor that
-the monitoring callbacks log is derived from those same settings, so the optimizer and the monitors cannot disagree.
+AdamC's groups that are not normalized follow ``adamw``. The decay formulas themselves are shared: AdamW and SGDW
+(torch convention) are :class:`TorchConventionRule`, the paper conventions :class:`PaperConventionRule`, ProxAdam
+and ProxSGD :class:`ProximalRule`; the Adam and SGD rules differ only in name and scale-freeness.
+
+Rules that torch's kernels can run exactly say so through :meth:`KernelDecayRule.kernel_settings`: the learning
+rate and weight decay to hand torch's Adam/AdamW kernel (``w <- (1 - lr' * wd') * w - lr' * u_t``, or
+``g <- g + wd' * w`` when not decoupled) so that one step is exactly the rule's; the SGD optimizers run the same
+``(lr', wd')`` as ``w <- (1 - lr' * wd') * w - lr' * d_t``. The per-step decay factor that the monitoring callbacks
+log is derived from those same settings, so the optimizer and the monitors cannot disagree.
 """
 
 from __future__ import annotations
@@ -32,11 +46,21 @@ __all__ = [
     "DecayRule",
     "KernelDecayRule",
     "KernelSettings",
+    "L2Rule",
+    "TorchConventionRule",
+    "PaperConventionRule",
+    "ProximalRule",
     "AdamL2Rule",
     "AdamWTorchRule",
     "AdamWPaperRule",
     "ProxAdamRule",
     "AdamPRule",
+    "AdamCRule",
+    "CautiousRule",
+    "SGDL2Rule",
+    "SGDWTorchRule",
+    "SGDWPaperRule",
+    "ProxSGDRule",
     "adam_denominator",
     "check_nonnegative",
 ]
@@ -57,11 +81,16 @@ def check_nonnegative(name: str, value: object, where: str = "") -> None:
 
 @dataclass(frozen=True)
 class KernelSettings:
-    """What to pass torch's Adam kernel so that its step is exactly a rule's step."""
+    """What to pass torch's Adam (or SGD) kernel so that its step is exactly a rule's step."""
 
     lr: float
     weight_decay: float
     decoupled: bool
+
+    @property
+    def decay_factor(self) -> float:
+        """``1 - lr' * wd'`` when decoupled (the kernel's multiplicative decay); 1 for L2 (decay via the gradient)."""
+        return 1.0 - self.lr * self.weight_decay if self.decoupled else 1.0
 
 
 class DecayRule(ABC):
@@ -71,7 +100,7 @@ class DecayRule(ABC):
     name: str
     #: True if multiplying the loss by c > 0 leaves the trajectory unchanged (eps = 0).
     scale_free: bool
-    #: True if the decay factor depends on Adam's denominator D (elementwise).
+    #: True if the decay factor differs between coordinates (needs Adam's denominator D, or a mask).
     elementwise: bool = False
 
     def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
@@ -108,29 +137,23 @@ class KernelDecayRule(DecayRule):
         self, lr: float, initial_lr: float, weight_decay: float, denominator: Tensor | None = None
     ) -> float:
         """``1 - lr' * wd'`` of the kernel settings for decoupled rules; 1 for L2 (decay goes through the gradient)."""
-        settings = self.kernel_settings(lr, initial_lr, weight_decay)
-        return 1.0 - settings.lr * settings.weight_decay if settings.decoupled else 1.0
+        return self.kernel_settings(lr, initial_lr, weight_decay).decay_factor
 
 
-class AdamL2Rule(KernelDecayRule):
-    """``g <- g + wd * w`` then Adam: the decay is preconditioned, ``lr_t * wd / D`` per coordinate."""
+# --- The shared formulas ------------------------------------------------------------------------------------------
 
-    name = "adaml2"
+
+class L2Rule(KernelDecayRule):
+    """An L2 penalty in the gradient, ``g <- g + wd * w``: the kernel's own (coupled) weight decay."""
+
     scale_free = False
 
     def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
         return KernelSettings(lr, weight_decay, decoupled=False)
 
-    def preconditioned_decay(self, lr: float, weight_decay: float, denominator: Tensor) -> Tensor:
-        """``lr_t * wd / D``: how strongly the L2 term pulls each coordinate in one (momentum-free) step."""
-        return lr * weight_decay / denominator
 
-
-class AdamWTorchRule(KernelDecayRule):
-    """PyTorch's AdamW: ``w <- (1 - lr_t * wd) * w - lr_t * u_t``."""
-
-    name = "adamw"
-    scale_free = True
+class TorchConventionRule(KernelDecayRule):
+    """Decoupled decay in torch's convention: ``w <- (1 - lr_t * wd) * w - lr_t * step_t``."""
 
     def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
         super().check(lr, initial_lr, weight_decay)
@@ -144,15 +167,12 @@ class AdamWTorchRule(KernelDecayRule):
         return KernelSettings(lr, weight_decay, decoupled=True)
 
 
-class AdamWPaperRule(KernelDecayRule):
-    """Loshchilov & Hutter's AdamW: ``w <- (1 - eta_t * wd) * w - lr_t * u_t``.
+class PaperConventionRule(KernelDecayRule):
+    """Decoupled decay in Loshchilov & Hutter's convention: ``w <- (1 - eta_t * wd) * w - lr_t * step_t``.
 
     torch's kernel decays by ``1 - lr' * wd'``; with ``lr' = lr_t`` and ``wd' = wd / alpha`` that is
     ``1 - eta_t * wd``.
     """
-
-    name = "adamw-paper"
-    scale_free = True
 
     def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
         super().check(lr, initial_lr, weight_decay)
@@ -169,21 +189,55 @@ class AdamWPaperRule(KernelDecayRule):
         return KernelSettings(lr, weight_decay / initial_lr, decoupled=True)
 
 
-class ProxAdamRule(KernelDecayRule):
-    """Zhuang et al.'s ProxAdam: ``w <- (w - lr_t * u_t) / (1 + eta_t * wd)``.
+class ProximalRule(KernelDecayRule):
+    """The proximal step of ``wd / (2 alpha) * ||w||^2``: ``w <- (w - lr_t * step_t) / (1 + eta_t * wd)``.
 
-    Equal to torch's AdamW kernel with ``lr' = lr_t / (1 + eta_t * wd)`` and ``wd' = wd / alpha``:
+    Equal to torch's decoupled kernel with ``lr' = lr_t / (1 + eta_t * wd)`` and ``wd' = wd / alpha``:
     ``1 - lr' * wd' = 1 / (1 + eta_t * wd)``.
     """
-
-    name = "proxadam"
-    scale_free = True
 
     def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
         if initial_lr <= 0:
             return KernelSettings(lr, 0.0, decoupled=True)
         shrink = 1.0 + self.schedule_multiplier(lr, initial_lr) * weight_decay
         return KernelSettings(lr / shrink, weight_decay / initial_lr, decoupled=True)
+
+
+# --- Adam ----------------------------------------------------------------------------------------------------------
+
+
+class AdamL2Rule(L2Rule):
+    """``g <- g + wd * w`` then Adam: the decay is preconditioned, ``lr_t * wd / D`` per coordinate."""
+
+    name = "adaml2"
+
+    def preconditioned_decay(self, lr: float, weight_decay: float, denominator: Tensor) -> Tensor:
+        """``lr_t * wd / D``: how strongly the L2 term pulls each coordinate in one (momentum-free) step."""
+        return lr * weight_decay / denominator
+
+
+class AdamWTorchRule(TorchConventionRule):
+    """PyTorch's AdamW: ``w <- (1 - lr_t * wd) * w - lr_t * u_t``."""
+
+    name = "adamw"
+    scale_free = True
+
+
+class AdamWPaperRule(PaperConventionRule):
+    """Loshchilov & Hutter's AdamW: ``w <- (1 - eta_t * wd) * w - lr_t * u_t`` (kernel: ``wd' = wd / alpha``)."""
+
+    name = "adamw-paper"
+    scale_free = True
+
+
+class ProxAdamRule(ProximalRule):
+    """Zhuang et al.'s ProxAdam: ``w <- (w - lr_t * u_t) / (1 + eta_t * wd)``.
+
+    Equal to torch's AdamW kernel with ``lr' = lr_t / (1 + eta_t * wd)`` and ``wd' = wd / alpha``.
+    """
+
+    name = "proxadam"
+    scale_free = True
 
 
 class AdamPRule(DecayRule):
@@ -203,3 +257,154 @@ class AdamPRule(DecayRule):
 
     def timescale_steps(self, lr: float, initial_lr: float, weight_decay: float) -> float:
         raise ValueError("AdamP's decay is elementwise; compute its timescale from decay_factor(..., denominator)")
+
+
+class AdamCRule(KernelDecayRule):
+    """Defazio et al. 2025's AdamC, for normalized layers: ``w <- (1 - lr_t^2 / lr_max * wd) * w - lr_t * u_t``.
+
+    The decay coefficient is torch AdamW's ``lr_t * wd`` times ``lr_t / lr_max``, so a normalized layer's
+    steady-state weight norm does not move as the schedule lowers the lr (its gradient norm then stays flat at the
+    end of training). torch's AdamW kernel runs it with ``lr' = lr_t`` and ``wd' = lr_t * wd / lr_max``.
+    ``lr_max=None`` means alpha, the group's initial lr (the peak of a schedule whose multiplier peaks at 1).
+    """
+
+    name = "adamc"
+    scale_free = True
+
+    def __init__(self, lr_max: float | None = None) -> None:
+        if lr_max is not None:
+            check_nonnegative("lr_max", lr_max)
+            if lr_max <= 0:
+                raise ValueError(f"lr_max must be > 0 (the schedule's peak lr), got {lr_max!r}")
+        self.lr_max = lr_max
+
+    def peak_lr(self, initial_lr: float) -> float:
+        """``lr_max``, or alpha when it was not given."""
+        return float(self.lr_max) if self.lr_max is not None else initial_lr
+
+    def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
+        super().check(lr, initial_lr, weight_decay)
+        coefficient = 1.0 - self.decay_factor(lr, initial_lr, weight_decay)
+        if coefficient >= 1.0:
+            raise ValueError(
+                f"lr^2 / lr_max * weight_decay = {coefficient:g} >= 1 would flip the weights' sign (AdamC, decay "
+                f"factor 1 - lr^2/lr_max*weight_decay; lr={lr:g}, lr_max={self.peak_lr(initial_lr):g}, "
+                f"weight_decay={weight_decay:g})"
+            )
+
+    def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
+        peak = self.peak_lr(initial_lr)
+        if peak <= 0:
+            return KernelSettings(lr, 0.0, decoupled=True)
+        return KernelSettings(lr, lr * weight_decay / peak, decoupled=True)
+
+
+class CautiousRule(DecayRule):
+    """Chen et al. 2025's cautious weight decay on top of a decoupled rule: decay only where ``u * w >= 0``.
+
+    ``w <- w - lr_t * u_t - c_t * 1[u_t * w >= 0] * w`` with ``c_t = 1 - base factor`` (``lr_t * wd`` for AdamW's
+    torch convention, ``eta_t * wd`` for the paper's): the decay acts only on coordinates where the update already
+    moves the weight towards zero. Elementwise through the mask; the factor is ``1 - c_t`` on masked coordinates
+    and 1 elsewhere. Scale-free like its base (the mask depends only on signs).
+    """
+
+    elementwise = True
+
+    def __init__(self, base: KernelDecayRule) -> None:
+        if not base.kernel_settings(1.0, 1.0, 0.0).decoupled:
+            raise ValueError(f"cautious decay needs a decoupled rule, got {base.name!r}")
+        self.base = base
+        self.name = f"{base.name}-cautious"
+        self.scale_free = base.scale_free
+
+    def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
+        self.base.check(lr, initial_lr, weight_decay)
+
+    def decay_coefficient(self, lr: float, initial_lr: float, weight_decay: float) -> float:
+        """``c_t = lr' * wd'`` of the base rule's kernel settings: ``lr_t * wd`` (torch) or ``eta_t * wd`` (paper)."""
+        settings = self.base.kernel_settings(lr, initial_lr, weight_decay)
+        return settings.lr * settings.weight_decay
+
+    @staticmethod
+    def decay_mask(update: Tensor, weight: Tensor) -> Tensor:
+        """``1[u * w >= 0]`` (bool): the coordinates that decay (same sign, or either one zero)."""
+        return update * weight >= 0
+
+    @staticmethod
+    def masked_factor(coefficient: float | Tensor, mask: Tensor) -> Tensor:
+        """``1 - c_t * mask``, elementwise."""
+        return 1.0 - coefficient * mask
+
+    def decay_factor(
+        self,
+        lr: float,
+        initial_lr: float,
+        weight_decay: float,
+        denominator: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> float | Tensor:
+        """``1 - c_t * mask`` given the mask (see :meth:`decay_mask`); without it, ``1 - c_t``: the factor on the
+        decayed coordinates (the others keep factor 1). ``denominator`` is not used (the mask is sign-only)."""
+        coefficient = self.decay_coefficient(lr, initial_lr, weight_decay)
+        return 1.0 - coefficient if mask is None else self.masked_factor(coefficient, mask)
+
+    def timescale_steps(self, lr: float, initial_lr: float, weight_decay: float) -> float:
+        """The timescale of a coordinate the mask decays at every step, ``1 / c_t`` (steps it skips lengthen it)."""
+        coefficient = self.decay_coefficient(lr, initial_lr, weight_decay)
+        return math.inf if coefficient <= 0.0 else 1.0 / coefficient
+
+
+# --- SGD -----------------------------------------------------------------------------------------------------------
+
+
+class SGDL2Rule(L2Rule):
+    """``g <- g + wd * w`` then torch's SGD: the decay term goes through the momentum buffer.
+
+    Without momentum one step is ``w <- (1 - lr_t * wd) * w - lr_t * g``. With momentum ``mu`` and dampening
+    ``tau`` the term ``wd * w`` is spread over the following steps with total weight ``k = (1 - tau) / (1 - mu)``
+    (Nesterov too: torch requires ``tau = 0`` there, and ``g + mu * b`` also sums to ``1 / (1 - mu)``), so the
+    effective per-step decay factor is ``1 - k * lr_t * wd`` for a slowly varying lr (exact without momentum, ``k = 1``;
+    with momentum, the slowest mode of the pure-decay recurrence up to ``O((lr_t * wd)^2)``).
+    """
+
+    name = "sgd-l2"
+
+    @staticmethod
+    def momentum_gain(momentum: float = 0.0, dampening: float = 0.0) -> float:
+        """``k = (1 - tau) / (1 - mu)``: the long-run weight of a gradient term in SGD's steps (1 without momentum)."""
+        return 1.0 if momentum == 0 else (1.0 - dampening) / (1.0 - momentum)
+
+    def decay_factor(
+        self,
+        lr: float,
+        initial_lr: float,
+        weight_decay: float,
+        denominator: Tensor | None = None,
+        *,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+    ) -> float:
+        """``1 - k * lr_t * wd`` with ``k`` = :meth:`momentum_gain` (the L2 term's effective decay)."""
+        settings = self.kernel_settings(lr, initial_lr, weight_decay)
+        return 1.0 - self.momentum_gain(momentum, dampening) * settings.lr * settings.weight_decay
+
+
+class SGDWTorchRule(TorchConventionRule):
+    """SGDW in torch's convention: ``w <- (1 - lr_t * wd) * w - lr_t * d_t`` (the buffer sees only gradients)."""
+
+    name = "sgdw"
+    scale_free = False
+
+
+class SGDWPaperRule(PaperConventionRule):
+    """SGDW in Loshchilov & Hutter's convention: ``w <- (1 - eta_t * wd) * w - lr_t * d_t``."""
+
+    name = "sgdw-paper"
+    scale_free = False
+
+
+class ProxSGDRule(ProximalRule):
+    """Proximal SGD: ``w <- (w - lr_t * d_t) / (1 + eta_t * wd)``, the prox of ``wd / (2 alpha) ||w||^2``."""
+
+    name = "proxsgd"
+    scale_free = False

@@ -1,13 +1,26 @@
 """Adam with each weight-decay rule of :mod:`lightning_decay.decay_rules`, as ``torch.optim.Optimizer`` classes.
 
+| variant | class | kernel |
+|---|---|---|
+| ``adaml2`` | ``AdamL2`` | torch's Adam (fused by default) |
+| ``adamw``, ``adamw-paper`` | ``AdamW(convention="torch" / "paper")`` | torch's Adam(W) with per-step ``(lr', wd')`` |
+| ``proxadam`` | ``ProxAdam`` | torch's Adam(W) with per-step ``(lr', wd')`` |
+| ``adamc`` | ``AdamC`` | torch's Adam(W) with per-group, per-step ``(lr', wd')`` |
+| ``adamp`` | ``AdamP`` | compiled multi-tensor step (eager fallback) |
+| ``adamw-cautious``, ``adamw-paper-cautious`` | ``CautiousAdamW(convention=...)`` | compiled (eager fallback) |
+| ``sgd-l2``, ``sgdw``, ``sgdw-paper``, ``proxsgd`` | :mod:`lightning_decay.sgd` | torch's SGD / compiled |
+
 Speed by construction:
 
-* ``AdamL2``, ``AdamW`` (both conventions) and ``ProxAdam`` are torch's own Adam/AdamW kernels (fused on CPU and
-  CUDA by default) run with the per-step learning rate and weight decay that make them exactly the rule
+* ``AdamL2``, ``AdamW`` (both conventions), ``ProxAdam`` and ``AdamC`` are torch's own Adam/AdamW kernels (fused on
+  CPU and CUDA by default) run with the per-step learning rate and weight decay that make them exactly the rule
   (:meth:`~lightning_decay.decay_rules.KernelDecayRule.kernel_settings`).
-* ``AdamP`` decays elementwise, which no torch kernel does; it runs a ``torch.compile``'d multi-tensor step whose
-  per-step scalars are tensors (no recompiles when the lr changes), and an eager path where compiling is
-  impossible (one warning).
+* ``AdamP`` and ``CautiousAdamW`` decay elementwise, which no torch kernel does; they run a ``torch.compile``'d
+  multi-tensor step whose per-step scalars are tensors (no recompiles when the lr changes), and an eager path
+  where compiling is impossible (one warning).
+
+Every optimizer exposes ``decay_rule``, ``rule_for(group)`` (the rule a group follows: AdamC's differ between
+normalized and other groups), ``initial_lr(group)``, ``schedule_multiplier(group)`` and ``decay_factor(group)``.
 """
 
 from __future__ import annotations
@@ -24,10 +37,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_decay.decay_rules import (
+    AdamCRule,
     AdamL2Rule,
     AdamPRule,
     AdamWPaperRule,
     AdamWTorchRule,
+    CautiousRule,
     DecayRule,
     KernelDecayRule,
     ProxAdamRule,
@@ -35,7 +50,20 @@ from lightning_decay.decay_rules import (
     check_nonnegative,
 )
 
-__all__ = ["AdamL2", "AdamW", "ProxAdam", "AdamP", "DecayOptimizer", "VARIANTS", "resolve_variant"]
+__all__ = [
+    "AdamL2",
+    "AdamW",
+    "ProxAdam",
+    "AdamP",
+    "AdamC",
+    "CautiousAdamW",
+    "SGDL2",
+    "SGDW",
+    "ProxSGD",
+    "DecayOptimizer",
+    "VARIANTS",
+    "resolve_variant",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +73,14 @@ LR_AT_CONSTRUCTION = "lr_at_construction"
 ADAMW_DEFAULT_WEIGHT_DECAY = 1e-2  # torch.optim.AdamW's default, torch convention
 
 
-def _default_weight_decay(weight_decay: float | None, lr: float, per_unit_lr: bool) -> float:
-    """torch AdamW's default 1e-2; for rules whose decay is ``eta_t * wd``, the same decay at the initial lr."""
+def _default_weight_decay(
+    weight_decay: float | None, lr: float, per_unit_lr: bool, default: float = ADAMW_DEFAULT_WEIGHT_DECAY
+) -> float:
+    """``default`` (torch AdamW's 1e-2); for rules whose decay is ``eta_t * wd``, the same decay at the initial lr."""
     if weight_decay is not None:
         return weight_decay
     check_nonnegative("lr", lr)
-    return ADAMW_DEFAULT_WEIGHT_DECAY * (lr if per_unit_lr else 1.0)
+    return default * (lr if per_unit_lr else 1.0)
 
 
 def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
@@ -99,6 +129,14 @@ class DecayOptimizer:
     decay_rule: DecayRule
     param_groups: list[dict[str, Any]]
 
+    #: Attributes a copy or pickle keeps (torch's ``Optimizer.__getstate__`` keeps only defaults, state and groups).
+    _PICKLED_ATTRIBUTES = ("decay_rule", "convention", "_adamc_defaults", "_unnormalized_rule")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state.update({key: self.__dict__[key] for key in self._PICKLED_ATTRIBUTES if key in self.__dict__})
+        return state
+
     def initial_lr(self, group: dict[str, Any]) -> float:
         """The blog's alpha: ``initial_lr`` set by a torch LR scheduler, else the lr the group was built with."""
         return float(group.get("initial_lr", group[LR_AT_CONSTRUCTION]))
@@ -107,15 +145,24 @@ class DecayOptimizer:
         """``eta_t = lr_t / alpha`` for this group."""
         return self.decay_rule.schedule_multiplier(group["lr"], self.initial_lr(group))
 
+    def rule_for(self, group: dict[str, Any]) -> DecayRule:
+        """The rule ``group`` follows: :attr:`decay_rule`, except where a variant treats groups differently (AdamC)."""
+        return self.decay_rule
+
     def decay_factor(self, group: dict[str, Any], denominator: Tensor | None = None) -> float | Tensor:
         """This step's decay factor for ``group`` (elementwise rules need Adam's denominator)."""
-        return self.decay_rule.decay_factor(group["lr"], self.initial_lr(group), group["weight_decay"], denominator)
+        rule = self.rule_for(group)
+        return rule.decay_factor(group["lr"], self.initial_lr(group), group["weight_decay"], denominator)
+
+    def _check_settings(self, group: dict[str, Any], where: str) -> None:
+        """The optimizer family's own settings (Adam's betas and eps here; SGD overrides)."""
+        _check_hyperparameters(group, where)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         where = _group_label(self, group)  # type: ignore[arg-type]
-        _check_hyperparameters(group, where)
+        self._check_settings(group, where)
         try:
-            self.decay_rule.check(group["lr"], self.initial_lr(group), group["weight_decay"])
+            self.rule_for(group).check(group["lr"], self.initial_lr(group), group["weight_decay"])
         except ValueError as error:
             raise ValueError(f"{error}{where}") from None
 
@@ -194,9 +241,9 @@ class _KernelAdam(DecayOptimizer, torch.optim.Adam):
         kernel_settings = []
         for group in self.param_groups:
             self._check_group(group)
-            kernel_settings.append(
-                self.decay_rule.kernel_settings(group["lr"], self.initial_lr(group), group["weight_decay"])
-            )
+            rule = self.rule_for(group)
+            assert isinstance(rule, KernelDecayRule)
+            kernel_settings.append(rule.kernel_settings(group["lr"], self.initial_lr(group), group["weight_decay"]))
         saved = [(group["lr"], group["weight_decay"]) for group in self.param_groups]
         try:
             for group, settings in zip(self.param_groups, kernel_settings):
@@ -302,21 +349,107 @@ class ProxAdam(_KernelAdam):
         )
 
 
-def _adamp_step_scalars(
+class AdamC(_KernelAdam):
+    """Defazio et al. 2025's AdamC: torch's AdamW whose decay on normalized layers follows the schedule.
+
+    * groups with ``group["normalized"] = True``: ``w <- (1 - lr_t^2 / lr_max * wd) w - lr_t u_t``, i.e. torch's
+      kernel with ``wd' = lr_t * wd / lr_max`` (as fast as AdamW);
+    * other groups: torch's AdamW, ``w <- (1 - lr_t * wd) w - lr_t u_t``.
+
+    ``lr_max`` is per group (``group["lr_max"]``; the argument is the default for groups that do not set it).
+    ``None`` means the group's alpha, its initial lr: the peak of a warmup+cosine ``LambdaLR`` whose multiplier
+    peaks at 1 (set ``lr_max`` when the schedule peaks elsewhere). At ``lr_t = lr_max`` the decay equals AdamW's,
+    so ``weight_decay`` carries over from AdamW (default 1e-2). ``normalized`` is the default for groups without the
+    key; a param-group builder should set it on every group (False for layers not followed by a normalization).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        amsgrad: bool = False,
+        *,
+        normalized: bool = True,
+        lr_max: float | None = None,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        self._adamc_defaults = {"normalized": normalized, "lr_max": lr_max}
+        self._check_adamc_settings(self._adamc_defaults, "")
+        self._unnormalized_rule = AdamWTorchRule()
+        weight_decay = _default_weight_decay(weight_decay, lr, per_unit_lr=False)
+        super().__init__(
+            params, AdamCRule(), lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+        )
+        self.defaults.update(self._adamc_defaults)
+
+    @staticmethod
+    def _check_adamc_settings(group: dict[str, Any], where: str) -> None:
+        if not isinstance(group["normalized"], bool):
+            raise TypeError(f"normalized{where} must be True or False, got {group['normalized']!r}")
+        lr_max = group["lr_max"]
+        if lr_max is not None:
+            check_nonnegative("lr_max", lr_max, where)
+            if lr_max <= 0:
+                raise ValueError(f"lr_max{where} must be > 0 (the schedule's peak lr) or None, got {lr_max!r}")
+
+    def rule_for(self, group: dict[str, Any]) -> DecayRule:
+        """:class:`AdamCRule` with the group's ``lr_max`` for normalized groups, torch's AdamW rule otherwise."""
+        if group["normalized"]:
+            return AdamCRule(group["lr_max"])
+        return self._unnormalized_rule
+
+    def lr_max(self, group: dict[str, Any]) -> float:
+        """The peak lr AdamC divides by for ``group``: ``group["lr_max"]``, else alpha."""
+        return AdamCRule(group["lr_max"]).peak_lr(self.initial_lr(group))
+
+    def _check_settings(self, group: dict[str, Any], where: str) -> None:
+        super()._check_settings(group, where)
+        self._check_adamc_settings(group, where)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in self._adamc_defaults.items():
+            param_group.setdefault(key, value)
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if not hasattr(self, "_unnormalized_rule"):  # unpickled or deep-copied
+            self._unnormalized_rule = AdamWTorchRule()
+            self._adamc_defaults = {
+                "normalized": self.defaults.get("normalized", True), "lr_max": self.defaults.get("lr_max")
+            }
+        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict
+            for key, value in self._adamc_defaults.items():
+                group.setdefault(key, value)
+
+
+def _adam_step_scalars(
     steps: list[Tensor], group_of_param: list[int], hyperparameters: Tensor, dtype: torch.dtype
 ) -> Tensor:
     """Advance the step counters and return each parameter's scalars as one ``(n, 7)`` tensor of ``dtype``.
 
-    Columns: ``lr_t / (1 - beta1^t)``, ``sqrt(1 - beta2^t)``, ``lr_t``, ``wd``, ``beta1``, ``beta2``, ``eps``.
-    Computed in float64 outside the elementwise kernel, so the kernel's inner loop only loads them.
+    ``hyperparameters`` holds one float64 row per group: ``lr_t``, the rule's decay scalar, ``beta1``, ``beta2``,
+    ``eps``. Columns: ``lr_t / (1 - beta1^t)``, ``sqrt(1 - beta2^t)``, ``lr_t``, decay scalar, ``beta1``, ``beta2``,
+    ``eps``. Computed in float64 outside the elementwise kernel, so the kernel's inner loop only loads them.
     """
     torch._foreach_add_(steps, 1)
     step = torch.stack(steps).to(hyperparameters.device, torch.float64)
     index = torch.tensor(group_of_param, device=hyperparameters.device)
-    lr, weight_decay, beta1, beta2, eps = hyperparameters[index].unbind(1)
+    lr, decay, beta1, beta2, eps = hyperparameters[index].unbind(1)
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = (1 - beta2**step).sqrt()
-    return torch.stack([step_size, bias_correction2_sqrt, lr, weight_decay, beta1, beta2, eps], dim=1).to(dtype)
+    return torch.stack([step_size, bias_correction2_sqrt, lr, decay, beta1, beta2, eps], dim=1).to(dtype)
+
+
+_adamp_step_scalars = _adam_step_scalars  # the name it had when only AdamP used it
 
 
 def _adamp_multi_tensor_step(
@@ -327,7 +460,7 @@ def _adamp_multi_tensor_step(
     scalars: Tensor,
     maximize: bool,
 ) -> None:
-    """One AdamP step over many tensors, given :func:`_adamp_step_scalars` (row i belongs to tensor i)."""
+    """One AdamP step over many tensors, given :func:`_adam_step_scalars` (row i belongs to tensor i; decay: wd)."""
     rule = AdamPRule()
     for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         step_size, bias_correction2_sqrt, lr, weight_decay, beta1, beta2, eps = scalars[index].unbind()
@@ -340,13 +473,38 @@ def _adamp_multi_tensor_step(
         param.mul_(rule.decay_factor(lr, 0.0, weight_decay, denominator))
 
 
+def _cautious_multi_tensor_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    scalars: Tensor,
+    maximize: bool,
+) -> None:
+    """One cautious-AdamW step over many tensors, given :func:`_adam_step_scalars` (decay scalar: ``c_t``).
+
+    ``w <- (1 - c_t * 1[u * w >= 0]) * w - lr_t * u`` with the mask taken at the old weights; ``m / D`` has the
+    sign of ``u = m_hat / D``, so the mask uses it directly.
+    """
+    for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        step_size, bias_correction2_sqrt, _, coefficient, beta1, beta2, eps = scalars[index].unbind()
+        if maximize:
+            grad = -grad
+        exp_avg.mul_(beta1).add_(grad * (1 - beta1))
+        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        update = exp_avg / adam_denominator(exp_avg_sq, bias_correction2_sqrt, eps)
+        factor = CautiousRule.masked_factor(coefficient, CautiousRule.decay_mask(update, param))
+        param.mul_(factor).sub_(update * step_size)
+
+
 class _CompiledStep:
     """``torch.compile`` of a multi-tensor step, falling back (with one warning) to eager when compiling fails."""
 
     _warned = False
 
-    def __init__(self, function: Callable[..., None]) -> None:
+    def __init__(self, function: Callable[..., None], label: str = "AdamP") -> None:
         self.function = function
+        self.label = label
         self.compiled: Callable[..., None] | None = None
         self.failed = False
         self.compile_seconds: float | None = None
@@ -365,40 +523,42 @@ class _CompiledStep:
                 if not _CompiledStep._warned:
                     _CompiledStep._warned = True
                     warnings.warn(
-                        f"AdamP: torch.compile of the fused step failed ({type(error).__name__}: {error}); "
+                        f"{self.label}: torch.compile of the fused step failed ({type(error).__name__}: {error}); "
                         "using the slower eager multi-tensor step.",
                         stacklevel=3,
                     )
                 self.function(*args)
                 return
             self.compile_seconds = time.perf_counter() - started
-            log.info("AdamP: first step (compiling the fused kernel) took %.1f s", self.compile_seconds)
+            log.info("%s: first step (compiling the fused kernel) took %.1f s", self.label, self.compile_seconds)
             return
         self.compiled(*args)
 
 
-class AdamP(DecayOptimizer, Optimizer):
-    """The blog's AdamP (Decay No More, ICLR 2023 blog track) — not Heo et al. 2021's AdamP.
+class _CompiledAdam(DecayOptimizer, Optimizer):
+    """Adam with an elementwise decay: a compiled multi-tensor kernel (``fused``), or the same step eagerly.
 
-    ``w <- (w - lr_t * m_hat / D) / (1 + lr_t * wd / D)`` with ``D = sqrt(v_hat) + eps``: the proximal step of
-    the plain squared norm in Adam's adaptive metric. The decay is elementwise and, unlike AdamW's, not
-    scale-free. ``fused=None``/``True`` runs a compiled multi-tensor kernel (first step compiles for seconds),
-    ``fused=False`` or ``foreach=True`` the same step eagerly.
+    Subclasses give the kernel (:attr:`_step_function`, signature of :func:`_adamp_multi_tensor_step`) and each
+    group's float64 row ``[lr_t, decay scalar, beta1, beta2, eps]`` (:meth:`_kernel_row`).
     """
+
+    _step_function: Callable[..., None]
+    _label: str
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        rule: DecayRule,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
         *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
+        maximize: bool,
+        foreach: bool | None,
+        fused: bool | None,
     ) -> None:
-        self.decay_rule = AdamPRule()
+        self.decay_rule = rule
         _check_hyperparameters({"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": betas}, "")
         if fused and foreach:
             raise ValueError("fused and foreach cannot both be True")
@@ -409,7 +569,13 @@ class AdamP(DecayOptimizer, Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
-        self._kernel = _CompiledStep(_adamp_multi_tensor_step)
+        self._kernel = self._new_kernel()
+
+    def _new_kernel(self) -> _CompiledStep:
+        return _CompiledStep(type(self)._step_function, self._label)
+
+    def _kernel_row(self, group: dict[str, Any]) -> list[float]:
+        raise NotImplementedError
 
     @property
     def compile_seconds(self) -> float | None:
@@ -428,7 +594,7 @@ class AdamP(DecayOptimizer, Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", True)
         if not hasattr(self, "_kernel"):  # unpickled or deep-copied; load_state_dict keeps the compiled kernel
-            self._kernel = _CompiledStep(_adamp_multi_tensor_step)
+            self._kernel = self._new_kernel()
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -437,7 +603,7 @@ class AdamP(DecayOptimizer, Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One AdamP step over all groups (groups checked first)."""
+        """One step over all groups (groups checked first)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -451,7 +617,7 @@ class AdamP(DecayOptimizer, Optimizer):
                 if grad is None:
                     continue
                 if grad.is_sparse:
-                    raise RuntimeError("AdamP does not support sparse gradients")
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 state = self.state[param]
                 if len(state) == 0:
                     state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
@@ -467,17 +633,129 @@ class AdamP(DecayOptimizer, Optimizer):
                 lists["v"].append(state["exp_avg_sq"])
                 lists["s"].append(state["step"])
                 lists["i"].append(index)
-        rows = [
-            [group["lr"], group["weight_decay"], group["betas"][0], group["betas"][1], group["eps"]]
-            for group in self.param_groups
-        ]
+        rows = [self._kernel_row(group) for group in self.param_groups]
         use_compile = all(group["fused"] for group in self.param_groups)
         for (device, dtype, maximize), lists in by_device.items():
             hyperparameters = torch.tensor(rows, dtype=torch.float64, device=device)
-            scalars = _adamp_step_scalars(lists["s"], lists["i"], hyperparameters, dtype)
+            scalars = _adam_step_scalars(lists["s"], lists["i"], hyperparameters, dtype)
             self._kernel(lists["p"], lists["g"], lists["m"], lists["v"], scalars, maximize, use_compile=use_compile)
         return loss
 
+
+class AdamP(_CompiledAdam):
+    """The blog's AdamP (Decay No More, ICLR 2023 blog track) — not Heo et al. 2021's AdamP.
+
+    ``w <- (w - lr_t * m_hat / D) / (1 + lr_t * wd / D)`` with ``D = sqrt(v_hat) + eps``: the proximal step of
+    the plain squared norm in Adam's adaptive metric. The decay is elementwise and, unlike AdamW's, not
+    scale-free. ``fused=None``/``True`` runs a compiled multi-tensor kernel (first step compiles for seconds),
+    ``fused=False`` or ``foreach=True`` the same step eagerly.
+    """
+
+    _step_function = _adamp_multi_tensor_step
+    _label = "AdamP"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params, AdamPRule(), lr, betas, eps, weight_decay, maximize=maximize, foreach=foreach, fused=fused
+        )
+
+    def _kernel_row(self, group: dict[str, Any]) -> list[float]:
+        return [group["lr"], group["weight_decay"], group["betas"][0], group["betas"][1], group["eps"]]
+
+
+class CautiousAdamW(_CompiledAdam):
+    """AdamW with Chen et al. 2025's cautious weight decay: decay only where the update and the weight agree.
+
+    * ``convention="torch"`` (default): ``w <- w - lr_t * u_t - lr_t * wd * 1[u_t * w >= 0] * w``;
+    * ``convention="paper"``: ``w <- w - lr_t * u_t - eta_t * wd * 1[u_t * w >= 0] * w``, ``eta_t = lr_t / alpha``;
+
+    with torch Adam's direction ``u_t = m_hat / (sqrt(v_hat) + eps)`` and the mask at the weights before the step.
+    The mask makes the decay elementwise, so the step is a compiled multi-tensor kernel (``fused=None``/``True``;
+    first step compiles for seconds; the same memory traffic as torch's fused AdamW) or the same step eagerly
+    (``fused=False`` or ``foreach=True``). ``weight_decay=None`` as in :class:`AdamW`. For monitoring:
+    :meth:`decay_mask`, :meth:`decayed_fraction` and ``decay_factor(group, mask=...)``.
+    """
+
+    _step_function = _cautious_multi_tensor_step
+    _label = "CautiousAdamW"
+    decay_rule: CautiousRule
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        *,
+        convention: str = "torch",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
+        self.convention = convention
+        weight_decay = _default_weight_decay(weight_decay, lr, per_unit_lr=convention == "paper")
+        super().__init__(
+            params, CautiousRule(CONVENTIONS[convention]()), lr, betas, eps, weight_decay, maximize=maximize,
+            foreach=foreach, fused=fused,
+        )
+
+    def _kernel_row(self, group: dict[str, Any]) -> list[float]:
+        coefficient = self.decay_rule.decay_coefficient(group["lr"], self.initial_lr(group), group["weight_decay"])
+        return [group["lr"], coefficient, group["betas"][0], group["betas"][1], group["eps"]]
+
+    def decay_factor(  # type: ignore[override]
+        self, group: dict[str, Any], denominator: Tensor | None = None, mask: Tensor | None = None
+    ) -> float | Tensor:
+        """``1 - c_t * mask`` elementwise given a mask (:meth:`decay_mask`); without one, ``1 - c_t``: the factor
+        on the coordinates that decay (``c_t = lr_t * wd`` torch convention, ``eta_t * wd`` paper)."""
+        return self.decay_rule.decay_factor(
+            group["lr"], self.initial_lr(group), group["weight_decay"], denominator, mask=mask
+        )
+
+    @torch.no_grad()
+    def decay_mask(self, param: Tensor) -> Tensor | None:
+        """``1[u_t * w >= 0]`` with the last step's direction ``u_t`` (from the state) and the current weights.
+
+        The step used the weights before it; the two masks differ only where a weight crossed zero. None before
+        the parameter's first step.
+        """
+        state = self.state.get(param)
+        if not state:
+            return None
+        group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
+        beta1, beta2 = group["betas"]
+        step = float(state["step"])
+        denominator = adam_denominator(state["exp_avg_sq"], (1 - beta2**step) ** 0.5, group["eps"])
+        update = state["exp_avg"] / (1 - beta1**step) / denominator
+        return self.decay_rule.decay_mask(update, param)
+
+    def decayed_fraction(self, group: dict[str, Any]) -> float | None:
+        """Fraction of ``group``'s coordinates the mask decays (see :meth:`decay_mask`); None before any step."""
+        decayed = total = 0
+        for param in group["params"]:
+            mask = self.decay_mask(param)
+            if mask is not None:
+                decayed += int(mask.sum())
+                total += mask.numel()
+        return decayed / total if total else None
+
+
+# The SGD optimizers build on DecayOptimizer and _CompiledStep above; imported here so that VARIANTS lists them.
+from lightning_decay.sgd import SGDL2, SGDW, ProxSGD  # noqa: E402
 
 #: Variant name -> (optimizer class, fixed keyword arguments). The factory and the CLI resolve names here.
 VARIANTS: dict[str, tuple[type[Optimizer], dict[str, Any]]] = {
@@ -486,6 +764,13 @@ VARIANTS: dict[str, tuple[type[Optimizer], dict[str, Any]]] = {
     "adamw-paper": (AdamW, {"convention": "paper"}),
     "proxadam": (ProxAdam, {}),
     "adamp": (AdamP, {}),
+    "adamc": (AdamC, {}),
+    "adamw-cautious": (CautiousAdamW, {"convention": "torch"}),
+    "adamw-paper-cautious": (CautiousAdamW, {"convention": "paper"}),
+    "sgd-l2": (SGDL2, {}),
+    "sgdw": (SGDW, {"convention": "torch"}),
+    "sgdw-paper": (SGDW, {"convention": "paper"}),
+    "proxsgd": (ProxSGD, {}),
 }
 
 

@@ -1,0 +1,401 @@
+"""AdamC and cautious weight decay against the independent float64 reference, and the optimizer contract."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from lightning_decay.decay_rules import AdamCRule, AdamWTorchRule, CautiousRule
+from lightning_decay.optimizers import VARIANTS, AdamC, CautiousAdamW, _CompiledStep, resolve_variant
+from tests.reference import ReferenceState, reference_step, warmup_cosine
+
+NEW_VARIANTS = ["adamc", "adamw-cautious", "adamw-paper-cautious"]
+CAUTIOUS = ["adamw-cautious", "adamw-paper-cautious"]
+# Three groups: a normalized one with its own lr_max, one that is not normalized, and a normalized one whose
+# lr_max defaults to alpha. The flags only reach AdamC; the other variants see lr and weight decay alone.
+GROUPS = [
+    {"shapes": [(7, 5), (5,)], "lr": 3e-3, "weight_decay": 0.5, "normalized": True, "lr_max": 4.5e-3},
+    {"shapes": [(4, 3, 2)], "lr": 1e-3, "weight_decay": 0.3, "normalized": False},
+    {"shapes": [(11,), ()], "lr": 2e-3, "weight_decay": 0.2, "normalized": True},
+]
+STEPS = 120
+KERNEL_PATHS = [{}, {"fused": True}, {"foreach": True}, {"foreach": False, "fused": False}]
+
+
+def gradient(w: torch.Tensor, step: int, index: int, scale: float = 1.0) -> torch.Tensor:
+    """A deterministic gradient that depends on the weights (curvature) and on the step (noise)."""
+    generator = torch.Generator().manual_seed(1000 * step + index)
+    noise = torch.randn(w.shape, generator=generator, dtype=torch.float64)
+    return scale * (0.7 * (w - 0.3) + 0.2 * torch.sin(3 * w) + noise)
+
+
+def initial_weights() -> list[list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [[torch.randn(s, generator=generator, dtype=torch.float64) for s in g["shapes"]] for g in GROUPS]
+
+
+def max_relative_error(actual, expected) -> float:
+    worst = 0.0
+    for group_a, group_e in zip(actual, expected):
+        for a, e in zip(group_a, group_e):
+            worst = max(worst, ((a - e).abs() / e.abs().clamp_min(1e-3)).max().item())
+    return worst
+
+
+def make_optimizer(variant: str, params, **options):
+    cls, fixed = resolve_variant(variant)
+    groups = []
+    for p, config in zip(params, GROUPS):
+        group = {"params": p, "lr": config["lr"], "weight_decay": config["weight_decay"]}
+        if variant == "adamc":
+            group["normalized"] = config["normalized"]
+            if "lr_max" in config:
+                group["lr_max"] = config["lr_max"]
+        groups.append(group)
+    return cls(groups, **fixed, **options)
+
+
+def run_optimizer(variant, scheduled, scale=1.0, eps=1e-8, steps=STEPS, **options):
+    params = [[w.clone().requires_grad_(True) for w in group] for group in initial_weights()]
+    optimizer = make_optimizer(variant, params, eps=eps, **options)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine) if scheduled else None
+    for step in range(steps):
+        for group_index, group in enumerate(params):
+            for param_index, p in enumerate(group):
+                p.grad = gradient(p.detach(), step, 10 * group_index + param_index, scale)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return [[p.detach() for p in group] for group in params], optimizer
+
+
+def run_reference(variant, scheduled, scale=1.0, eps=1e-8, steps=STEPS):
+    weights = initial_weights()
+    states = [[ReferenceState(torch.zeros_like(w), torch.zeros_like(w)) for w in group] for group in weights]
+    for step in range(steps):
+        eta = warmup_cosine(step) if scheduled else 1.0
+        for group_index, (group, config) in enumerate(zip(weights, GROUPS)):
+            alpha = config["lr"]
+            for param_index, w in enumerate(group):
+                g = gradient(w, step, 10 * group_index + param_index, scale)
+                group[param_index] = reference_step(
+                    variant, w, g, states[group_index][param_index], alpha * eta, alpha, config["weight_decay"],
+                    eps=eps, normalized=config["normalized"], lr_max=config.get("lr_max"),
+                )
+    return weights
+
+
+# --- AdamC --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduled", [True, False], ids=["warmup-cosine", "constant"])
+def test_adamc_matches_reference(scheduled):
+    expected = run_reference("adamc", scheduled)
+    for options in KERNEL_PATHS:
+        actual, optimizer = run_optimizer("adamc", scheduled, **options)
+        assert max_relative_error(actual, expected) < 1e-12, options
+    assert [type(optimizer.rule_for(g)) for g in optimizer.param_groups] == [AdamCRule, AdamWTorchRule, AdamCRule]
+    # Not vacuous: the weights moved, and AdamC's decay is not AdamW's (group 0 has lr_max != alpha).
+    assert max_relative_error(expected, initial_weights()) > 0.1
+    assert max_relative_error(expected, run_reference("adamw", scheduled)) > 1e-3
+
+
+def test_adamc_is_adamw_at_the_peak_lr_and_weaker_below_it():
+    """lr_max = alpha and a constant lr: AdamC's decay is AdamW's; under a schedule it decays less."""
+    torch.manual_seed(0)
+    weights = [torch.randn(6, 4, dtype=torch.float64) for _ in range(2)]
+    runs = {}
+    for name, scheduled in (("adamc", False), ("adamw", False), ("adamc-scheduled", True), ("adamw-scheduled", True)):
+        params = [w.clone().requires_grad_(True) for w in weights]
+        cls = AdamC if name.startswith("adamc") else resolve_variant("adamw")[0]
+        optimizer = cls(params, lr=1e-2, weight_decay=0.5)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine) if scheduled else None
+        for step in range(60):
+            for index, p in enumerate(params):
+                p.grad = gradient(p.detach(), step, index)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        runs[name] = [[p.detach() for p in params]]
+    assert max_relative_error(runs["adamc"], runs["adamw"]) < 1e-13
+    assert max_relative_error(runs["adamc-scheduled"], runs["adamw-scheduled"]) > 1e-3
+    norm = {name: sum(float(p.norm()) for p in run[0]) for name, run in runs.items()}
+    assert norm["adamc-scheduled"] > norm["adamw-scheduled"]  # less decay once the lr is below its peak
+
+
+def test_adamc_defaults_and_decay_factor():
+    _, optimizer = run_optimizer("adamc", True, steps=30, fused=False)
+    assert optimizer.defaults["normalized"] is True and optimizer.defaults["lr_max"] is None
+    for group, config in zip(optimizer.param_groups, GROUPS):
+        lr, alpha, wd = group["lr"], config["lr"], config["weight_decay"]
+        assert lr != alpha  # the schedule moved lr
+        lr_max = config.get("lr_max", alpha)
+        assert optimizer.lr_max(group) == lr_max
+        expected = 1 - lr * lr / lr_max * wd if config["normalized"] else 1 - lr * wd
+        assert optimizer.decay_factor(group) == pytest.approx(expected, rel=1e-14, abs=1e-15)
+    # A group added later gets the constructor's defaults.
+    extra = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    optimizer.add_param_group({"params": [extra]})
+    assert optimizer.param_groups[-1]["normalized"] is True and optimizer.param_groups[-1]["lr_max"] is None
+    assert AdamC([torch.nn.Parameter(torch.ones(2))], normalized=False, lr_max=0.1).param_groups[0]["lr_max"] == 0.1
+
+
+def test_adamc_loads_a_torch_adamw_state_dict():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    x = torch.randn(16, 6)
+    theirs = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        theirs.zero_grad()
+        model(x).pow(2).mean().backward()
+        theirs.step()
+    twin = copy.deepcopy(model)
+    ours = AdamC(twin.parameters(), lr=5.0, weight_decay=0.0, normalized=False)
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    group = ours.param_groups[0]
+    assert group["lr"] == 1e-2 and group["normalized"] is False and group["lr_max"] is None
+    for m, opt in ((model, theirs), (twin, ours)):
+        for _ in range(4):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- Cautious weight decay ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduled", [True, False], ids=["warmup-cosine", "constant"])
+@pytest.mark.parametrize("variant", CAUTIOUS)
+def test_cautious_eager_matches_reference(variant, scheduled):
+    expected = run_reference(variant, scheduled)
+    for options in ({"fused": False}, {"foreach": True}):
+        actual, optimizer = run_optimizer(variant, scheduled, **options)
+        assert optimizer._kernel.compiled is None
+        assert max_relative_error(actual, expected) < 1e-12, options
+    assert max_relative_error(expected, initial_weights()) > 0.1
+    uncautious = "adamw" if variant == "adamw-cautious" else "adamw-paper"
+    assert max_relative_error(expected, run_reference(uncautious, scheduled)) > 1e-3  # the mask mattered
+
+
+def test_cautious_compiled_matches_reference_without_recompiling():
+    """Both conventions and a changing lr share one compiled graph (scalars are a tensor)."""
+    torch._dynamo.reset()  # other tests may have compiled the kernel for other shapes
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for variant in CAUTIOUS:
+            expected = run_reference(variant, True)
+            actual, optimizer = run_optimizer(variant, True)  # default: the compiled kernel
+            assert optimizer._kernel.compiled is not None and not optimizer._kernel.failed
+            assert max_relative_error(actual, expected) < 1e-12, variant
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken_compile(function, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no compiler here")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(_CompiledStep, "_warned", False)
+    expected = run_reference("adamw-cautious", True, steps=20)
+    with pytest.warns(UserWarning, match="CautiousAdamW: torch.compile .* failed"):
+        actual, optimizer = run_optimizer("adamw-cautious", True, steps=20)
+    assert optimizer._kernel.failed and optimizer.compile_seconds is None
+    assert max_relative_error(actual, expected) < 1e-12
+
+
+@pytest.mark.parametrize("variant", CAUTIOUS)
+def test_cautious_monitoring_interface(variant):
+    """The mask, the fraction of decayed coordinates and the factor, for a monitoring callback."""
+    _, optimizer = run_optimizer(variant, True, steps=30, fused=False)
+    assert optimizer.decay_rule.elementwise and optimizer.decay_rule.name == variant
+    for group, config in zip(optimizer.param_groups, GROUPS):
+        lr, alpha, wd = group["lr"], config["lr"], config["weight_decay"]
+        coefficient = lr * wd if variant == "adamw-cautious" else lr / alpha * wd
+        assert optimizer.decay_factor(group) == pytest.approx(1 - coefficient, rel=1e-14)
+        param = group["params"][0]
+        state = optimizer.state[param]
+        t = state["step"].item()
+        u = state["exp_avg"] / (1 - 0.9**t) / ((state["exp_avg_sq"] / (1 - 0.999**t)).sqrt() + 1e-8)
+        expected_mask = u * param >= 0
+        mask = optimizer.decay_mask(param)
+        assert torch.equal(mask, expected_mask)
+        factor = optimizer.decay_factor(group, mask=mask)
+        torch.testing.assert_close(factor, torch.where(expected_mask, 1 - coefficient, 1.0).to(factor.dtype))
+        fraction = optimizer.decayed_fraction(group)
+        numel = sum(p.numel() for p in group["params"])
+        masks = [optimizer.decay_mask(p) for p in group["params"]]
+        assert fraction == pytest.approx(sum(int(m.sum()) for m in masks) / numel)
+    fractions = [optimizer.decayed_fraction(g) for g in optimizer.param_groups]
+    assert any(0.0 < f < 1.0 for f in fractions), fractions  # the mask is not trivially all-on or all-off
+    fresh = CautiousAdamW([torch.nn.Parameter(torch.ones(3))])
+    assert fresh.decay_mask(fresh.param_groups[0]["params"][0]) is None
+    assert fresh.decayed_fraction(fresh.param_groups[0]) is None
+
+
+def test_cautious_rule_timescale_and_factor():
+    rule = CautiousRule(AdamWTorchRule())
+    assert rule.name == "adamw-cautious" and rule.scale_free
+    assert rule.timescale_steps(1e-3, 1e-3, 0.1) == pytest.approx(1e4)
+    mask = torch.tensor([True, False, True])
+    torch.testing.assert_close(rule.decay_factor(0.1, 0.1, 0.5, mask=mask), torch.tensor([0.95, 1.0, 0.95]))
+    assert math.isinf(rule.timescale_steps(1e-3, 1e-3, 0.0))
+    with pytest.raises(ValueError, match="decoupled"):
+        CautiousRule(resolve_variant("adaml2")[0]([torch.nn.Parameter(torch.ones(1))]).decay_rule)
+
+
+# --- Shared: scale-freeness, distinctness, the optimizer contract --------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", NEW_VARIANTS)
+def test_scale_freeness(variant):
+    """eps = 0 and the loss times 1000: AdamC and cautious decay (both conventions) leave the trajectory unchanged."""
+    base, optimizer = run_optimizer(variant, True, scale=1.0, eps=0.0, steps=60, fused=False)
+    scaled, _ = run_optimizer(variant, True, scale=1000.0, eps=0.0, steps=60, fused=False)
+    assert optimizer.decay_rule.scale_free
+    assert max_relative_error(scaled, base) < 1e-10
+
+
+def test_new_variants_differ_from_each_other_and_from_adamw():
+    names = [*NEW_VARIANTS, "adamw", "adamw-paper"]
+    finals = {v: run_reference(v, True, steps=40) for v in names}
+    for a in names:
+        for b in names:
+            if a < b:
+                assert max_relative_error(finals[a], finals[b]) > 1e-4, (a, b)
+
+
+def test_registry_names():
+    assert VARIANTS["adamc"] == (AdamC, {})
+    assert VARIANTS["adamw-cautious"] == (CautiousAdamW, {"convention": "torch"})
+    assert resolve_variant("AdamW_Paper_Cautious") == (CautiousAdamW, {"convention": "paper"})
+
+
+def _eager(variant: str) -> dict:
+    return {"fused": False} if variant in CAUTIOUS else {}
+
+
+@pytest.mark.parametrize("variant", NEW_VARIANTS)
+def test_closure_missing_grads_and_state_dict_round_trip(variant):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    unused = torch.nn.Parameter(torch.ones(3))
+    cls, fixed = resolve_variant(variant)
+    groups = [{"params": list(model[0].parameters())}, {"params": [*model[1].parameters(), unused]}]
+    if variant == "adamc":
+        groups[0]["lr_max"] = 2e-2
+        groups[1]["normalized"] = False
+    optimizer = cls(groups, lr=1e-2, weight_decay=1e-1, **fixed, **_eager(variant))
+    x = torch.randn(8, 4)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        loss = optimizer.step(closure)
+        assert isinstance(loss, torch.Tensor)
+    assert torch.equal(unused, torch.ones(3)) and unused not in optimizer.state
+    twin = copy.deepcopy(model)
+    twin_groups = [{"params": list(twin[0].parameters())}, {"params": [*twin[1].parameters(), torch.ones(3)]}]
+    twin_optimizer = cls(twin_groups, lr=1.0, weight_decay=0.0, **fixed, **_eager(variant))
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    if variant == "adamc":
+        assert [g["lr_max"] for g in twin_optimizer.param_groups] == [2e-2, None]
+        assert [g["normalized"] for g in twin_optimizer.param_groups] == [True, False]
+    for m, opt in ((model, optimizer), (twin, twin_optimizer)):
+        for _ in range(3):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # A deep copy (e.g. a checkpoint callback's) keeps working.
+    clone = copy.deepcopy(optimizer)
+    clone.step()
+
+
+@pytest.mark.parametrize("variant", NEW_VARIANTS)
+def test_grad_scaler_skips_non_finite_steps(variant):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    cls, fixed = resolve_variant(variant)
+    optimizer = cls(model.parameters(), lr=1e-2, weight_decay=1e-2, **fixed, **_eager(variant))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    x = torch.randn(8, 4)
+    optimizer.zero_grad()
+    scaler.scale(model(x).pow(2).mean()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    before = [p.detach().clone() for p in model.parameters()]
+    state_before = copy.deepcopy(optimizer.state_dict()["state"])
+    optimizer.zero_grad()
+    scaler.scale(model(x * float("inf")).pow(2).mean()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() < 2.0**8
+    for a, b in zip(model.parameters(), before):
+        assert torch.equal(a, b)
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, state_before[index][key]), key
+        assert state["step"].item() == 1.0
+
+
+@pytest.mark.parametrize("variant", NEW_VARIANTS)
+def test_sparse_gradients_are_rejected(variant):
+    embedding = torch.nn.Embedding(5, 3, sparse=True)
+    cls, fixed = resolve_variant(variant)
+    optimizer = cls(embedding.parameters(), **fixed, **_eager(variant))
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "error", "argument"),
+    [
+        (AdamC, {"lr_max": -1.0}, ValueError, "lr_max"),
+        (AdamC, {"lr_max": 0.0}, ValueError, "lr_max"),
+        (AdamC, {"lr_max": "peak"}, TypeError, "lr_max"),
+        (AdamC, {"normalized": "yes"}, TypeError, "normalized"),
+        (AdamC, {"lr": 0.5, "weight_decay": 8.0, "lr_max": 1.0}, ValueError, r"lr\^2 / lr_max \* weight_decay"),
+        (AdamC, {"lr": 0.5, "weight_decay": 3.0, "normalized": False}, ValueError, r"lr \* weight_decay"),
+        (AdamC, {"betas": (0.9, 1.0)}, ValueError, r"betas\[1\]"),
+        (CautiousAdamW, {"lr": -1.0}, ValueError, "lr"),
+        (CautiousAdamW, {"eps": -1e-8}, ValueError, "eps"),
+        (CautiousAdamW, {"convention": "keras"}, ValueError, "convention"),
+        (CautiousAdamW, {"lr": 0.5, "weight_decay": 2.0}, ValueError, r"lr \* weight_decay"),
+        (CautiousAdamW, {"convention": "paper", "weight_decay": 1.0}, ValueError, r"eta_t \* weight_decay"),
+        (CautiousAdamW, {"fused": True, "foreach": True}, ValueError, "fused and foreach"),
+    ],
+)
+def test_bad_arguments_are_named(cls, kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        cls([torch.nn.Parameter(torch.ones(2))], **kwargs)
+
+
+def test_bad_group_setting_names_the_group():
+    params = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))]
+    with pytest.raises(ValueError, match=r"lr_max.*param group 1 'head'"):
+        AdamC([{"params": [params[0]]}, {"params": [params[1]], "lr_max": -1.0, "name": "head"}])
+
+
+def test_adamc_scheduler_past_the_sign_flip_fails_before_any_update():
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = AdamC([p], lr=0.1, weight_decay=5.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 + 10 * step)
+    p.grad = torch.ones(3)
+    optimizer.step()
+    scheduler.step()
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match=r"lr\^2 / lr_max"):
+        optimizer.step()
+    assert torch.equal(p, before)

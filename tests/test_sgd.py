@@ -1,0 +1,421 @@
+"""The SGD variants against an independent float64 reference (torch's SGD algorithm with each decay rule), against
+torch's own SGD, and the optimizer contract."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lightning_decay.decay_rules import SGDL2Rule
+from lightning_decay.optimizers import VARIANTS, resolve_variant
+from lightning_decay.sgd import SGDL2, SGDW, ProxSGD
+from tests.reference import (
+    SGDReferenceState,
+    reference_sgd_step,
+    reference_sgdw_loshchilov_hutter,
+    warmup_cosine,
+)
+
+SGD_VARIANTS = ["sgd-l2", "sgdw", "sgdw-paper", "proxsgd"]
+DECOUPLED = ["sgdw", "sgdw-paper", "proxsgd"]
+GROUPS = [
+    {"shapes": [(7, 5), (5,)], "lr": 0.05, "weight_decay": 0.4},
+    {"shapes": [(4, 3, 2)], "lr": 0.02, "weight_decay": 0.1},
+    {"shapes": [(11,), ()], "lr": 0.03, "weight_decay": 0.02},
+]
+# Momentum settings per group: (momentum, dampening, nesterov).
+MOMENTUM = {
+    "none": [(0.0, 0.0, False)] * 3,
+    "heavy-ball": [(0.9, 0.0, False)] * 3,
+    "nesterov": [(0.9, 0.0, True)] * 3,
+    "mixed": [(0.9, 0.0, True), (0.0, 0.0, False), (0.8, 0.3, False)],
+}
+STEPS = 120
+TORCH_PATHS = [{}, {"fused": True}, {"foreach": True}, {"foreach": False, "fused": False}]
+EAGER_PATHS = [{"fused": False}, {"foreach": True}]
+
+
+def gradient(w: torch.Tensor, step: int, index: int, scale: float = 1.0) -> torch.Tensor:
+    """A deterministic gradient that depends on the weights (curvature) and on the step (noise)."""
+    generator = torch.Generator().manual_seed(1000 * step + index)
+    noise = torch.randn(w.shape, generator=generator, dtype=torch.float64)
+    return scale * (0.7 * (w - 0.3) + 0.2 * torch.sin(3 * w) + noise)
+
+
+def initial_weights() -> list[list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [[torch.randn(s, generator=generator, dtype=torch.float64) for s in g["shapes"]] for g in GROUPS]
+
+
+def max_relative_error(actual, expected) -> float:
+    worst = 0.0
+    for group_a, group_e in zip(actual, expected):
+        for a, e in zip(group_a, group_e):
+            worst = max(worst, ((a - e).abs() / e.abs().clamp_min(1e-3)).max().item())
+    return worst
+
+
+def run_optimizer(variant, scheduled, momentum="mixed", steps=STEPS, maximize=False, **options):
+    params = [[w.clone().requires_grad_(True) for w in group] for group in initial_weights()]
+    cls, fixed = resolve_variant(variant)
+    groups = [
+        {"params": p, "lr": g["lr"], "weight_decay": g["weight_decay"], "momentum": mu, "dampening": tau,
+         "nesterov": nesterov}
+        for p, g, (mu, tau, nesterov) in zip(params, GROUPS, MOMENTUM[momentum])
+    ]
+    optimizer = cls(groups, maximize=maximize, **fixed, **options)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine) if scheduled else None
+    sign = -1.0 if maximize else 1.0
+    for step in range(steps):
+        for group_index, group in enumerate(params):
+            for param_index, p in enumerate(group):
+                p.grad = sign * gradient(p.detach(), step, 10 * group_index + param_index)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return [[p.detach() for p in group] for group in params], optimizer
+
+
+def run_reference(variant, scheduled, momentum="mixed", steps=STEPS):
+    weights = initial_weights()
+    states = [[SGDReferenceState() for _ in group] for group in weights]
+    for step in range(steps):
+        eta = warmup_cosine(step) if scheduled else 1.0
+        for group_index, (group, config) in enumerate(zip(weights, GROUPS)):
+            alpha = config["lr"]
+            mu, tau, nesterov = MOMENTUM[momentum][group_index]
+            for param_index, w in enumerate(group):
+                g = gradient(w, step, 10 * group_index + param_index)
+                group[param_index] = reference_sgd_step(
+                    variant, w, g, states[group_index][param_index], alpha * eta, alpha, config["weight_decay"],
+                    momentum=mu, dampening=tau, nesterov=nesterov,
+                )
+    return weights
+
+
+# --- Exactness, path by path ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduled", [True, False], ids=["warmup-cosine", "constant"])
+@pytest.mark.parametrize("momentum", ["heavy-ball", "nesterov", "mixed"])
+def test_sgd_l2_matches_reference_on_every_torch_path(momentum, scheduled):
+    expected = run_reference("sgd-l2", scheduled, momentum)
+    for options in TORCH_PATHS:
+        actual, optimizer = run_optimizer("sgd-l2", scheduled, momentum, **options)
+        assert max_relative_error(actual, expected) < 1e-12, options
+        assert optimizer._kernel.compiled is None  # always torch's own SGD
+    assert max_relative_error(expected, initial_weights()) > 0.1
+
+
+@pytest.mark.parametrize("scheduled", [True, False], ids=["warmup-cosine", "constant"])
+@pytest.mark.parametrize("variant", DECOUPLED)
+def test_decoupled_without_momentum_runs_torch_sgd_exactly(variant, scheduled):
+    expected = run_reference(variant, scheduled, "none")
+    for options in TORCH_PATHS:
+        actual, optimizer = run_optimizer(variant, scheduled, "none", **options)
+        assert max_relative_error(actual, expected) < 1e-12, options
+        assert optimizer._kernel.compiled is None and not optimizer.state  # no buffers, no kernel of ours
+
+
+@pytest.mark.parametrize("scheduled", [True, False], ids=["warmup-cosine", "constant"])
+@pytest.mark.parametrize("momentum", ["heavy-ball", "nesterov", "mixed"])
+@pytest.mark.parametrize("variant", DECOUPLED)
+def test_decoupled_eager_matches_reference(variant, momentum, scheduled):
+    expected = run_reference(variant, scheduled, momentum)
+    for options in EAGER_PATHS:
+        actual, optimizer = run_optimizer(variant, scheduled, momentum, **options)
+        assert optimizer._kernel.compiled is None
+        assert max_relative_error(actual, expected) < 1e-12, options
+    assert max_relative_error(expected, initial_weights()) > 0.1
+    # The decay is outside the buffer: the L2 trajectory (decay inside it) is a different one.
+    if variant == "sgdw":
+        assert max_relative_error(expected, run_reference("sgd-l2", scheduled, momentum)) > 1e-3
+
+
+def test_decoupled_compiled_matches_reference_without_recompiling():
+    """Default options: torch's fused SGD for the group without momentum, the compiled kernel for the others; the
+    three rules, a changing lr, Nesterov, dampening and maximize share one compiled graph."""
+    torch._dynamo.reset()  # other tests may have compiled the kernel for other shapes
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for variant in DECOUPLED:
+            expected = run_reference(variant, True)
+            actual, optimizer = run_optimizer(variant, True)
+            assert optimizer._kernel.compiled is not None and not optimizer._kernel.failed
+            assert optimizer.param_groups[1]["fused"] is True
+            assert max_relative_error(actual, expected) < 1e-12, variant
+        actual, _ = run_optimizer("proxsgd", True, maximize=True)
+        assert max_relative_error(actual, run_reference("proxsgd", True)) < 1e-12
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_maximize(variant):
+    """maximize with the gradient negated is the minimizing trajectory, on torch's path and on the eager kernel."""
+    expected = run_reference(variant, True, "mixed", steps=40)
+    for options in ({"fused": True, "foreach": False} if variant == "sgd-l2" else {"fused": False}, {"foreach": True}):
+        actual, _ = run_optimizer(variant, True, "mixed", steps=40, maximize=True, **options)
+        assert max_relative_error(actual, expected) < 1e-12, options
+
+
+def test_sgdw_paper_is_loshchilov_hutter_for_a_constant_lr():
+    """Their Algorithm 1 keeps eta_t * alpha inside the buffer; with a constant lr that is torch's momentum."""
+    torch.manual_seed(0)
+    w0 = torch.randn(9, dtype=torch.float64)
+    results = {}
+    for scheduled in (False, True):
+        ours = w0.clone().requires_grad_(True)
+        optimizer = SGDW([ours], lr=0.05, momentum=0.9, weight_decay=0.02, convention="paper", fused=False)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine) if scheduled else None
+        theirs, state = w0.clone(), SGDReferenceState()
+        for step in range(60):
+            eta = warmup_cosine(step) if scheduled else 1.0
+            ours.grad = gradient(ours.detach(), step, 0)
+            theirs = reference_sgdw_loshchilov_hutter(theirs, gradient(theirs, step, 0), state, eta, 0.05, 0.02, 0.9)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        results[scheduled] = max_relative_error([[ours.detach()]], [[theirs]])
+    assert results[False] < 1e-12
+    assert results[True] > 1e-4  # under a schedule the two momentum conventions differ (documented)
+
+
+def test_variants_differ_from_each_other():
+    finals = {v: run_reference(v, True, "heavy-ball", steps=40) for v in SGD_VARIANTS}
+    for a in SGD_VARIANTS:
+        for b in SGD_VARIANTS:
+            if a < b:
+                assert max_relative_error(finals[a], finals[b]) > 1e-4, (a, b)
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_sgd_is_not_scale_free(variant):
+    cls, fixed = resolve_variant(variant)
+    assert not cls([torch.nn.Parameter(torch.ones(1))], **fixed).decay_rule.scale_free
+    base, _ = run_optimizer(variant, True, "heavy-ball", steps=20, fused=False)
+    params = [[w.clone().requires_grad_(True) for w in group] for group in initial_weights()]
+    optimizer = cls(
+        [{"params": p, "lr": g["lr"], "weight_decay": g["weight_decay"]} for p, g in zip(params, GROUPS)],
+        momentum=0.9, fused=False, **fixed,
+    )
+    for step in range(20):
+        for group_index, group in enumerate(params):
+            for param_index, p in enumerate(group):
+                p.grad = 1000.0 * gradient(p.detach(), step, 10 * group_index + param_index)
+        optimizer.step()
+    assert max_relative_error([[p.detach() for p in g] for g in params], base) > 1e-3
+
+
+# --- torch compatibility -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [True, None], ids=["fused", "default"])
+@pytest.mark.parametrize(("momentum", "nesterov"), [(0.0, False), (0.9, False), (0.9, True)])
+def test_sgd_l2_is_torch_sgd(momentum, nesterov, fused):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    twin = copy.deepcopy(model)
+    ours = SGDL2(model.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=1e-2,
+                 fused=fused if fused else False)
+    theirs = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=1e-2,
+                             fused=fused)
+    x = torch.randn(16, 6)
+    for _ in range(5):
+        for m, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert ours.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
+    for key, state in theirs.state_dict()["state"].items():
+        assert state.keys() == ours.state_dict()["state"][key].keys()
+
+
+def test_sgdw_continues_a_torch_sgd_state_dict():
+    """torch SGD's momentum buffers load into SGDW (weight_decay 0: the same algorithm) and the run continues."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    x = torch.randn(16, 6)
+    theirs = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        theirs.zero_grad()
+        model(x).pow(2).mean().backward()
+        theirs.step()
+    twin = copy.deepcopy(model)
+    ours = SGDW(twin.parameters(), lr=5.0, weight_decay=0.1, fused=False)
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    group = ours.param_groups[0]
+    assert group["lr"] == 0.1 and group["momentum"] == 0.9 and group["weight_decay"] == 0.0
+    for m, opt in ((model, theirs), (twin, ours)):
+        for _ in range(4):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- Decay factors -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_decay_factor_matches_formula(variant):
+    _, optimizer = run_optimizer(variant, True, "mixed", steps=30, fused=False)
+    for group, config, (mu, tau, _) in zip(optimizer.param_groups, GROUPS, MOMENTUM["mixed"]):
+        lr, alpha, wd = group["lr"], config["lr"], config["weight_decay"]
+        assert lr != alpha
+        eta = lr / alpha
+        expected = {
+            "sgd-l2": 1 - lr * wd * ((1 - tau) / (1 - mu) if mu else 1.0),
+            "sgdw": 1 - lr * wd,
+            "sgdw-paper": 1 - eta * wd,
+            "proxsgd": 1 / (1 + eta * wd),
+        }[variant]
+        assert optimizer.decay_factor(group) == pytest.approx(expected, rel=1e-14, abs=1e-15)
+
+
+@pytest.mark.parametrize(("momentum", "dampening", "nesterov"), [(0.0, 0.0, False), (0.9, 0.0, False),
+                                                                 (0.8, 0.5, False), (0.9, 0.0, True)])
+def test_sgd_l2_effective_factor_is_the_long_run_decay(momentum, dampening, nesterov):
+    """With a zero loss gradient, SGD-L2's weights shrink per step by its reported factor (up to O((lr*wd)^2))."""
+    w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    optimizer = SGDL2([w], lr=0.01, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=0.01)
+    for _ in range(3000):
+        w.grad = torch.zeros_like(w)
+        previous = float(w.detach())
+        optimizer.step()
+    measured = 1 - float(w.detach()) / previous
+    predicted = 1 - optimizer.decay_factor(optimizer.param_groups[0])
+    assert measured == pytest.approx(predicted, rel=0.02)
+    assert SGDL2Rule.momentum_gain(momentum, dampening) == pytest.approx(predicted / 1e-4)
+
+
+# --- The optimizer contract ----------------------------------------------------------------------------------------
+
+
+def test_registry_names_and_fused_default():
+    assert VARIANTS["sgd-l2"] == (SGDL2, {})
+    assert VARIANTS["sgdw"] == (SGDW, {"convention": "torch"})
+    assert resolve_variant("SGDW_paper") == (SGDW, {"convention": "paper"})
+    assert VARIANTS["proxsgd"] == (ProxSGD, {})
+    optimizer = SGDW([torch.nn.Parameter(torch.ones(2))])
+    assert optimizer.param_groups[0]["fused"] is True and optimizer.defaults["weight_decay"] == 5e-4
+    assert ProxSGD([torch.nn.Parameter(torch.ones(2))], lr=0.1).defaults["weight_decay"] == pytest.approx(5e-5)
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_closure_missing_grads_and_state_dict_round_trip(variant):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    unused = torch.nn.Parameter(torch.ones(3))
+    cls, fixed = resolve_variant(variant)
+    groups = [{"params": list(model[0].parameters()), "nesterov": True},
+              {"params": [*model[1].parameters(), unused], "momentum": 0.0}]
+    optimizer = cls(groups, lr=0.1, momentum=0.9, weight_decay=1e-2, fused=False, **fixed)
+    x = torch.randn(8, 4)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        loss = optimizer.step(closure)
+        assert isinstance(loss, torch.Tensor)
+    assert torch.equal(unused, torch.ones(3)) and unused not in optimizer.state
+    assert all("momentum_buffer" in optimizer.state[p] for p in model[0].parameters())
+    twin = copy.deepcopy(model)
+    twin_groups = [{"params": list(twin[0].parameters())}, {"params": [*twin[1].parameters(), torch.ones(3)]}]
+    twin_optimizer = cls(twin_groups, lr=1.0, weight_decay=0.0, fused=False, **fixed)
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for m, opt in ((model, optimizer), (twin, twin_optimizer)):
+        for _ in range(3):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    clone = copy.deepcopy(optimizer)  # e.g. a checkpoint callback's copy
+    assert clone.decay_rule.name == variant
+    clone.step()
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_grad_scaler_skips_non_finite_steps(variant):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    cls, fixed = resolve_variant(variant)
+    optimizer = cls(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=1e-2, fused=False, **fixed)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    x = torch.randn(8, 4)
+    optimizer.zero_grad()
+    scaler.scale(model(x).pow(2).mean()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    before = [p.detach().clone() for p in model.parameters()]
+    state_before = copy.deepcopy(optimizer.state_dict()["state"])
+    assert state_before and all("momentum_buffer" in s for s in state_before.values())
+    optimizer.zero_grad()
+    scaler.scale(model(x * float("inf")).pow(2).mean()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() < 2.0**8
+    for a, b in zip(model.parameters(), before):
+        assert torch.equal(a, b)
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, state_before[index][key]), key
+
+
+@pytest.mark.parametrize("options", [{}, {"fused": False}, {"foreach": True}])
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_sparse_gradients_are_rejected(variant, options):
+    embedding = torch.nn.Embedding(5, 3, sparse=True)
+    cls, fixed = resolve_variant(variant)
+    optimizer = cls(embedding.parameters(), momentum=0.9, **fixed, **options)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    before = embedding.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="sparse"):
+        optimizer.step()
+    assert torch.equal(embedding.weight, before)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "error", "argument"),
+    [
+        (SGDW, {"lr": -1.0}, ValueError, "lr"),
+        (SGDL2, {"lr": "fast"}, TypeError, "lr"),
+        (SGDL2, {"weight_decay": -0.1}, ValueError, "weight_decay"),
+        (ProxSGD, {"momentum": -0.1}, ValueError, "momentum"),
+        (SGDW, {"momentum": 1.0}, ValueError, "momentum"),
+        (SGDL2, {"dampening": 1.5}, ValueError, "dampening"),
+        (SGDW, {"nesterov": True}, ValueError, "nesterov"),
+        (SGDW, {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError, "nesterov"),
+        (ProxSGD, {"nesterov": "yes", "momentum": 0.9}, TypeError, "nesterov"),
+        (SGDW, {"convention": "keras"}, ValueError, "convention"),
+        (SGDW, {"lr": 0.5, "weight_decay": 2.0}, ValueError, r"lr \* weight_decay"),
+        (SGDW, {"convention": "paper", "weight_decay": 1.0}, ValueError, r"eta_t \* weight_decay"),
+        (SGDL2, {"fused": True, "foreach": True}, ValueError, "fused and foreach"),
+    ],
+)
+def test_bad_arguments_are_named(cls, kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        cls([torch.nn.Parameter(torch.ones(2))], **kwargs)
+
+
+def test_bad_group_setting_names_the_group_and_nothing_moves():
+    params = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))]
+    with pytest.raises(ValueError, match=r"momentum.*param group 1 'head'"):
+        SGDW([{"params": [params[0]]}, {"params": [params[1]], "momentum": 2.0, "name": "head"}])
+    optimizer = SGDW(params, lr=0.1, momentum=0.9, weight_decay=5.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 + 10 * step)
+    for p in params:
+        p.grad = torch.ones(2)
+    optimizer.step()
+    scheduler.step()
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"lr \* weight_decay"):
+        optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
