@@ -1,8 +1,10 @@
 """Step time of every variant against torch's fused kernel of its family, measured in the same run.
 
     python benchmarks/optimizer_step.py                      # 25M float32 params in 50 tensors (the issue's goal)
-    python benchmarks/optimizer_step.py --sizes 1e6 1e7 1e8  # scaling table
+    python benchmarks/optimizer_step.py --table              # scaling table: 1M, 10M, 100M; float32 and bfloat16
+    python benchmarks/optimizer_step.py --sizes 1e6 1e7 1e8  # the same table, float32 only
     python benchmarks/optimizer_step.py --dtype bfloat16 --device cuda
+    python benchmarks/optimizer_step.py --memory --sizes 1e7 # state bytes and step temporaries vs torch AdamW
     python benchmarks/optimizer_step.py --variants sgdw proxsgd --momentum 0.9
 
 The lr changes every step (as under a scheduler). Rounds interleave the optimizers so that noise from other
@@ -15,7 +17,24 @@ rule without momentum), <= 1.2x for compiled kernels (AdamP, cautious AdamW, SGD
 "sgdw via fused SGD + decay" is the alternative to SGDW's compiled kernel (torch's fused SGD, then one
 multiplicative decay pass over the weights), measured to justify the choice. Adam moves 7 tensor-elements per
 parameter per step (read p, g, m, v; write p, m, v), SGD with momentum 5 (read p, g, b; write p, b), SGD without
-momentum 3; GB/s below counts those bytes.
+momentum 3; GB/s below counts those bytes ("MB/step": 28 bytes/param for float32 Adam, 14 for bfloat16, whose
+fused kernels keep the state in the parameter dtype).
+
+Scaling table (every size): "of floor" is the achieved GB/s over the streaming bandwidth of ``x.add_(y)`` on
+tensors as large as the parameters (at least 256 MB), measured in the same run just before each table (so both see
+the same load); "of base" is the fraction of the baseline's achieved rate, the median over step pairs of
+``baseline time / our time`` (goal >= 0.90 for every Adam variant against torch's fused AdamW, AdamP included).
+bfloat16 rows exist only where torch's fused AdamW supports the dtype on the device (CPU and CUDA: yes).
+
+Memory (``--memory``): per variant, the bytes of its state tensors (every tensor in ``optimizer.state``, step
+counters included) per parameter, against torch AdamW's; and the step's temporaries: on CUDA the peak of
+``torch.cuda.max_memory_allocated`` above the allocated bytes before a steady-state step; on CPU the peak of the
+running sum of the allocations and frees that torch's allocator reports to ``torch.profiler`` (``profile_memory``)
+during one steady-state step (every torch allocation, inductor's buffers included; not Python objects).
+
+To fit large sizes in memory, only the baselines keep their state for the whole run: every other optimizer's state
+is dropped after its block of steps and rebuilt by the next round's (untimed) warm-up steps; compiled kernels stay
+compiled (their guards check shapes and dtypes, not the tensors).
 """
 
 from __future__ import annotations
@@ -25,6 +44,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,8 +71,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def stream_bandwidth(device: torch.device, elements: int = 50_000_000, repeats: int = 10) -> float:
-    """GB/s of ``x.add_(y)`` (3 tensor-passes of float32), the machine's streaming floor."""
+def stream_bandwidth(device: torch.device, elements: int = 64_000_000, repeats: int = 10) -> float:
+    """GB/s of ``x.add_(y)`` (3 tensor-passes of float32), the machine's streaming floor (best of ``repeats``)."""
     x = torch.ones(elements, device=device)
     y = torch.ones(elements, device=device)
     x.add_(y)
@@ -64,6 +84,17 @@ def stream_bandwidth(device: torch.device, elements: int = 50_000_000, repeats: 
         synchronize(device)
         times.append(time.perf_counter() - start)
     return 3 * 4 * elements / min(times) / 1e9
+
+
+def fused_adamw_supports(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether torch's fused AdamW runs on ``dtype`` parameters on ``device`` (tried on one small tensor)."""
+    try:
+        param = torch.zeros(8, dtype=dtype, device=device, requires_grad=True)
+        param.grad = torch.zeros_like(param)
+        torch.optim.AdamW([param], fused=True).step()
+        return True
+    except (RuntimeError, ValueError):
+        return False
 
 
 def make_params(total: int, tensors: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
@@ -149,26 +180,91 @@ def optimizer_rows(names: list[str], momentum: float) -> dict[str, Row]:
     return rows
 
 
-def run_size(args: argparse.Namespace, total: int, device: torch.device, bandwidth: float) -> None:
-    dtype = getattr(torch, args.dtype)
+def state_bytes(optimizer: Any) -> int:
+    """Bytes of every tensor in the optimizer's state (moments, step counters, ...)."""
+    state = getattr(optimizer, "sgd", optimizer).state
+    return sum(
+        value.numel() * value.element_size()
+        for entry in state.values()
+        for value in entry.values()
+        if isinstance(value, torch.Tensor)
+    )
+
+
+def release_state(optimizer: Any) -> None:
+    getattr(optimizer, "sgd", optimizer).state.clear()
+
+
+def step_temporaries(optimizer: Any, device: torch.device) -> int:
+    """Peak bytes allocated above the pre-step level during one (steady-state) step; see the module docstring."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        optimizer.step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        optimizer.step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    current = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def memory_report(args: argparse.Namespace, total: int, dtype: torch.dtype, device: torch.device) -> None:
     params = make_params(total, args.tensors, dtype, device)
     numel = sum(p.numel() for p in params)
     element_size = params[0].element_size()
-    optimizers: dict[str, torch.optim.Optimizer] = {}
-    first_step: dict[str, float] = {}
     rows = optimizer_rows(args.variants, args.momentum)
+    print(f"\nmemory: {numel / 1e6:.0f}M {str(dtype).removeprefix('torch.')} params in {args.tensors} tensors on "
+          f"{device} ({element_size} B/param; params and grads not counted)")
+    print(f"{'optimizer':<44} {'state B/param':>13} {'vs base':>8} {'step temp B/param':>17}  note")
+    reference: dict[str, int] = {}
     for name, row in rows.items():
         optimizer = row.factory(params)
-        synchronize(device)
-        start = time.perf_counter()
-        optimizer.step()  # creates the state (and compiles, for the compiled kernels)
-        synchronize(device)
-        first_step[name] = time.perf_counter() - start
-        optimizers[name] = optimizer
-    times: dict[str, list[float]] = {name: [] for name in optimizers}
-    ratios: dict[str, list[float]] = {name: [] for name in optimizers}
-    paired_baseline: dict[str, list[float]] = {name: [] for name in optimizers}
+        optimizer.step()  # creates the state (and compiles)
+        optimizer.step()
+        held = state_bytes(optimizer)
+        temporary = step_temporaries(optimizer, device)
+        reference.setdefault(row.baseline, held)
+        ratio = held / reference[row.baseline] if reference.get(row.baseline) else float("nan")
+        buffers = held / (numel * element_size)
+        note = f"{buffers:.2f} param-sized buffers"
+        if temporary > 0.01 * numel * element_size:
+            note += f"; temporaries {temporary / (numel * element_size):.2f} param-sized"
+        print(f"{name:<44} {held / numel:13.3f} {ratio:7.3f}x {temporary / numel:17.3f}  {note}")
+        del optimizer
+
+
+def run_size(args: argparse.Namespace, total: int, dtype: torch.dtype, device: torch.device) -> None:
+    params = make_params(total, args.tensors, dtype, device)
+    numel = sum(p.numel() for p in params)
+    element_size = params[0].element_size()
+    bandwidth = stream_bandwidth(device, max(64_000_000, numel * element_size // 4))
+    rows = optimizer_rows(args.variants, args.momentum)
+    baselines = {row.baseline for row in rows.values()}
+    optimizers: dict[str, Any] = {}
+    first_step: dict[str, float] = {}
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    ratios: dict[str, list[float]] = {name: [] for name in rows}
+    paired_baseline: dict[str, list[float]] = {name: [] for name in rows}
     step = 0
+
+    def get(name: str) -> Any:
+        if name not in optimizers:
+            optimizer = rows[name].factory(params)
+            synchronize(device)
+            start = time.perf_counter()
+            optimizer.step()  # creates the state (and compiles, for the compiled kernels)
+            synchronize(device)
+            first_step[name] = time.perf_counter() - start
+            optimizers[name] = optimizer
+        return optimizers[name]
 
     def timed_step(optimizer: torch.optim.Optimizer) -> float:
         nonlocal step
@@ -185,7 +281,8 @@ def run_size(args: argparse.Namespace, total: int, device: torch.device, bandwid
     # which comes in bursts, hits both sides of each ratio alike; the ratio is a statistic of per-pair ratios.
     for _ in range(args.rounds):
         for name, row in rows.items():
-            optimizer, baseline = optimizers[name], optimizers[row.baseline]
+            baseline = get(row.baseline)
+            optimizer = get(name)
             for _ in range(args.warmup):
                 optimizer.step()
                 baseline.step()
@@ -200,37 +297,56 @@ def run_size(args: argparse.Namespace, total: int, device: torch.device, bandwid
                 times[name].append(ours)
                 paired_baseline[name].append(theirs)
                 ratios[name].append(ours / theirs)
+            if name not in baselines:
+                release_state(optimizer)  # rebuilt by the next round's warm-up steps
     summary = statistics.median if args.statistic == "median" else min
     medians = {name: summary(samples) for name, samples in times.items()}
+    moved = 7 * element_size * numel
+    dtype_name = str(dtype).removeprefix("torch.")
     print(
-        f"\n{numel / 1e6:.0f}M {args.dtype} params in {args.tensors} tensors on {device}; "
-        f"streaming bandwidth {bandwidth:.1f} GB/s"
+        f"\n{numel / 1e6:.0f}M {dtype_name} params in {args.tensors} tensors on {device}; "
+        f"Adam moves {7 * element_size} B/param = {moved / 1e6:.0f} MB/step; "
+        f"streaming bandwidth (measured now) {bandwidth:.1f} GB/s"
     )
-    print(f"{'optimizer':<36} {'ms/step':>8} {'vs base':>8} {'goal':>6} {'':>4} {'first step ms':>14} {'GB/s':>6} "
-          f"{'of floor':>8}  baseline")
+    print(f"{'optimizer':<44} {'ms/step':>8} {'vs base':>8} {'goal':>6} {'':>4} {'of base':>7} {'first ms':>9} "
+          f"{'MB/step':>8} {'GB/s':>7} {'of floor':>8}  baseline")
     for name, row in rows.items():
         seconds = medians[name]
         if row.baseline == name:
-            ratio = 1.0
+            ratio = fraction = 1.0
         elif args.statistic == "median":
             ratio = statistics.median(ratios[name])
+            fraction = statistics.median(1.0 / r for r in ratios[name])
         else:
             ratio = seconds / min(paired_baseline[name])
-        rate = row.elements * element_size * numel / seconds / 1e9
+            fraction = 1.0 / ratio
+        bytes_moved = row.elements * element_size * numel
+        rate = bytes_moved / seconds / 1e9
         goal = f"{row.goal:.2f}x" if row.goal else ""
-        verdict = ("ok" if ratio <= row.goal else "SLOW") if row.goal else ""
+        verdict = ""
+        if row.goal:
+            adam_goal = row.baseline == ADAM_BASELINE and fraction < 0.9
+            verdict = "SLOW" if ratio > row.goal or adam_goal else "ok"
         baseline = "" if row.baseline == name else row.baseline
         print(
-            f"{name:<36} {seconds * 1e3:8.2f} {ratio:7.3f}x {goal:>6} {verdict:>4} {first_step[name] * 1e3:14.1f} "
-            f"{rate:6.1f} {rate / bandwidth:7.0%}  {baseline}"
+            f"{name:<44} {seconds * 1e3:8.2f} {ratio:7.3f}x {goal:>6} {verdict:>4} {fraction:7.0%} "
+            f"{first_step[name] * 1e3:9.1f} {bytes_moved / 1e6:8.1f} {rate:7.1f} {rate / bandwidth:7.0%}  {baseline}",
+            flush=True,
         )
+    optimizers.clear()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=float, nargs="+", default=[25e6], help="total parameter counts")
+    parser.add_argument("--sizes", type=float, nargs="+", default=None,
+                        help="total parameter counts (default 25M; with --table 1M 10M 100M)")
+    parser.add_argument("--table", action="store_true",
+                        help="scaling table: --sizes 1e6 1e7 1e8 and --dtype float32 bfloat16 unless given")
     parser.add_argument("--tensors", type=int, default=50)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--dtype", nargs="+", default=None, choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--memory", action="store_true",
+                        help="also report state bytes and step temporaries per parameter (vs torch AdamW)")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory report")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum of the SGD rows (and baselines)")
@@ -240,12 +356,23 @@ def main() -> None:
     parser.add_argument("--statistic", choices=["median", "min"], default="median",
                         help="per-round step times -> one number (min is robust when other processes load the CPU)")
     args = parser.parse_args()
+    if args.sizes is None:
+        args.sizes = [1e6, 1e7, 1e8] if args.table else [25e6]
+    if args.dtype is None:
+        args.dtype = ["float32", "bfloat16"] if args.table else ["float32"]
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    bandwidth = stream_bandwidth(device)
-    for size in args.sizes:
-        run_size(args, int(size), device, bandwidth)
-
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        if not fused_adamw_supports(dtype, device):
+            print(f"\nskipping {dtype_name}: torch's fused AdamW does not support it on {device}")
+            continue
+        for size in args.sizes:
+            if args.memory or args.memory_only:
+                memory_report(args, int(size), dtype, device)
+            if not args.memory_only:
+                run_size(args, int(size), dtype, device)
 
 if __name__ == "__main__":
     main()

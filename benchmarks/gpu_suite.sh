@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# GPU performance suite (issue 8): one call, <= 8 minutes on one H200 (the time caps below sum to 450 s).
+#
+#   bash benchmarks/gpu_suite.sh [output file]      # default: gpu_suite_<date>.txt in the current directory
+#
+# 1. hardware (nvidia-smi) and software versions;
+# 2. optimizer step time at 100M and 1B params, float32 and bfloat16, every Adam variant vs torch's fused AdamW,
+#    with the fraction of the HBM streaming bandwidth measured in the same run (includes the compiled AdamP and
+#    cautious AdamW paths and their eager fallbacks; "first ms" is the compile);
+# 3. memory: optimizer state and step temporaries per parameter vs torch AdamW (100M params, float32 and bfloat16);
+# 4. end to end: ResNet20 (no BN) images/s, plain torch loop vs Lightning with every variant and the monitors;
+# 5. ResNet20 epoch time (390 steps of 128 = one CIFAR-10 epoch) for adamw and adamp.
+# Paste the output into docs/performance.md with the date and the hardware.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+LOG="${1:-gpu_suite_$(date +%Y%m%d_%H%M%S).txt}"
+ADAM=(adaml2 adamw adamw-paper proxadam adamp adamc adamw-cautious adamw-paper-cautious)
+export PYTHONUNBUFFERED=1
+
+section() { printf '\n===== %s (%s) =====\n' "$1" "$(date -u +%H:%M:%S)"; }
+# capped SECONDS COMMAND...: run with a time cap; a failure or timeout is reported and the suite goes on.
+capped() {
+  local cap="$1"; shift
+  local code=0
+  timeout "$cap" "$@" || code=$?
+  if [ "$code" -eq 124 ]; then echo "[FAILED: time cap of ${cap}s reached]"
+  elif [ "$code" -ne 0 ]; then echo "[FAILED: exit $code]"; fi
+  return 0
+}
+
+{
+  section "hardware"
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory,power.limit --format=csv
+  python3 -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'lightning', lightning.__version__, torch.cuda.get_device_name(0))"
+
+  section "step time vs torch fused AdamW and the HBM floor: 100M and 1B params, float32 and bfloat16"
+  capped 210 python3 benchmarks/optimizer_step.py --device cuda --table --sizes 1e8 1e9 \
+    --dtype float32 bfloat16 --variants "${ADAM[@]}" --rounds 5 --steps 10 --warmup 2
+
+  section "memory: state and step temporaries per parameter (100M params)"
+  capped 60 python3 benchmarks/optimizer_step.py --device cuda --memory-only --sizes 1e8 \
+    --dtype float32 bfloat16 --variants "${ADAM[@]}"
+
+  section "end to end: ResNet20 (no BN) images/s, batch 128"
+  capped 120 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 100 --warmup 20 \
+    --rounds 2
+
+  section "ResNet20 (no BN) epoch time: 390 steps of 128 images"
+  capped 60 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 390 --warmup 20 \
+    --rounds 1 --variants adamw adamp
+
+  section "done"
+} 2>&1 | tee "$LOG"
+echo "output saved to $LOG"
+if grep -q '^\[FAILED' "$LOG"; then exit 1; fi

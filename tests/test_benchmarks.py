@@ -1,0 +1,65 @@
+"""Smoke tests: the benchmark scripts run end to end on tiny sizes (no timing asserts)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def run(*args: str, timeout: float = 180) -> str:
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_optimizer_step_table_and_memory() -> None:
+    out = run(
+        str(BENCHMARKS / "optimizer_step.py"), "--device", "cpu", "--sizes", "1e4", "--tensors", "4",
+        "--dtype", "float32", "bfloat16", "--variants", "adamw", "proxadam", "--rounds", "1", "--steps", "2",
+        "--warmup", "1", "--memory",
+    )
+    assert "streaming bandwidth (measured now)" in out
+    assert "Adam moves 28 B/param" in out and "Adam moves 14 B/param" in out
+    assert "of floor" in out and "of base" in out
+    assert "state B/param" in out and "step temp B/param" in out
+    for name in ("torch AdamW fused", "adamw", "proxadam"):
+        assert f"\n{name} " in out
+
+
+@pytest.mark.slow
+def test_optimizer_step_compiled_path() -> None:
+    out = run(
+        str(BENCHMARKS / "optimizer_step.py"), "--device", "cpu", "--sizes", "1e4", "--tensors", "2",
+        "--variants", "adamp", "--rounds", "1", "--steps", "1", "--warmup", "0",
+        timeout=300,
+    )
+    assert "\nadamp " in out and "adamp (eager fallback)" in out
+
+
+def test_train_throughput_smoke() -> None:
+    out = run(
+        str(BENCHMARKS / "train_throughput.py"), "--device", "cpu", "--steps", "2", "--warmup", "1",
+        "--batch-size", "4", "--rounds", "1", "--variants", "adamw",
+    )
+    for label in ("(a) plain torch, fused AdamW", "(b) lightning adamw", "(c) lightning adamw + monitors"):
+        assert out.count(label) == 2  # the round's line and the table's row
+    assert "images/s" in out and "vs (a)" in out
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_suite_syntax() -> None:
+    script = BENCHMARKS / "gpu_suite.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    text = script.read_text()
+    assert "set -euo pipefail" in text and "nvidia-smi" in text
+    caps = [int(line.split()[1]) for line in text.splitlines() if line.strip().startswith("capped ")]
+    assert caps and sum(caps) <= 8 * 60 - 30  # one call of at most 8 minutes, with room for start-up
