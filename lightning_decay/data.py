@@ -25,17 +25,38 @@ decode again. DataLoaders fetch whole batches by tensor indexing (``Dataset.__ge
 only) and normalization with the CIFAR-10 mean/std run batched, on the model's device, in
 ``on_after_batch_transfer``. The test split serves as both the validation and the test set (the reference
 results report test accuracy); there is no held-out validation split.
+
+**Determinism and exact resume.** Everything random is a function of ``seed``, the epoch and the batch's position,
+never of a global RNG or of how long the process has run:
+
+* the training order is a :class:`ResumableSampler` (a ``DistributedSampler``: Lightning keeps it under DDP),
+  shuffled from ``seed + epoch`` like torch's ``DistributedSampler``; rank ``r`` of ``W`` takes positions
+  ``r, r + W, ...`` of the (padded) epoch order, so ``W`` ranks with batch ``B`` see the same global batches as one
+  process with batch ``W * B``;
+* each training batch's crop/flip draws come from a CPU generator seeded with ``(seed, global rank, epoch, batch
+  index in the epoch)``.
+
+The data module's ``state_dict`` (the epoch and the batches consumed in it) is saved in every Lightning checkpoint
+and restored before the training loader is built, so a fit resumed mid-epoch continues with the next unseen batch
+and the same augmentation as an uninterrupted run (bitwise, given deterministic kernels). Exact with the same number
+of processes and batch size; with others it continues from the same global sample position (and warns). The
+training ``DataLoader`` (:class:`ResumableDataLoader`) carries the same state for Lightning's stateful-loader
+mechanism -- which alone is not enough in Lightning 2.6: it restores a loader only when the loader is built after
+the checkpoint is read, and ``configure_optimizers`` asking for ``trainer.estimated_stepping_batches`` (any
+schedule over the whole fit) builds it before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import pickle
 import tarfile
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -43,8 +64,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -54,6 +76,9 @@ __all__ = [
     "CIFAR10Arrays",
     "CIFAR10DataModule",
     "InMemoryImageDataset",
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "TrainProgress",
     "class_balanced_indices",
     "clear_cache",
     "load_cifar10",
@@ -452,6 +477,130 @@ def normalize(images: Tensor, mean: Sequence[float] = CIFAR10_MEAN, std: Sequenc
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Resumable training order
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ResumableSampler(DistributedSampler):
+    """torch's ``DistributedSampler`` (same order for the same ``seed``, epoch and world size) that can start an
+    epoch part-way: :meth:`resume` skips the first ``offset`` positions of that epoch's global order.
+
+    Works for one process (``num_replicas=1``, the default) as for many; being a ``DistributedSampler``, Lightning
+    does not replace it under DDP. ``len()`` is the full epoch's share of this rank, also in a resumed epoch (as
+    Lightning counts the batches of the epoch it resumes), while the iteration yields only the rest.
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.resume_epoch: int | None = None
+        self.resume_offset = 0
+
+    def global_order(self) -> list[int]:
+        """This epoch's order of all ranks (padded to a multiple of ``num_replicas`` as torch pads)."""
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(n, generator=generator).tolist()
+        else:
+            indices = list(range(n))
+        padding = self.total_size - len(indices)
+        if padding > 0:
+            indices += (indices * math.ceil(padding / max(1, len(indices))))[:padding]
+        return indices
+
+    def resume(self, epoch: int, offset: int) -> None:
+        """Start ``epoch`` at global position ``offset`` (samples all ranks consumed before the checkpoint)."""
+        self.resume_epoch, self.resume_offset = int(epoch), max(0, int(offset))
+        self.set_epoch(int(epoch))
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.global_order()
+        start = 0
+        if self.resume_epoch is not None and self.epoch == self.resume_epoch:
+            start = min(self.resume_offset, self.total_size)
+            self.resume_epoch = None  # once: a later pass over this epoch starts at its beginning
+        return iter(order[start + self.rank : self.total_size : self.num_replicas])
+
+
+@dataclass
+class TrainProgress:
+    """Training batches consumed in the current epoch (counted where they are used, after the transfer)."""
+
+    epoch: int = 0
+    batches: int = 0
+
+    def next_batch(self, epoch: int) -> int:
+        """The index in ``epoch`` of the batch being consumed now (counting restarts with each epoch)."""
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, 0
+        index = self.batches
+        self.batches += 1
+        return index
+
+
+class ResumableDataLoader(DataLoader):
+    """The training ``DataLoader`` of :class:`CIFAR10DataModule`: Lightning saves its :meth:`state_dict` (the epoch
+    and the batches consumed in it) in checkpoints and restores it when a fit resumes mid-epoch."""
+
+    def __init__(self, dataset: Dataset, *args: Any, progress: TrainProgress | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        self.progress = progress if progress is not None else TrainProgress()
+
+    def _world(self) -> int:
+        return self.sampler.num_replicas if isinstance(self.sampler, ResumableSampler) else 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the epoch stands: ``epoch``, ``batches`` consumed, and the ``batch_size``/``world_size``/``seed``
+        they were counted with."""
+        seed = self.sampler.seed if isinstance(self.sampler, ResumableSampler) else None
+        return {
+            "epoch": self.progress.epoch,
+            "batches": self.progress.batches,
+            "batch_size": self.batch_size,
+            "world_size": self._world(),
+            "seed": seed,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the saved epoch after its consumed batches (Lightning calls this on a mid-epoch resume)."""
+        epoch, batches = int(state_dict.get("epoch", 0)), int(state_dict.get("batches", 0))
+        batch_size = int(state_dict.get("batch_size") or self.batch_size or 1)
+        world = int(state_dict.get("world_size") or 1)
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):
+            rank_zero_warn("the training sampler was replaced; the resumed epoch starts from its beginning")
+            return
+        changed = [
+            f"{name} {saved} -> {now}"
+            for name, saved, now in (
+                ("batch_size", batch_size, self.batch_size),
+                ("world_size", world, sampler.num_replicas),
+                ("seed", state_dict.get("seed", sampler.seed), sampler.seed),
+            )
+            if saved != now
+        ]
+        if changed:
+            rank_zero_warn(
+                f"resuming mid-epoch with changed data settings ({', '.join(changed)}): the epoch continues from "
+                "the same global sample position, but the run is not an exact continuation"
+            )
+        offset = batches * batch_size * world
+        if offset >= sampler.total_size:  # the checkpoint closed its epoch: the next one starts fresh
+            epoch, batches, offset = epoch + 1, 0, 0
+        self.progress.epoch, self.progress.batches = epoch, batches
+        sampler.resume(epoch, offset)
+
+
+def _batch_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (hash, so nearby inputs give unrelated streams)."""
+    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The data module
 # --------------------------------------------------------------------------------------------------------------
 
@@ -468,7 +617,8 @@ class CIFAR10DataModule(LightningDataModule):
         augment: random crop (4-pixel zero padding) + horizontal flip on training batches.
         download: download torchvision's CIFAR-10 into ``data_dir`` (needs network).
         num_workers: DataLoader worker processes (0 is fine: batches are sliced from memory).
-        seed: seeds the subsets and the augmentation generator (offset by the global rank).
+        seed: seeds the subsets, the training order (``seed + epoch``) and the augmentation (with the global rank,
+            epoch and batch index); see the module docstring on determinism and exact resume.
     """
 
     num_classes: int = len(CIFAR10_CLASSES)
@@ -512,6 +662,9 @@ class CIFAR10DataModule(LightningDataModule):
         self.train_dataset: InMemoryImageDataset | None = None
         self.test_dataset: InMemoryImageDataset | None = None
         self._generator: torch.Generator | None = None
+        self.train_progress = TrainProgress()
+        self._train_loader: ResumableDataLoader | None = None
+        self._pending_resume: dict[str, Any] | None = None
 
     # ---- data ----------------------------------------------------------------------------------------------
 
@@ -567,8 +720,54 @@ class CIFAR10DataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled uint8 training batches ``(N x 3 x 32 x 32, N)``."""
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        """Shuffled uint8 training batches ``(N x 3 x 32 x 32, N)``: a :class:`ResumableDataLoader` over a
+        :class:`ResumableSampler` for this process's rank (the trainer's world size and global rank)."""
+        dataset = self._require(self.train_dataset)
+        trainer = self.trainer
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        loader = ResumableDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=ResumableSampler(dataset, num_replicas=world, rank=self._rank(), shuffle=True, seed=self.seed),
+            num_workers=self.num_workers,
+            collate_fn=_batch_collate,
+            persistent_workers=self.num_workers > 0,
+            progress=self.train_progress,
+        )
+        pending, self._pending_resume = self._pending_resume, None
+        if pending is not None and trainer is not None and getattr(trainer, "ckpt_path", None):
+            loader.load_state_dict(pending)  # this fit resumes from the checkpoint that held ``pending``
+        else:  # a fresh fit (a state loaded by validate/test(ckpt_path=...) is not a fit's position)
+            self.train_progress.epoch, self.train_progress.batches = 0, 0
+        self._train_loader = loader
+        return loader
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training position (:meth:`ResumableDataLoader.state_dict`), saved in Lightning checkpoints."""
+        if self._train_loader is not None:
+            return {"train_loader": self._train_loader.state_dict()}
+        trainer = self.trainer
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        progress = self.train_progress
+        return {
+            "train_loader": {
+                "epoch": progress.epoch, "batches": progress.batches, "batch_size": self.batch_size,
+                "world_size": world, "seed": self.seed,
+            }
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training position (Lightning calls this before ``configure_optimizers``): applied to the
+        training loader when the resumed fit builds it, and to a loader built already (strategies that restore
+        after their setup)."""
+        state = state_dict.get("train_loader")
+        if state is None:
+            return
+        self._pending_resume = dict(state)
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(state)
 
     def val_dataloader(self) -> DataLoader:
         """The test split (CIFAR-10 has no separate validation split here)."""
@@ -586,11 +785,15 @@ class CIFAR10DataModule(LightningDataModule):
 
     @property
     def generator(self) -> torch.Generator:
-        """CPU generator for augmentation, seeded with ``seed + global_rank`` on first use."""
+        """CPU generator for augmentation, seeded with ``seed + global_rank`` on first use; during training
+        re-seeded for each batch from ``(seed, global rank, epoch, batch index)``."""
         if self._generator is None:
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            self._generator = torch.Generator().manual_seed(self.seed + rank)
+            self._generator = torch.Generator().manual_seed(self.seed + self._rank())
         return self._generator
+
+    def _rank(self) -> int:
+        trainer = self.trainer
+        return int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
 
     def preprocess(self, images: Tensor, train: bool = False) -> Tensor:
         """uint8 batch -> normalized float32 batch, with crop/flip augmentation if ``train`` and ``augment``."""
@@ -601,5 +804,11 @@ class CIFAR10DataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment (training batches only) and normalize on the model's device."""
         images, labels = batch
-        training = self.trainer is not None and self.trainer.training
+        trainer = self.trainer
+        training = trainer is not None and trainer.training
+        if training:
+            epoch = int(getattr(trainer, "current_epoch", 0) or 0)
+            index = self.train_progress.next_batch(epoch)  # also the resume position of the training loader
+            if self.augment:
+                self.generator.manual_seed(_batch_seed(self.seed, self._rank(), epoch, index))
         return self.preprocess(images, train=training), labels

@@ -13,7 +13,8 @@
     MyModel().set_decay(optimizer="adamw-paper", weight_decay=1e-4)            # unchanged __init__
 
 Without settings the model trains with AdamW (torch convention, torch's default weight decay 1e-2), lr 1e-3,
-cosine decay over the fit, biases / norms / 1-D parameters without decay.
+cosine decay over the fit, biases / norms / 1-D parameters without decay, and an error naming the parameter when
+a gradient is NaN or inf (``nonfinite_grads``; see :mod:`lightning_decay.guards` and ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.enums import GradClipAlgorithmType
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -39,6 +42,7 @@ from lightning_decay.factory import (
     check_schedule_settings,
     trainer_steps_per_epoch,
 )
+from lightning_decay.guards import GradientGuard, NonFiniteGradientGuard, check_nonfinite_policy, check_skip_limit
 from lightning_decay.param_groups import DECAY, ParamGroupSettings
 
 __all__ = ["DecaySettings", "DecayMixin"]
@@ -47,6 +51,8 @@ __all__ = ["DecaySettings", "DecayMixin"]
 _OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "betas", "eps", "optimizer_kwargs")
 #: Settings of the built-in schedule; with ``lr_scheduler_callable`` they do not apply.
 _SCHEDULE_FIELDS = ("schedule", "warmup_steps", "warmup_ratio", "total_steps", "min_lr_ratio")
+#: Checkpoint key of the non-finite gradient guard's counters.
+_GUARD_KEY = "decay_mixin_gradient_guard"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,10 @@ class DecaySettings:
     * ``groups``: the parameter groups (:class:`~lightning_decay.param_groups.ParamGroupSettings`).
     * ``lr_scheduler_interval`` / ``lr_scheduler_monitor``: only for a ``lr_scheduler_callable`` (how often to
       step it; the metric of a ``ReduceLROnPlateau``).
+    * ``nonfinite_grads``: what a NaN/inf gradient does (:mod:`lightning_decay.guards`): ``raise`` (default, a
+      ``FloatingPointError`` naming the parameter), ``skip`` the step (weights and optimizer state unchanged,
+      counted and logged), or ``off``; ``nonfinite_skip_limit``: with ``skip``, raise after that many consecutive
+      skipped steps (None: never). Under a ``GradScaler`` (16-mixed) the scaler handles overflow instead.
 
     :meth:`to_dict` gives the plain form stored in ``hparams``; :meth:`coerce` reads it back.
     """
@@ -90,6 +100,8 @@ class DecaySettings:
     groups: ParamGroupSettings = field(default_factory=ParamGroupSettings)
     lr_scheduler_interval: str = "epoch"
     lr_scheduler_monitor: str | None = None
+    nonfinite_grads: str = "raise"
+    nonfinite_skip_limit: int | None = 10
 
     def __post_init__(self) -> None:
         try:
@@ -116,6 +128,8 @@ class DecaySettings:
             raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {self.lr_scheduler_interval!r}")
         if self.lr_scheduler_monitor is not None and not isinstance(self.lr_scheduler_monitor, str):
             raise TypeError(f"lr_scheduler_monitor must be a metric name, got {self.lr_scheduler_monitor!r}")
+        check_nonfinite_policy(self.nonfinite_grads, "nonfinite_grads")
+        check_skip_limit(self.nonfinite_skip_limit, "nonfinite_skip_limit")
         trial = check_optimizer_settings(
             self.optimizer, self.lr, self.weight_decay, self.betas, self.eps, self.optimizer_kwargs
         )
@@ -207,6 +221,14 @@ class DecayMixin:
     ``DecaySettings(optimizer="pkg.module.OptimizerClass", optimizer_kwargs=...)`` there; LightningCLI stores
     callables as ``class_path``/``init_args`` and rebuilds them.
 
+    **Reliability** (``docs/reliability.md``). Every optimizer step checks the gradients for NaN/inf
+    (``decay.nonfinite_grads``, :class:`~lightning_decay.guards.GradientGuard`; skipped when the trainer has a
+    :class:`~lightning_decay.guards.NonFiniteGradientGuard` callback, which then decides); a subclass that
+    overrides ``on_before_optimizer_step`` calls ``super().on_before_optimizer_step(optimizer)`` to keep it.
+    Gradient clipping works under ``bf16-mixed`` and ``16-mixed`` for every variant, also with torch's fused
+    kernels, for which Lightning alone refuses to clip (:meth:`configure_gradient_clipping`). The guard's counters
+    are saved in checkpoints.
+
     After ``configure_optimizers``, :attr:`resolved_decay` holds the resolved numbers (weight decay and
     timescale per group, steps per epoch); they are logged as hyperparameters (``decay/...``) and printed once.
     If the model defines its own ``configure_optimizers``, call :meth:`configure_decay_optimizers` (or
@@ -227,6 +249,8 @@ class DecayMixin:
         self.lr_scheduler_callable = lr_scheduler_callable
         self.resolved_decay: dict[str, Any] = {}
         _check_callables(self.decay_settings, optimizer_callable, lr_scheduler_callable)
+        settings = self.decay_settings
+        self.gradient_guard = GradientGuard(settings.nonfinite_grads, settings.nonfinite_skip_limit)
         self.save_hyperparameters({"decay": self.decay_settings.to_dict()}, frame=inspect.currentframe())
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -256,17 +280,65 @@ class DecayMixin:
             settings = settings.replace(**changes)
         _check_callables(settings, self.optimizer_callable, self.lr_scheduler_callable)
         self.decay_settings = settings
+        self.gradient_guard.policy = settings.nonfinite_grads
+        self.gradient_guard.skip_limit = settings.nonfinite_skip_limit
         for store in (self.hparams, getattr(self, "_hparams_initial", None)):  # type: ignore[attr-defined]
             if store is not None:
                 store["decay"] = settings.to_dict()
         return self
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore ``hparams["decay"]`` in ``load_from_checkpoint`` when ``__init__`` could not take it."""
+        """Restore ``hparams["decay"]`` in ``load_from_checkpoint`` when ``__init__`` could not take it, and the
+        non-finite guard's counters."""
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         saved = checkpoint.get("hyper_parameters", {}).get("decay")
         if saved is not None and self._trainer is None and not _init_accepts(type(self), "decay"):  # type: ignore[attr-defined]
             self.set_decay(saved)
+        if _GUARD_KEY in checkpoint:
+            self.gradient_guard.load_state_dict(checkpoint[_GUARD_KEY])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the non-finite guard's counters (skipped steps) with the checkpoint."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint[_GUARD_KEY] = self.gradient_guard.state_dict()
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """The non-finite gradient check (``decay.nonfinite_grads``), unless a ``NonFiniteGradientGuard`` callback
+        is attached (it has decided already)."""
+        super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
+        trainer = self._trainer  # type: ignore[attr-defined]
+        if trainer is None or any(isinstance(c, NonFiniteGradientGuard) for c in trainer.callbacks):
+            return
+        self.gradient_guard.check(trainer, self, optimizer)  # type: ignore[arg-type]
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, made to work under mixed precision for optimizers that can unscale inside their step
+        (torch's fused kernels, the default of AdamL2, AdamW, ProxAdam, AdamC): Lightning's ``MixedPrecision``
+        refuses to clip for them (``bf16-mixed`` and ``16-mixed``). Here a ``GradScaler`` unscales the gradients
+        first (it then steps the optimizer with them as they are and still skips overflow steps), and they are
+        clipped by Lightning's plain precision code."""
+        trainer = self._trainer  # type: ignore[attr-defined]
+        plugin = trainer.precision_plugin if trainer is not None else None
+        if (
+            gradient_clip_val
+            and isinstance(plugin, MixedPrecision)
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            if plugin.scaler is not None:
+                plugin.scaler.unscale_(optimizer)
+            algorithm = gradient_clip_algorithm or "norm"
+            if not isinstance(algorithm, GradClipAlgorithmType):
+                algorithm = GradClipAlgorithmType(str(algorithm).lower())
+            Precision.clip_gradients(plugin, optimizer, float(gradient_clip_val), algorithm)  # type: ignore[arg-type]
+            return
+        super().configure_gradient_clipping(  # type: ignore[misc]
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """The optimizer on named parameter groups and its per-step schedule (:meth:`configure_decay_optimizers`)."""
