@@ -168,7 +168,18 @@ class DecayOptimizer:
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
         group.setdefault(LR_AT_CONSTRUCTION, group["lr"])
+        where = _group_label(self, group)  # type: ignore[arg-type]
+        for flag in _BOOLEAN_FLAGS:
+            value = group.get(flag)
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"{flag}{where} must be True or False, got {type(value).__name__} {value!r}")
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError(f"fused and foreach{where} cannot both be True")
         self._check_group(group)
+
+
+#: Constructor flags that must be booleans (``foreach`` and ``fused`` may also be None: the default path).
+_BOOLEAN_FLAGS = ("amsgrad", "maximize", "foreach", "fused", "capturable", "differentiable", "nesterov")
 
 
 def _torch_adam_step(optimizer: torch.optim.Adam) -> None:

@@ -146,7 +146,6 @@ def test_optimizer_constructors(data: st.DataObject, variant: str) -> None:
         pytest.fail(f"{variant}({kwargs}) was accepted but its step raised {type(error).__name__}: {error}")
 
 
-@pytest.mark.xfail(strict=True, reason="optimizers.py / sgd.py do not type-check these flags (torch does not either)")
 @pytest.mark.parametrize(
     ("variant", "flags"),
     [
@@ -157,9 +156,8 @@ def test_optimizer_constructors(data: st.DataObject, variant: str) -> None:
         ("adamw", {"fused": True, "foreach": True}),  # torch's RuntimeError, not a ValueError
     ],
 )
-def test_known_gaps_in_optimizer_arguments(variant: str, flags: dict[str, Any]) -> None:
-    """Strict xfail (turns red once fixed, so UNCHECKED_FLAGS can shrink): non-bool flags should be rejected at
-    construction with an error naming them, as AdamC's ``normalized`` and SGD's ``nesterov`` are."""
+def test_non_bool_flags_are_rejected(variant: str, flags: dict[str, Any]) -> None:
+    """Non-bool flags are rejected at construction with an error naming them (torch itself does not check)."""
     cls, fixed = VARIANTS[variant]
     with pytest.raises((ValueError, TypeError), match=next(iter(flags))):
         cls(tiny_model().parameters(), **fixed, **flags)
