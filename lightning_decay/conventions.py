@@ -113,11 +113,14 @@ def _timescale(rule: DecayRule, lr: float, weight_decay: float) -> float:
     try:
         tau = rule.timescale_steps(lr, lr, weight_decay)
     except ValueError as error:
-        raise ValueError(f"variant {rule.name!r} has no decay timescale: {error}") from None
+        raise ValueError(
+            f"variant {rule.name!r} has no decay timescale (decay_timescale_epochs needs a per-step decay factor): "
+            f"{error}"
+        ) from None
     if weight_decay > 0 and math.isinf(tau):
         raise ValueError(
-            f"variant {rule.name!r} has no decay timescale: its decay goes through the gradient (an L2 penalty, "
-            "preconditioned by the optimizer), not a per-step shrink factor"
+            f"variant {rule.name!r} has no decay timescale (decay_timescale_epochs needs a per-step decay factor): "
+            "its decay goes through the gradient (an L2 penalty, preconditioned by the optimizer)"
         )
     return tau
 
