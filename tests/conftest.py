@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,3 +54,14 @@ def cifar_jpeg_tar(cifar_jpeg_dir: Path, tmp_path_factory: pytest.TempPathFactor
     with tarfile.open(path, "w:gz") as tf:
         tf.add(cifar_jpeg_dir, arcname="cifar10")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_wandb_state():
+    """Each test starts with no W&B run and no cached W&B settings (wandb keeps both per process)."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()
