@@ -607,11 +607,6 @@ class _CompiledAdam(DecayOptimizer, Optimizer):
         if not hasattr(self, "_kernel"):  # unpickled or deep-copied; load_state_dict keeps the compiled kernel
             self._kernel = self._new_kernel()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.pop("_kernel", None)
-        return state
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step over all groups (groups checked first)."""

@@ -135,7 +135,7 @@ class _DecaySGD(DecayOptimizer, Optimizer):
         if fused is None and foreach is None and _fused_supported(params):
             defaults["fused"] = True  # the fastest exact path: torch's fused kernel (memory-bandwidth bound)
         super().__init__(params, defaults)
-        self._kernel = _CompiledStep(_sgd_multi_tensor_step, type(self).__name__)
+        self._kernel = self._new_kernel()
 
     @property
     def compile_seconds(self) -> float | None:
@@ -159,6 +159,9 @@ class _DecaySGD(DecayOptimizer, Optimizer):
         super().add_param_group(param_group)
         self._prepare_group(self.param_groups[-1])
 
+    def _new_kernel(self) -> _CompiledStep:
+        return _CompiledStep(_sgd_multi_tensor_step, type(self).__name__)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:  # e.g. a torch.optim.SGD state_dict
@@ -169,12 +172,7 @@ class _DecaySGD(DecayOptimizer, Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", False)
         if not hasattr(self, "_kernel"):  # unpickled or deep-copied; load_state_dict keeps the compiled kernel
-            self._kernel = _CompiledStep(_sgd_multi_tensor_step, type(self).__name__)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.pop("_kernel", None)
-        return state
+            self._kernel = self._new_kernel()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
