@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from lightning_decay.guards import NonFiniteGradientError
+from tests.process_exit import exit_now
 from tests.test_ddp import CHECKPOINT_STEP, fit_case
 
 
@@ -38,4 +39,4 @@ def main(root: Path, data_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    exit_now(main(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
 from lightning_decay.sharded_norms import ShardedTensors
+from tests.process_exit import exit_now
 from tests.test_callbacks import BATCH, STEPS, Net, classification_data, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +117,7 @@ FSDP_SCRIPT = textwrap.dedent(
 
     from lightning.pytorch.strategies import ModelParallelStrategy
 
+    from tests.process_exit import exit_now
     from tests.test_callbacks_distributed import train
 
     strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
@@ -123,6 +125,7 @@ FSDP_SCRIPT = textwrap.dedent(
     if trainer.is_global_zero:
         types = sorted({type(p).__name__ for p in trainer.lightning_module.parameters()})
         print("PARAM_TYPES", ",".join(types))
+    exit_now()
     """
 )
 
@@ -233,8 +236,10 @@ def _worker(rank: int, init_file: str) -> None:
         # Without it a rank that finished its last collective first may close its connections while the other
         # still reads from them (gloo then aborts that process).
         dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    exit_now()  # see tests/process_exit.py
 
 
 def test_sharded_norms_on_raw_fsdp2_fsdp1_and_dtensor(tmp_path: Path) -> None:
