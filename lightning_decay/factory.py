@@ -19,6 +19,7 @@ import importlib
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -319,7 +320,7 @@ def build_optimizer(
         else:
             raise TypeError("params must be all tensors or all group dicts, not a mix")
     if decay_timescale_steps is None:
-        return make(param_groups)
+        return _warn_unread_normalized(make(param_groups))
     probe = make(_copy_groups(param_groups))
     base_lr = float(probe.defaults["lr"])
     base_weight_decay = weight_decay_for_timescale(decay_timescale_steps, base_lr, decay_rule_of(probe))
@@ -327,7 +328,21 @@ def build_optimizer(
         if "weight_decay" not in group:
             rule = decay_rule_of(probe, probe_group)
             group["weight_decay"] = weight_decay_for_timescale(decay_timescale_steps, float(probe_group["lr"]), rule)
-    return make(param_groups, weight_decay=base_weight_decay)
+    return _warn_unread_normalized(make(param_groups, weight_decay=base_weight_decay))
+
+
+def _warn_unread_normalized(optimizer: Optimizer) -> Optimizer:
+    """Warns when groups are marked ``normalized`` (a group override's setting) for an optimizer that does not
+    read the key (only AdamC does: it has ``normalized`` among its defaults)."""
+    groups = optimizer.param_groups
+    marked = [group.get("name", str(index)) for index, group in enumerate(groups) if "normalized" in group]
+    if marked and "normalized" not in optimizer.defaults:
+        warnings.warn(
+            f"groups.overrides set normalized on group(s) {marked}, but {type(optimizer).__name__} ignores it "
+            "(only adamc reads it)",
+            stacklevel=3,
+        )
+    return optimizer
 
 
 def trainer_total_steps(trainer: pl.Trainer) -> int:

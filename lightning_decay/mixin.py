@@ -395,6 +395,8 @@ class DecayMixin:
             count = sum(p.numel() for p in group["params"])
             line = f"  {name}: {len(group['params'])} tensors, {count:,} parameters, weight_decay={weight_decay:.6g}"
             line += f" at lr={lr:.6g}"
+            if "normalized" in optimizer.defaults and weight_decay > 0:  # AdamC: which decay rule the group follows
+                line += ", normalized" if group.get("normalized") else ", not normalized (AdamW decay)"
             try:
                 tau = timescale_steps(weight_decay, lr, decay_rule_of(optimizer, group))
             except (ValueError, TypeError):

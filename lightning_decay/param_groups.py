@@ -103,8 +103,10 @@ class GroupOverride:
     """A named parameter group for the parameters matched by name ``patterns`` or by ``modules`` type.
 
     ``weight_decay`` (absolute, in the optimizer's convention; 0 for none), ``lr`` (absolute) or ``lr_scale``
-    (``lr = lr_scale * base lr``) apply to the group; ``None`` keeps the optimizer's value. The names
-    ``"decay"``/``"no_decay"`` add the matches to the built-in groups and then take no settings.
+    (``lr = lr_scale * base lr``) apply to the group; ``None`` keeps the optimizer's value. ``normalized`` sets
+    ``group["normalized"]``, which AdamC reads: False for layers whose output no normalization follows (their decay
+    keeps AdamW's ``lr_t * wd``). The names ``"decay"``/``"no_decay"`` add the matches to the built-in groups and
+    then take no settings.
     """
 
     name: str
@@ -113,6 +115,7 @@ class GroupOverride:
     weight_decay: float | None = None
     lr: float | None = None
     lr_scale: float | None = None
+    normalized: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -124,14 +127,16 @@ class GroupOverride:
         object.__setattr__(self, "weight_decay", _optional_number(self.weight_decay, f"{where}: weight_decay", False))
         object.__setattr__(self, "lr", _optional_number(self.lr, f"{where}: lr", True))
         object.__setattr__(self, "lr_scale", _optional_number(self.lr_scale, f"{where}: lr_scale", True))
+        if self.normalized is not None and not isinstance(self.normalized, bool):
+            raise TypeError(f"{where}: normalized must be true, false or null, got {self.normalized!r}")
         if not self.patterns and not self.modules:
             raise ValueError(f"{where}: give patterns or modules (it matches nothing)")
         if self.lr is not None and self.lr_scale is not None:
             raise ValueError(f"{where}: lr and lr_scale are exclusive, got lr={self.lr} and lr_scale={self.lr_scale}")
         if self.name in (DECAY, NO_DECAY) and self.settings():
             raise ValueError(
-                f"{where}: the built-in group {self.name!r} takes no weight_decay/lr/lr_scale; give the override "
-                f"another name to change them (got {self.settings()})"
+                f"{where}: the built-in group {self.name!r} takes no weight_decay/lr/lr_scale/normalized; give the "
+                f"override another name to change them (got {self.settings()})"
             )
 
     @property
@@ -145,9 +150,11 @@ class GroupOverride:
         """Name of the no-decay part of a splitting override: ``name + "_no_decay"``."""
         return f"{self.name}{NO_DECAY_SUFFIX}"
 
-    def settings(self) -> dict[str, float]:
-        """The group settings this override sets (``weight_decay``, ``lr``, ``lr_scale``), without the ``None``s."""
+    def settings(self) -> dict[str, float | bool]:
+        """The group settings this override sets (``weight_decay``, ``lr``, ``lr_scale``, ``normalized``), without
+        the ``None``s."""
         values = {"weight_decay": self.weight_decay, "lr": self.lr, "lr_scale": self.lr_scale}
+        values["normalized"] = self.normalized
         return {key: value for key, value in values.items() if value is not None}
 
     @classmethod
@@ -200,7 +207,7 @@ class ParamGroupSettings:
             overrides = (overrides,)
         overrides = tuple(GroupOverride.coerce(item) for item in overrides)
         object.__setattr__(self, "overrides", overrides)
-        seen: dict[str, dict[str, float]] = {}
+        seen: dict[str, dict[str, float | bool]] = {}
         for override in overrides:
             if override.name in seen and seen[override.name] != override.settings():
                 raise ValueError(
@@ -436,14 +443,15 @@ def build_param_groups(
 ) -> list[dict[str, Any]]:
     """``torch.optim`` parameter groups for ``model`` (empty groups left out), each with a ``"name"``.
 
-    ``"no_decay"`` gets ``weight_decay = 0``; overrides get the settings they give. ``lr_scale`` needs
+    ``"no_decay"`` gets ``weight_decay = 0``; overrides get the settings they give (``normalized`` as
+    ``group["normalized"]``, on both parts of a splitting override). ``lr_scale`` needs
     ``base_lr`` and becomes ``lr = lr_scale * base_lr``. ValueError when nothing is trainable.
     """
     settings = ParamGroupSettings.coerce(settings)
     assigned = _assign(model, settings, warn_unused)
     if not assigned:
         raise ValueError(f"{type(model).__name__} has no trainable parameters (all frozen or none)")
-    options: dict[str, dict[str, float]] = {DECAY: {}, NO_DECAY: {"weight_decay": 0.0}}
+    options: dict[str, dict[str, float | bool]] = {DECAY: {}, NO_DECAY: {"weight_decay": 0.0}}
     for override in settings.overrides:
         options.setdefault(override.name, override.settings())
         if override.splits:
@@ -474,6 +482,8 @@ def summarize_param_groups(groups: Sequence[Mapping[str, Any]], numel: Callable[
         count = sum(numel(p) if numel else p.numel() for p in tensors)
         values = {"weight_decay": group.get("weight_decay"), "lr": group.get("initial_lr", group.get("lr"))}
         extra = ", ".join(f"{key}={value:g}" for key, value in values.items() if value is not None)
+        if group.get("normalized") is False:
+            extra += ", not normalized"
         name = group.get("name", f"pg{index + 1}")
         lines.append(f"{name}: {len(tensors)} tensors, {count:,} parameters{f' ({extra})' if extra else ''}")
     return "\n".join(lines)

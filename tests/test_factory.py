@@ -112,6 +112,31 @@ def test_lr_scale_with_an_injected_optimizer_uses_its_lr() -> None:
     assert by_name["decay"]["lr"] == 0.002
 
 
+def test_adamc_groups_marked_not_normalized_keep_adamw_decay() -> None:
+    """An override with ``normalized: false`` (the head) decays by AdamW's ``1 - lr_t wd``; the other decayed
+    groups by AdamC's ``1 - lr_t^2 / lr_max wd``: checked on a real step with zero gradients (then ``u = 0`` and
+    the step is the decay alone), at half the peak lr."""
+    model = SmallCNN().double()
+    head = {"name": "head", "patterns": ["head"], "normalized": False}
+    optimizer = build_optimizer(model, "adamc", lr=0.1, weight_decay=0.5, groups={"overrides": [head]})
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    assert [by_name[n]["normalized"] for n in ("decay", "no_decay", "head", "head_no_decay")] == [1, 1, 0, 0]
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = 0.1, 0.05  # what a scheduler at half the peak leaves
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    expected = {"decay": 1 - 0.05**2 / 0.1 * 0.5, "head": 1 - 0.05 * 0.5, "no_decay": 1.0, "head_no_decay": 1.0}
+    for name, factor in expected.items():
+        for p in by_name[name]["params"]:
+            torch.testing.assert_close(p.detach(), before[id(p)] * factor, rtol=1e-14, atol=0)
+    with pytest.warns(UserWarning, match=r"normalized on group\(s\) \['head', 'head_no_decay'\].*AdamW ignores"):
+        build_optimizer(SmallCNN(), "adamw", groups={"overrides": [head]})
+    with pytest.raises(TypeError, match="GroupOverride 'head': normalized must be true, false or null"):
+        GroupOverride("head", patterns=["head"], normalized="no")  # type: ignore[arg-type]
+
+
 def test_timescale_resolves_per_group_through_the_rule() -> None:
     settings = ParamGroupSettings(overrides=[GroupOverride("head", patterns=["head"], lr_scale=10.0)])
     torch_conv = build_optimizer(SmallCNN(), "adamw", lr=1e-3, decay_timescale_steps=500, groups=settings)

@@ -351,13 +351,18 @@ def test_bad_group_settings_fail_with_the_setting_named(make, message) -> None:
 
 def test_plain_dict_round_trip() -> None:
     settings = ParamGroupSettings(
-        no_decay_embeddings=True, no_decay=["pos_*"], overrides=[GroupOverride("head", patterns="head.*", lr=0.1)]
+        no_decay_embeddings=True,
+        no_decay=["pos_*"],
+        overrides=[GroupOverride("head", patterns="head.*", lr=0.1, normalized=False)],
     )
     plain = settings.to_dict()
     assert plain["overrides"] == [
-        {"name": "head", "patterns": ["head.*"], "modules": [], "weight_decay": None, "lr": 0.1, "lr_scale": None}
+        {"name": "head", "patterns": ["head.*"], "modules": [], "weight_decay": None, "lr": 0.1, "lr_scale": None,
+         "normalized": False}
     ]
     assert ParamGroupSettings.coerce(plain) == settings
+    old_checkpoint = {**plain, "overrides": [{k: v for k, v in plain["overrides"][0].items() if k != "normalized"}]}
+    assert ParamGroupSettings.coerce(old_checkpoint).overrides[0].normalized is None  # saved before the key existed
 
 
 def test_groups_build_a_real_optimizer_with_readable_names() -> None:
