@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -533,6 +533,8 @@ class EffectiveDecayMonitor(_StepMonitor):
     * AdamP: ``decay_factor_min|mean|max/<layer>`` of the elementwise ``1 / (1 + lr_t wd / D)`` with D from the
       optimizer state after the step (the D the step used), and ``decay_factor/<group>`` = mean over the group's
       elements.
+    * cautious decay: ``decayed_fraction/<group>`` and ``decayed_fraction/<layer>``, the fraction of coordinates
+      the mask ``1[u_t * w >= 0]`` decays (from the first moment and the weights after the step).
     * Adam with L2 (AdamL2, ``torch.optim.Adam(weight_decay=...)``): ``preconditioned_decay_min|mean|max/<layer>``
       of ``lr_t wd / D`` and ``preconditioned_decay/<group>`` (mean over the group's elements); every L2 rule:
       ``l2_grad_ratio/<layer>`` = ``wd |w| / |g|``, the size of the L2 term next to the loss gradient.
@@ -588,7 +590,8 @@ class EffectiveDecayMonitor(_StepMonitor):
                 continue
             l2 = _is_l2(rule, lr, initial_lr, weight_decay)
             needs_denominator = factor is None and not l2
-            if needs_denominator or (l2 and callable(getattr(rule, "preconditioned_decay", None))):
+            masked = callable(getattr(rule, "decay_mask", None))  # cautious decay: the decayed fraction
+            if needs_denominator or masked or (l2 and callable(getattr(rule, "preconditioned_decay", None))):
                 self._pending.append(_GroupStep(optimizer, group, name, lr, initial_lr, weight_decay, rule))
             if l2:
                 self._l2_ratio(metrics, optimizer_index, group_index, group, weight_decay)
@@ -611,6 +614,10 @@ class EffectiveDecayMonitor(_StepMonitor):
         for step in pending:
             optimizer_index = next(i for i, o in enumerate(self._optimizers) if o is step.optimizer)
             group_index = next(i for i, g in enumerate(step.optimizer.param_groups) if g is step.group)
+            tensors = self._tensors_of(optimizer_index, group_index, step.group)
+            if callable(getattr(step.rule, "decay_mask", None)):
+                self._decayed_fraction(metrics, step, tensors)
+                continue
             if not _is_l2(step.rule, step.lr, step.initial_lr, step.weight_decay):
                 prefix = "decay_factor"  # elementwise through D (AdamP)
 
@@ -625,8 +632,22 @@ class EffectiveDecayMonitor(_StepMonitor):
                         step.lr, step.weight_decay, denominator
                     )
 
-            self._elementwise(metrics, step, prefix, values, self._tensors_of(optimizer_index, group_index, step.group))
+            self._elementwise(metrics, step, prefix, values, tensors)
         return metrics
+
+    def _decayed_fraction(self, metrics: _Metrics, step: _GroupStep, tensors: ShardedTensors) -> None:
+        """Cautious decay: the fraction of coordinates the rule's mask ``1[u_t * w >= 0]`` decays, per selected
+        layer and over the group. ``u_t`` has the sign of the first moment after the step (Adam's denominator and
+        bias correction are positive); ``w`` is the weight after the step, so the mask differs from the step's only
+        where a weight crossed zero."""
+
+        def mask(param: Tensor, param_state: dict[str, Any]) -> Tensor | None:
+            if "exp_avg" not in param_state:
+                return None
+            first_moment, weight = tensors.local([param_state["exp_avg"], param])
+            return step.rule.decay_mask(first_moment, weight).to(torch.float32)  # type: ignore[attr-defined]
+
+        self._group_and_layer_stats(metrics, step, tensors, mask, "decayed_fraction/", {"mean": "decayed_fraction/"})
 
     def _elementwise(
         self,
@@ -641,33 +662,51 @@ class EffectiveDecayMonitor(_StepMonitor):
             return
         beta2, eps = step.group["betas"][1], step.group["eps"]
         amsgrad = bool(step.group.get("amsgrad", False))
-        state = step.optimizer.state
-        indices, local_values, numels = [], [], []
-        for index, param in enumerate(tensors.tensors):
-            param_state = state.get(param)
-            if not param_state or "exp_avg_sq" not in param_state:
-                continue
+
+        def value(param: Tensor, param_state: dict[str, Any]) -> Tensor | None:
+            if "exp_avg_sq" not in param_state:
+                return None
             second_moment = param_state["max_exp_avg_sq"] if amsgrad else param_state["exp_avg_sq"]
             (local_moment, local_step) = tensors.local([second_moment, param_state["step"]])
             step_count = torch.as_tensor(local_step, dtype=torch.float64, device=local_moment.device)
-            denominator = adam_denominator(local_moment, (1 - beta2**step_count).sqrt(), eps)
-            value = values(denominator)
-            if not isinstance(value, Tensor):
-                continue
-            indices.append(index)
-            local_values.append(value)
-            numels.append(param.numel())
+            result = values(adam_denominator(local_moment, (1 - beta2**step_count).sqrt(), eps))
+            return result if isinstance(result, Tensor) else None
+
+        layer_keys = {statistic: f"{prefix}_{statistic}/" for statistic in ("min", "mean", "max")}
+        self._group_and_layer_stats(metrics, step, tensors, value, f"{prefix}/", layer_keys)
+
+    def _group_and_layer_stats(
+        self,
+        metrics: _Metrics,
+        step: _GroupStep,
+        tensors: ShardedTensors,
+        local_value: Callable[[Tensor, dict[str, Any]], Tensor | None],
+        group_key: str,
+        layer_keys: Mapping[str, str],
+    ) -> None:
+        """An elementwise quantity, ``local_value(param, state)`` (this rank's shard; None to skip the parameter),
+        over the group's parameters with optimizer state: the mean over all their elements as ``group_key<group>``
+        and, per selected layer, the statistics named in ``layer_keys`` (``min``/``mean``/``max`` -> key prefix)."""
+        indices, local_values, numels = [], [], []
+        for index, param in enumerate(tensors.tensors):
+            param_state = step.optimizer.state.get(param)
+            value = local_value(param, param_state) if param_state else None
+            if value is not None:
+                indices.append(index)
+                local_values.append(value)
+                numels.append(param.numel())
         if not indices:
             return
-        stats = tensors.elementwise_stats(local_values, indices)
-        counts = stats.new_tensor(numels, dtype=stats.dtype)
-        metrics.add(f"{prefix}/", [step.name], (stats[:, 1] * counts).sum().reshape(1) / counts.sum())
+        stats = tensors.elementwise_stats(local_values, indices).double()
+        counts = stats.new_tensor(numels)
+        metrics.add(group_key, [step.name], (stats[:, 1] * counts).sum().reshape(1) / counts.sum())
         chosen = [row for row, index in enumerate(indices) if id(tensors.tensors[index]) in self._selected_ids]
         if chosen:
             names = [self._name_of.get(id(tensors.tensors[indices[row]]), "?") for row in chosen]
             rows = stats.index_select(0, torch.tensor(chosen, dtype=torch.long, device=stats.device))
             for column, statistic in enumerate(("min", "mean", "max")):
-                metrics.add(f"{prefix}_{statistic}/", names, rows[:, column])
+                if statistic in layer_keys:
+                    metrics.add(layer_keys[statistic], names, rows[:, column])
 
     def _update_summary(self, values: Mapping[str, float]) -> None:
         """Rows are param groups (lr, eta, factor, timescales) and layers (elementwise statistics, L2 ratio)."""
@@ -681,6 +720,7 @@ class EffectiveDecayMonitor(_StepMonitor):
             "decay_factor_mean": "decay_factor_mean/",
             "preconditioned_decay_mean": "preconditioned_decay_mean/",
             "l2_grad_ratio": "l2_grad_ratio/",
+            "decayed_fraction": "decayed_fraction/",
         }
         _per_layer_summary(self._summary, values, families)
 
@@ -751,6 +791,42 @@ def _training_step_loss(pl_module: pl.LightningModule, batch: Any) -> Tensor:
     return output
 
 
+class _NotPortable(Exception):
+    """A fixed check batch holds a value ``torch.load(weights_only=True)`` cannot read back."""
+
+
+#: Leaf types of a fixed check batch that a ``weights_only`` checkpoint holds as they are.
+_PORTABLE_LEAVES = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _portable_batch(value: Any) -> Any:
+    """``value`` with every tensor copied to the CPU, for a checkpoint that ``torch.load(weights_only=True)`` reads:
+    plain tensors, numbers, strings and None in lists, tuples and dicts. Raises :class:`_NotPortable` for anything
+    else (named tuples, dataclasses, tensor subclasses, ...), naming it."""
+    kind = type(value)
+    if kind is Tensor:
+        return value.detach().to("cpu", copy=True)
+    if kind in _PORTABLE_LEAVES:
+        return value
+    if kind in (list, tuple):
+        return kind(_portable_batch(v) for v in value)
+    if kind in (dict, OrderedDict) and all(type(k) in _PORTABLE_LEAVES for k in value):
+        return kind((k, _portable_batch(v)) for k, v in value.items())
+    raise _NotPortable(f"{kind.__module__}.{kind.__qualname__}")
+
+
+def _batch_to_device(value: Any, device: torch.device) -> Any:
+    """A batch from :func:`_portable_batch` with its tensors on ``device`` (the same objects where already there)."""
+    kind = type(value)
+    if kind is Tensor:
+        return value.to(device)
+    if kind in (list, tuple):
+        return kind(_batch_to_device(v, device) for v in value)
+    if kind in (dict, OrderedDict):
+        return kind((k, _batch_to_device(v, device)) for k, v in value.items())
+    return value
+
+
 class ScaleInvarianceMonitor(_StepMonitor):
     """Per layer: is its loss scale-invariant, and is it in rotational equilibrium?
 
@@ -777,8 +853,14 @@ class ScaleInvarianceMonitor(_StepMonitor):
     ``check_every_n_steps``: the check runs after the first optimizer step of training (a one-time start-up cost:
     one forward pass per monitored layer on the fixed batch) and then every ``check_every_n_steps`` optimizer steps
     (default 1000; 0: never); its keys are logged with the next logging step. ``loss_fn(module, batch) -> loss``
-    defaults to the module's ``training_step`` (its ``self.log`` calls muted); pass one for manual optimization.
-    Update metrics assume one optimizer step per batch.
+    defaults to the module's ``training_step`` (its ``self.log`` calls muted, under ``torch.no_grad``: a module
+    that updates metrics in ``training_step`` should skip that when grad is off, as ``ImageClassifier`` does);
+    pass one for manual optimization. Update metrics assume one optimizer step per batch.
+
+    Resume: the checkpoint holds the fixed batch (tensors on the CPU, moved to the module's device for the next
+    check), the labels, when the check last ran and results not yet logged, so a run resumed mid-epoch logs the
+    same values as the uninterrupted one. Under DDP the checkpoint is rank 0's: after a resume every rank checks on
+    rank 0's batch (rank 0, which logs, continues exactly).
     """
 
     _default_layers = staticmethod(_weight_layers)
@@ -806,6 +888,8 @@ class ScaleInvarianceMonitor(_StepMonitor):
         self.check_batch_size = check_batch_size
         self.loss_fn = loss_fn
         self._fixed_batch: Any = None
+        #: The fixed batch came from a checkpoint (tensors on the CPU) and is not yet on the module's device.
+        self._fixed_batch_on_cpu = False
         self._snapshot: list[Tensor] | None = None
         self._before: dict[str, Tensor] = {}
         #: layer -> (invariant, relative loss change) of the latest check.
@@ -814,6 +898,7 @@ class ScaleInvarianceMonitor(_StepMonitor):
         self._last_check_step: int | None = None
         self._pending_check: list[tuple[str, list[str], Tensor]] = []
         self._check_off_reason: str | None = None
+        self._warned_unportable = False
 
     @property
     def _checks_enabled(self) -> bool:
@@ -941,6 +1026,9 @@ class ScaleInvarianceMonitor(_StepMonitor):
 
     def _run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_check_step = _logging_step_index(trainer)
+        if self._fixed_batch_on_cpu:  # restored from a checkpoint: to the module's device (once)
+            self._fixed_batch = _batch_to_device(self._fixed_batch, pl_module.device)
+            self._fixed_batch_on_cpu = False
         changes = scale_check(
             pl_module,
             self._tensors.tensors,
@@ -966,17 +1054,42 @@ class ScaleInvarianceMonitor(_StepMonitor):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The latest labels and when the check last ran (the fixed batch is re-captured after a resume)."""
-        return {
+        """The latest labels, when the check last ran, its results not yet logged, and the fixed check batch (its
+        tensors copied to the CPU), so that a resumed run checks on the same batch and logs the same values.
+
+        Everything is plain (tensors, numbers, strings, lists, dicts): ``torch.load(weights_only=True)`` reads it,
+        as Lightning's resume does by default. A fixed batch that holds anything else (a named tuple, a dataclass,
+        a tensor subclass) is left out with a warning; a run resumed from that checkpoint re-captures its fixed
+        batch from the first batch after the resume, as checkpoints without ``fixed_batch`` do."""
+        state: dict[str, Any] = {
             "labels": dict(self.labels),
             "loss_changes": dict(self.loss_changes),
             "last_check_step": self._last_check_step,
+            "pending_check": [
+                [prefix, list(names), values.detach().cpu()] for prefix, names, values in self._pending_check
+            ],
         }
+        if self._fixed_batch is not None:
+            try:
+                state["fixed_batch"] = _portable_batch(self._fixed_batch)
+            except _NotPortable as error:
+                if not self._warned_unportable:
+                    self._warned_unportable = True
+                    rank_zero_warn(
+                        f"ScaleInvarianceMonitor: the fixed check batch holds a {error}, which a weights_only"
+                        " checkpoint cannot hold; it is not saved, and a resumed run checks on another batch"
+                    )
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.labels = dict(state_dict.get("labels", {}))
         self.loss_changes = dict(state_dict.get("loss_changes", {}))
         self._last_check_step = state_dict.get("last_check_step")
+        pending = state_dict.get("pending_check", [])
+        self._pending_check = [(prefix, list(names), values) for prefix, names, values in pending]
+        if "fixed_batch" in state_dict:  # older checkpoints have none: the batch is re-captured
+            self._fixed_batch = state_dict["fixed_batch"]
+            self._fixed_batch_on_cpu = True
 
     def _update_summary(self, values: Mapping[str, float]) -> None:
         families = {

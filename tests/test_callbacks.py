@@ -374,6 +374,23 @@ def test_adaml2_preconditioned_decay_and_l2_ratio(tmp_path: Path) -> None:
     assert "decay_factor/decay" not in last  # L2 has no decoupled factor
 
 
+def test_cautious_decayed_fraction_against_checkpoint_state(tmp_path: Path) -> None:
+    """``decayed_fraction`` is the share of coordinates with ``m_t * w >= 0`` (m: Adam's first moment, whose sign
+    is the update's), per layer and weighted over the group, from the state and weights saved after the last step."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
+    fit(tmp_path, RegistryNet("adamw-cautious"), [EffectiveDecayMonitor(), checkpoint], enable_checkpointing=True)
+    last = read_metrics(tmp_path / "csv")[STEPS - 1]
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    decayed = total = 0
+    for index, name in enumerate(MATRICES):  # the decay group, in order
+        agree = saved["optimizer_states"][0]["state"][index]["exp_avg"].double() * saved["state_dict"][name].double()
+        decayed, total = decayed + int((agree >= 0).sum()), total + agree.numel()
+        assert last[f"decayed_fraction/{name}"] == pytest.approx(float((agree >= 0).double().mean()), rel=1e-6)
+    assert last["decayed_fraction/decay"] == pytest.approx(decayed / total, rel=1e-6)
+    assert 0.2 < decayed / total < 0.8  # a real mask, neither all nor nothing
+    assert "decayed_fraction/no_decay" not in last and "decayed_fraction/net.1.bias" not in last
+
+
 def test_group_names_match_learning_rate_monitor(tmp_path: Path) -> None:
     lr_monitor = LearningRateMonitor()
     fit(tmp_path, Net("adamw", named_groups=True), [lr_monitor, EffectiveDecayMonitor()])
@@ -482,36 +499,93 @@ def test_monitors_do_not_change_training(tmp_path: Path) -> None:
     assert metrics[0]["scale_invariance/invariant/net.4.weight"] == 0.0
 
 
+def assert_same_state(a: Any, b: Any, where: str = "state") -> None:
+    """Nested dicts / lists / tuples equal, tensors bitwise (``torch.equal``)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), (where, list(a), list(b))
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def resumable_monitor() -> ScaleInvarianceMonitor:
+    """Checks after optimizer steps 0, 5 and 10, logged with steps 3, 7 and 11: the check of step 5 (the first
+    epoch's last batch) is not yet logged when the epoch-end checkpoint is written."""
+    return ScaleInvarianceMonitor(log_every_n_steps=4, check_every_n_steps=5)
+
+
 def test_scale_invariance_state_survives_checkpoint(tmp_path: Path) -> None:
-    monitor = ScaleInvarianceMonitor(check_every_n_steps=4)
+    """The checkpoint holds the labels, when the check ran, its results not yet logged and the fixed batch, all
+    readable with ``weights_only=True`` (Lightning's default for ``ckpt_path``); a resumed fit logs exactly what the
+    uninterrupted one logs, and a checkpoint of an older version (no fixed batch, nothing pending) still loads."""
+    monitor = resumable_monitor()
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
-    fit(tmp_path, Net("adamw"), [monitor, checkpoint], enable_checkpointing=True)
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    fit(tmp_path / "first", Net("adamw"), [monitor, checkpoint], enable_checkpointing=True)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]
     (state,) = [v for k, v in saved.items() if k.startswith("ScaleInvarianceMonitor")]
     assert state["labels"] == {"net.0.weight": True, "net.3.weight": False}
-    assert state["last_check_step"] == 4
-    restored = ScaleInvarianceMonitor(check_every_n_steps=4)
+    assert state["last_check_step"] == 5
+    inputs, labels = classification_data().tensors
+    fixed = state["fixed_batch"]  # the first training batch, as the loader collated it
+    assert isinstance(fixed, list) and torch.equal(fixed[0], inputs[:BATCH]) and torch.equal(fixed[1], labels[:BATCH])
+    pending = {prefix: dict(zip(names, values.tolist())) for prefix, names, values in state["pending_check"]}
+    assert pending["scale_invariance/invariant/"] == {"net.0.weight": 1.0, "net.3.weight": 0.0}
+    assert pending["scale_invariance/loss_change/"] == monitor.loss_changes
+    restored = resumable_monitor()
     restored.load_state_dict(state)
-    assert restored.state_dict() == monitor.state_dict()
+    assert_same_state(restored.state_dict(), monitor.state_dict())
 
-    # Resuming keeps the schedule: the next check is 4 steps after the last one (step 8), not right after the resume.
-    resumed = ScaleInvarianceMonitor(check_every_n_steps=4)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        log_every_n_steps=1,
-        logger=CSVLogger(tmp_path, name="resumed"),
-        callbacks=[resumed],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    loader = DataLoader(classification_data(), batch_size=BATCH)
-    trainer.fit(Net("adamw"), loader, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
-    metrics = read_metrics(tmp_path / "resumed")
-    assert min(metrics) == STEPS  # continued from the checkpoint
-    checks = [s for s, row in metrics.items() if "scale_invariance/invariant/net.0.weight" in row]
-    assert checks == [8]
-    assert resumed.state_dict()["last_check_step"] == 8
+    legacy = {k: v for k, v in state.items() if k not in ("fixed_batch", "pending_check")}
+    old = resumable_monitor()
+    old.load_state_dict(legacy)
+    assert old.labels == monitor.labels and old._fixed_batch is None and old.state_dict()["pending_check"] == []
+
+    def two_epochs(name: str, callback: ScaleInvarianceMonitor, ckpt_path: Path | None = None) -> pl.Trainer:
+        trainer = pl.Trainer(
+            max_epochs=2, log_every_n_steps=1, logger=CSVLogger(tmp_path, name=name), callbacks=[callback],
+            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        )
+        trainer.fit(Net("adamw"), DataLoader(classification_data(), batch_size=BATCH), ckpt_path=ckpt_path)
+        return trainer
+
+    resumed, uninterrupted = resumable_monitor(), resumable_monitor()
+    two_epochs("resumed", resumed, tmp_path / "ckpt" / "last.ckpt")
+    two_epochs("uninterrupted", uninterrupted)
+    got, expected = read_metrics(tmp_path / "resumed"), read_metrics(tmp_path / "uninterrupted")
+    assert min(got) == STEPS  # continued from the checkpoint
+    # Resuming keeps the schedule (the next check 5 steps after the last one, at step 10, not right after the
+    # resume) and logs the check of step 5 with step 7, as the uninterrupted fit does.
+    checks = [s for s, row in got.items() if "scale_invariance/invariant/net.0.weight" in row]
+    assert checks == [7, 11]
+    assert resumed.state_dict()["last_check_step"] == 10
+    compared = 0
+    for step, row in got.items():
+        for key, value in row.items():
+            if key.startswith("scale_invariance/"):
+                assert expected[step][key] == value, (step, key)
+                compared += 1
+    assert compared > 20
+    assert resumed.last_metrics == uninterrupted.last_metrics
+
+
+def test_scale_invariance_fixed_batch_that_a_checkpoint_cannot_hold(tmp_path: Path) -> None:
+    """A fixed batch with a named tuple is left out of the state (with a warning), which stays plain."""
+    from collections import namedtuple
+
+    Batch = namedtuple("Batch", ["x", "y"])
+    monitor = ScaleInvarianceMonitor()
+    monitor._fixed_batch = Batch(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long))
+    with pytest.warns(UserWarning, match="fixed check batch holds a .*Batch"):
+        state = monitor.state_dict()
+    assert "fixed_batch" not in state
+    monitor.state_dict()  # warns once
 
 
 def mlp_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -608,6 +682,7 @@ def test_every_registered_variant_is_monitored(tmp_path: Path, variant: str) -> 
         assert "decay_factor_mean/net.0.weight" in row and 0 < row["decay_factor/decay"] < 1
     else:
         assert 0 < row["decay_factor/decay"] < 1 and row["decay_timescale_steps/decay"] > 1
+    assert ("decayed_fraction/decay" in row) == ("cautious" in variant)
     adam_decoupled = variant in ("adamw", "adamw-paper", "proxadam", "adamc")
     assert ("scale_invariance/angular_update_equilibrium/net.0.weight" in row) == adam_decoupled
     assert monitors[0].last_metrics["weight_norm/total"] == row["weight_norm/total"]

@@ -33,10 +33,6 @@ from lightning_decay.optimizers import VARIANTS
 BATCH = 8  # 40 training images: 5 batches per epoch
 EPOCHS = 2  # 10 optimizer steps
 STOP = 7  # the checkpoint step: batch 2 of epoch 1 (mid-epoch, after an epoch boundary)
-#: Logged values that do not resume exactly yet, because their state is not in the checkpoint (files owned
-#: elsewhere; see test_known_resume_gaps): the ScaleInvarianceMonitor's fixed check batch is re-captured after a
-#: resume, and ImageClassifier's epoch-level train accuracy (a torchmetrics state) restarts mid-epoch.
-KNOWN_GAPS = ("scale_invariance/loss_change/", "scale_invariance/invariant/", "train/acc")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -200,7 +196,7 @@ def checkpoint_at(root: Path, step: int) -> Path:
 
 
 def assert_same_run_after(
-    full_root: Path, resumed_root: Path, after: int, skip: tuple[str, ...] = KNOWN_GAPS, only: str = ""
+    full_root: Path, resumed_root: Path, after: int, skip: tuple[str, ...] = (), only: str = ""
 ) -> int:
     """Every metric the uninterrupted run logged after step ``after`` (keys starting with ``only``, not with
     ``skip``) is logged identically by the resumed run."""
@@ -297,14 +293,43 @@ def test_resume_after_a_kill_matches_and_detects_a_wrong_data_position(
     assert any(not torch.equal(expected["module"][k], final_state(wrong)["module"][k]) for k in weights)
 
 
-@pytest.mark.xfail(strict=True, reason="callbacks.py / classifier.py keep this state out of checkpoints")
-@pytest.mark.parametrize("key", ["scale_invariance/loss_change/", "train/acc"])
-def test_known_resume_gaps(key: str, runs_root: Path, cifar_jpeg_dir: Path) -> None:
-    """Strict xfail (turns red when fixed, so KNOWN_GAPS can shrink): ``ScaleInvarianceMonitor.state_dict`` lacks
-    its fixed check batch, so the first scale check after a resume uses another batch; ``ImageClassifier``'s
-    ``train_accuracy`` states are not persistent, so the resumed epoch's ``train/acc`` covers only its rest."""
+@pytest.mark.parametrize(
+    ("key", "steps"), [("scale_invariance/loss_change/", [8]), ("scale_invariance/invariant/", [8]), ("train/acc", [9])]
+)
+def test_resume_restores_the_scale_check_batch_and_the_epoch_accuracy(
+    key: str, steps: list[int], runs_root: Path, cifar_jpeg_dir: Path
+) -> None:
+    """The values whose state once stayed out of checkpoints: the first scale check after the resume (step 8) runs
+    on the fixed batch of the uninterrupted run (``ScaleInvarianceMonitor.state_dict``), and the resumed epoch's
+    ``train/acc`` counts the batches before the checkpoint too (``ImageClassifier``'s counts). The checkpoint reads
+    back with ``weights_only=True``, as Lightning's resume loads it by default."""
     full, resumed = uninterrupted_and_resumed("adamw", runs_root, cifar_jpeg_dir)
-    assert assert_same_run_after(full.root, resumed.root, STOP, skip=(), only=key) > 0
+    assert assert_same_run_after(full.root, resumed.root, STOP, only=key) > 0
+    rows = read_rows(resumed.root)
+    assert sorted(step for step, row in rows.items() if step >= STOP and any(k.startswith(key) for k in row)) == steps
+    saved = torch.load(checkpoint_at(full.root, STOP), weights_only=True)
+    counts = saved["image_classifier_train_accuracy"]  # the two batches of epoch 1 before STOP
+    assert counts["total"] == 2 * BATCH and 0 <= counts["correct"] <= counts["total"]
+    (monitor,) = [v for k, v in saved["callbacks"].items() if k.startswith("ScaleInvarianceMonitor")]
+    images, labels = monitor["fixed_batch"]  # the first training batch (augmented, on the CPU)
+    assert images.shape == (BATCH, 3, 32, 32) and images.device.type == "cpu" and labels.shape == (BATCH,)
+
+
+def test_train_accuracy_ignores_the_scale_check(tmp_path: Path, cifar_jpeg_dir: Path) -> None:
+    """``ScaleInvarianceMonitor``'s check runs ``training_step`` (under no_grad) on its fixed batch with scaled
+    weights; those calls do not count in ``train/acc``: the same fit with and without the check logs the same
+    epoch accuracy, and it is the accuracy over the epoch's 40 training images (a multiple of 1/40)."""
+    accuracies = []
+    for name, callbacks in (("checked", [ScaleInvarianceMonitor(check_every_n_steps=1)]), ("plain", [])):
+        trainer = quiet_trainer(
+            max_epochs=1, deterministic=True, logger=CSVLogger(tmp_path, name=name, version=0), log_every_n_steps=1,
+            limit_val_batches=0, callbacks=callbacks,
+        )
+        fit_quietly(trainer, classifier("adamw"), datamodule=datamodule(cifar_jpeg_dir))
+        (accuracy,) = [row["train/acc"] for row in read_rows(tmp_path / name).values() if "train/acc" in row]
+        accuracies.append(accuracy)
+    assert accuracies[0] == accuracies[1]
+    assert float(accuracies[0]) * 40 == pytest.approx(round(float(accuracies[0]) * 40), abs=1e-4)
 
 
 def test_resume_from_an_epoch_end_checkpoint(tmp_path: Path, cifar_jpeg_dir: Path) -> None:
