@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
 
 from lightning_decay import AdamL2, AdamP, AdamW, ProxAdam, resolve_variant
-from tests.reference import ReferenceState, reference_step, warmup_cosine
+from tests import trajectory
+from tests.reference import ReferenceState, reference_step
+from tests.trajectory import max_relative_error
 
 # The blog's five; the later variants are tested in test_optimizers_extra.py and test_sgd.py.
 ALL_VARIANTS = ["adaml2", "adamw", "adamw-paper", "proxadam", "adamp"]
@@ -21,16 +24,8 @@ GROUPS = [
 STEPS = 120
 
 
-def gradient(w: torch.Tensor, step: int, index: int, scale: float = 1.0) -> torch.Tensor:
-    """A deterministic gradient that depends on the weights (curvature) and on the step (noise)."""
-    generator = torch.Generator().manual_seed(1000 * step + index)
-    noise = torch.randn(w.shape, generator=generator, dtype=torch.float64)
-    return scale * (0.7 * (w - 0.3) + 0.2 * torch.sin(3 * w) + noise)
-
-
 def initial_weights() -> list[list[torch.Tensor]]:
-    generator = torch.Generator().manual_seed(0)
-    return [[torch.randn(s, generator=generator, dtype=torch.float64) for s in g["shapes"]] for g in GROUPS]
+    return trajectory.initial_weights(GROUPS)
 
 
 def make_optimizer(variant: str, params: list[list[torch.Tensor]], **options):
@@ -40,41 +35,17 @@ def make_optimizer(variant: str, params: list[list[torch.Tensor]], **options):
 
 
 def run_optimizer(variant, scheduled, scale=1.0, eps=1e-8, steps=STEPS, **options):
-    params = [[w.clone().requires_grad_(True) for w in group] for group in initial_weights()]
-    optimizer = make_optimizer(variant, params, eps=eps, **options)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine) if scheduled else None
-    for step in range(steps):
-        for group_index, group in enumerate(params):
-            for param_index, p in enumerate(group):
-                p.grad = gradient(p.detach(), step, 10 * group_index + param_index, scale)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-    return [[p.detach() for p in group] for group in params], optimizer
+    make = functools.partial(make_optimizer, variant, eps=eps, **options)
+    return trajectory.run_optimizer(make, GROUPS, scheduled, steps, scale)
 
 
 def run_reference(variant, scheduled, scale=1.0, eps=1e-8, steps=STEPS):
-    weights = initial_weights()
-    states = [[ReferenceState(torch.zeros_like(w), torch.zeros_like(w)) for w in group] for group in weights]
-    for step in range(steps):
-        eta = warmup_cosine(step) if scheduled else 1.0
-        for group_index, (group, config) in enumerate(zip(weights, GROUPS)):
-            alpha = config["lr"]
-            for param_index, w in enumerate(group):
-                g = gradient(w, step, 10 * group_index + param_index, scale)
-                group[param_index] = reference_step(
-                    variant, w, g, states[group_index][param_index], alpha * eta, alpha, config["weight_decay"],
-                    eps=eps,
-                )
-    return weights
+    def step(w, g, state, lr, alpha, group_index):
+        return reference_step(variant, w, g, state, lr, alpha, GROUPS[group_index]["weight_decay"], eps=eps)
 
-
-def max_relative_error(actual, expected) -> float:
-    worst = 0.0
-    for group_a, group_e in zip(actual, expected):
-        for a, e in zip(group_a, group_e):
-            worst = max(worst, ((a - e).abs() / e.abs().clamp_min(1e-3)).max().item())
-    return worst
+    return trajectory.run_reference(
+        lambda w: ReferenceState(torch.zeros_like(w), torch.zeros_like(w)), step, GROUPS, scheduled, steps, scale
+    )
 
 
 KERNEL_PATHS = [{}, {"fused": True}, {"foreach": True}, {"foreach": False, "fused": False}]

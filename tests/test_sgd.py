@@ -11,12 +11,14 @@ import torch
 from lightning_decay.decay_rules import SGDL2Rule
 from lightning_decay.optimizers import VARIANTS, resolve_variant
 from lightning_decay.sgd import SGDL2, SGDW, ProxSGD
+from tests import trajectory
 from tests.reference import (
     SGDReferenceState,
     reference_sgd_step,
     reference_sgdw_loshchilov_hutter,
     warmup_cosine,
 )
+from tests.trajectory import gradient, max_relative_error
 
 SGD_VARIANTS = ["sgd-l2", "sgdw", "sgdw-paper", "proxsgd"]
 DECOUPLED = ["sgdw", "sgdw-paper", "proxsgd"]
@@ -37,62 +39,33 @@ TORCH_PATHS = [{}, {"fused": True}, {"foreach": True}, {"foreach": False, "fused
 EAGER_PATHS = [{"fused": False}, {"foreach": True}]
 
 
-def gradient(w: torch.Tensor, step: int, index: int, scale: float = 1.0) -> torch.Tensor:
-    """A deterministic gradient that depends on the weights (curvature) and on the step (noise)."""
-    generator = torch.Generator().manual_seed(1000 * step + index)
-    noise = torch.randn(w.shape, generator=generator, dtype=torch.float64)
-    return scale * (0.7 * (w - 0.3) + 0.2 * torch.sin(3 * w) + noise)
-
-
 def initial_weights() -> list[list[torch.Tensor]]:
-    generator = torch.Generator().manual_seed(0)
-    return [[torch.randn(s, generator=generator, dtype=torch.float64) for s in g["shapes"]] for g in GROUPS]
-
-
-def max_relative_error(actual, expected) -> float:
-    worst = 0.0
-    for group_a, group_e in zip(actual, expected):
-        for a, e in zip(group_a, group_e):
-            worst = max(worst, ((a - e).abs() / e.abs().clamp_min(1e-3)).max().item())
-    return worst
+    return trajectory.initial_weights(GROUPS)
 
 
 def run_optimizer(variant, scheduled, momentum="mixed", steps=STEPS, maximize=False, **options):
-    params = [[w.clone().requires_grad_(True) for w in group] for group in initial_weights()]
-    cls, fixed = resolve_variant(variant)
-    groups = [
-        {"params": p, "lr": g["lr"], "weight_decay": g["weight_decay"], "momentum": mu, "dampening": tau,
-         "nesterov": nesterov}
-        for p, g, (mu, tau, nesterov) in zip(params, GROUPS, MOMENTUM[momentum])
-    ]
-    optimizer = cls(groups, maximize=maximize, **fixed, **options)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine) if scheduled else None
-    sign = -1.0 if maximize else 1.0
-    for step in range(steps):
-        for group_index, group in enumerate(params):
-            for param_index, p in enumerate(group):
-                p.grad = sign * gradient(p.detach(), step, 10 * group_index + param_index)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-    return [[p.detach() for p in group] for group in params], optimizer
+    def make(params):
+        cls, fixed = resolve_variant(variant)
+        groups = [
+            {"params": p, "lr": g["lr"], "weight_decay": g["weight_decay"], "momentum": mu, "dampening": tau,
+             "nesterov": nesterov}
+            for p, g, (mu, tau, nesterov) in zip(params, GROUPS, MOMENTUM[momentum])
+        ]
+        return cls(groups, maximize=maximize, **fixed, **options)
+
+    # maximize: the optimizer ascends the negated gradient, i.e. follows the same trajectory
+    return trajectory.run_optimizer(make, GROUPS, scheduled, steps, scale=-1.0 if maximize else 1.0)
 
 
 def run_reference(variant, scheduled, momentum="mixed", steps=STEPS):
-    weights = initial_weights()
-    states = [[SGDReferenceState() for _ in group] for group in weights]
-    for step in range(steps):
-        eta = warmup_cosine(step) if scheduled else 1.0
-        for group_index, (group, config) in enumerate(zip(weights, GROUPS)):
-            alpha = config["lr"]
-            mu, tau, nesterov = MOMENTUM[momentum][group_index]
-            for param_index, w in enumerate(group):
-                g = gradient(w, step, 10 * group_index + param_index)
-                group[param_index] = reference_sgd_step(
-                    variant, w, g, states[group_index][param_index], alpha * eta, alpha, config["weight_decay"],
-                    momentum=mu, dampening=tau, nesterov=nesterov,
-                )
-    return weights
+    def step(w, g, state, lr, alpha, group_index):
+        mu, tau, nesterov = MOMENTUM[momentum][group_index]
+        return reference_sgd_step(
+            variant, w, g, state, lr, alpha, GROUPS[group_index]["weight_decay"], momentum=mu, dampening=tau,
+            nesterov=nesterov,
+        )
+
+    return trajectory.run_reference(lambda w: SGDReferenceState(), step, GROUPS, scheduled, steps)
 
 
 # --- Exactness, path by path ---------------------------------------------------------------------------------------
