@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU performance suite (issue 8): one call, <= 8 minutes on one H200 (the time caps below sum to 450 s).
+# GPU suite (issues 7 and 8): one call, <= 8 minutes on one H200 (the time caps below sum to 450 s).
 #
 #   bash benchmarks/gpu_suite.sh [output file]      # default: gpu_suite_<date>.txt in the current directory
 #
@@ -9,7 +9,8 @@
 #    cautious AdamW paths and their eager fallbacks; "first ms" is the compile);
 # 3. memory: optimizer state and step temporaries per parameter vs torch AdamW (100M params, float32 and bfloat16);
 # 4. end to end: ResNet20 (no BN) images/s, plain torch loop vs Lightning with every variant and the monitors;
-# 5. ResNet20 epoch time (390 steps of 128 = one CIFAR-10 epoch) for adamw and adamp.
+# 5. ResNet20 epoch time (390 steps of 128 = one CIFAR-10 epoch) for adamw and adamp;
+# 6. the mixed-precision tests (bf16-mixed, 16-mixed with GradScaler, clipping) on CUDA.
 # Paste the output into docs/performance.md with the date and the hardware.
 set -euo pipefail
 
@@ -37,7 +38,7 @@ capped() {
 'lightning', lightning.__version__, torch.cuda.get_device_name(0))"
 
   section "step time vs torch fused AdamW and the HBM floor: 100M and 1B params, float32 and bfloat16"
-  capped 210 python3 benchmarks/optimizer_step.py --device cuda --table --sizes 1e8 1e9 \
+  capped 180 python3 benchmarks/optimizer_step.py --device cuda --table --sizes 1e8 1e9 \
     --dtype float32 bfloat16 --variants "${ADAM[@]}" --rounds 5 --steps 10 --warmup 2
 
   section "memory: state and step temporaries per parameter (100M params)"
@@ -45,12 +46,15 @@ capped() {
     --dtype float32 bfloat16 --variants "${ADAM[@]}"
 
   section "end to end: ResNet20 (no BN) images/s, batch 128"
-  capped 120 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 100 --warmup 20 \
+  capped 100 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 100 --warmup 20 \
     --rounds 2
 
   section "ResNet20 (no BN) epoch time: 390 steps of 128 images"
   capped 60 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 390 --warmup 20 \
     --rounds 1 --variants adamw adamp
+
+  section "mixed precision on CUDA: tests/test_precision.py"
+  capped 50 python3 -m pytest -q -p no:cacheprovider tests/test_precision.py -k cuda
 
   section "done"
 } 2>&1 | tee "$LOG"

@@ -1,6 +1,6 @@
 """End-to-end training throughput: ResNet20 without batch norm on in-memory CIFAR-shaped tensors.
 
-    python benchmarks/train_throughput.py                                  # CPU, batch 64, all variants
+    python benchmarks/train_throughput.py                                  # CPU, batch 128, all variants
     python benchmarks/train_throughput.py --variants adamw adamp --rounds 3
     python benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 100 --warmup 20
 
@@ -20,7 +20,10 @@ Images/s counts the ``--steps`` steps after ``--warmup`` untimed ones (allocator
 compiled kernels' first-step compilation, the scale check's one-time start-up run), between the ends of two
 training steps (CUDA: synchronized). The default window of 50 steps holds one logging step of the monitors.
 Batches come from a tensor already in memory (one index per batch, no workers), so data loading is not the limit.
-The ratio to (a) is the median over rounds of each round's ratio. Goal: (c) >= 0.95 x (a).
+Batch 128 is the batch of ``configs/quickstart.yaml`` and ``configs/blog/``. Each configuration's rate is its best
+round (``--statistic best``, the default: on a shared machine, load from other processes only ever slows a run down,
+so the fastest of several rounds is the least disturbed one) or the median over rounds (``--statistic median``);
+the ratio to (a) divides those rates. Goal: (c) >= 0.95 x (a).
 """
 
 from __future__ import annotations
@@ -149,10 +152,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         help="variants of (c)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before the window")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--statistic", choices=["best", "median"], default="best",
+                        help="each configuration's rate over rounds: the fastest round, or the median")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     args = parser.parse_args()
@@ -165,7 +170,6 @@ def main() -> None:
     configs: list[tuple[str, Any]] = [("(a) plain torch, fused AdamW", None), ("(b) lightning adamw", ("adamw", False))]
     configs += [(f"(c) lightning {name} + monitors", (name, True)) for name in args.variants]
     rates: dict[str, list[float]] = {label: [] for label, _ in configs}
-    ratios: dict[str, list[float]] = {label: [] for label, _ in configs}
     import logging
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning_decay"):
@@ -173,19 +177,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         for round_index in range(args.rounds):
             shift = round_index % len(configs)
-            order = configs[shift:] + configs[:shift]
-            this_round: dict[str, float] = {}
-            for label, spec in order:
+            for label, spec in configs[shift:] + configs[:shift]:
                 if spec is None:
                     rate = run_plain(data, args, device)
                 else:
                     rate = run_lightning(data, args, device, spec[0], spec[1], root)
-                this_round[label] = rate
                 rates[label].append(rate)
                 print(f"round {round_index}: {label:<44} {rate:8.1f} images/s", flush=True)
-            plain = this_round[configs[0][0]]
-            for label in this_round:
-                ratios[label].append(this_round[label] / plain)
+    summarize = max if args.statistic == "best" else statistics.median
     print(
         f"\nResNet20 (no BN), batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, "
         f"{args.rounds} rounds, {device}"
@@ -193,14 +192,14 @@ def main() -> None:
            else f", {torch.get_num_threads()} threads")
     )
     print(f"{'configuration':<44} {'images/s':>9} {'epoch s':>8} {'vs (a)':>7}  goal")
+    plain = summarize(rates[configs[0][0]])
     for label, _ in configs:
-        rate = statistics.median(rates[label])
-        ratio = statistics.median(ratios[label])
+        rate = summarize(rates[label])
+        ratio = rate / plain
         goal = f">= {GOAL} {'ok' if ratio >= GOAL else 'BELOW'}" if label.startswith("(c)") else ""
         print(f"{label:<44} {rate:9.1f} {50_000 / rate:8.1f} {ratio:6.3f}x  {goal}")
-    print("(images/s: median over rounds; epoch s: 50,000 CIFAR-10 training images at that rate; "
-          "vs (a): median of per-round ratios)")
-
+    print(f"(images/s: {'best round' if args.statistic == 'best' else 'median over rounds'}; epoch s: 50,000 "
+          "CIFAR-10 training images at that rate; vs (a): ratio of those rates)")
 
 if __name__ == "__main__":
     main()
