@@ -47,7 +47,7 @@ capped() {
 
   section "end to end: ResNet20 (no BN) images/s, batch 128"
   capped 100 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 100 --warmup 20 \
-    --rounds 2
+    --rounds 1
 
   section "ResNet20 (no BN) epoch time: 390 steps of 128 images"
   capped 60 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 390 --warmup 20 \
