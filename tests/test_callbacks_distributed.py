@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
 from lightning_decay.sharded_norms import ShardedTensors
-from tests.process_exit import exit_now
+from tests.process_exit import SpawnDDP, exit_now
 from tests.test_callbacks import BATCH, STEPS, Net, classification_data, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, floa
 
 
 def test_ddp_matches_single_process(tmp_path: Path, single: dict[int, dict[str, float]]) -> None:
-    ddp = run_fit(tmp_path / "ddp", accelerator="cpu", devices=2, strategy="ddp_spawn")
+    ddp = run_fit(tmp_path / "ddp", accelerator="cpu", devices=2, strategy=SpawnDDP())
     compared = assert_same_metrics(single, ddp)
     assert compared > 30 * STEPS
     assert ddp[0]["scale_invariance/invariant/net.0.weight"] == 1.0

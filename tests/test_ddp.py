@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
 from lightning_decay.classifier import ImageClassifier
 from lightning_decay.data import CIFAR10DataModule
+from tests.process_exit import SpawnDDP
 from tests.test_resume import (
     decay_settings,
     fit_quietly,
@@ -147,7 +148,7 @@ def assert_matches_single(single: Path, ddp: Path) -> None:
 
 
 def test_ddp_spawn_matches_single_process(single: Path, tmp_path: Path, cifar_jpeg_dir: Path) -> None:
-    fit_case(tmp_path, cifar_jpeg_dir, world=2, accelerator="cpu", strategy="ddp_spawn")
+    fit_case(tmp_path, cifar_jpeg_dir, world=2, accelerator="cpu", strategy=SpawnDDP())
     assert_matches_single(single, tmp_path)
 
 
