@@ -62,6 +62,7 @@ __all__ = [
     "SGDWPaperRule",
     "ProxSGDRule",
     "adam_denominator",
+    "MAX_SETTING",
     "check_nonnegative",
 ]
 
@@ -71,12 +72,18 @@ def adam_denominator(exp_avg_sq: Tensor, bias_correction2_sqrt: Tensor | float, 
     return exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
 
 
+#: The largest value a real setting (lr, weight decay, eps, ...) may take: float32's largest, since the kernels
+#: compute in float32 (an lr of 1e40 would be inf there and turn every weight it touches into inf in one step).
+MAX_SETTING = float(torch.finfo(torch.float32).max)
+
+
 def check_nonnegative(name: str, value: object, where: str = "") -> None:
-    """TypeError unless ``value`` is a real number, ValueError unless it is finite and >= 0; both name it."""
+    """TypeError unless ``value`` is a real number, ValueError unless it is finite, >= 0 and at most
+    :data:`MAX_SETTING`; both name it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}{where} must be a real number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{name}{where} must be a finite number >= 0, got {value!r}")
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_SETTING):
+        raise ValueError(f"{name}{where} must be a finite number >= 0 (at most {MAX_SETTING:.4g}), got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from lightning_decay.conventions import decay_rule_of, epochs_to_steps, weight_decay_for_timescale
+from lightning_decay.decay_rules import MAX_SETTING
 from lightning_decay.optimizers import VARIANTS, resolve_variant
 from lightning_decay.param_groups import ParamGroupSettings, build_param_groups
 
@@ -62,9 +63,10 @@ def _check_real(name: str, value: Any, *, low: float, low_open: bool, high: floa
     """``value`` as a float within ``(low | [low, high]``; TypeError/ValueError naming ``name``."""
     if not _is_real(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (high is None or value <= high)
+    high = MAX_SETTING if high is None else high
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
     if not ok:
-        bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        bound = f"{'>' if low_open else '>='} {low:g} and <= {high:.4g}"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
 
