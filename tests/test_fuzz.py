@@ -322,6 +322,13 @@ def test_cli_config_values(data: st.DataObject, cli_base: Path) -> None:
         named = [key for key in given_args if key.rsplit(".", 1)[-1] in message]
         assert named, f"the parser error names none of {sorted(given_args)}: {message[-1500:]}"
         return
+    except (ValueError, TypeError) as error:
+        # settings that are valid alone but not with the trainer (warmup_steps >= the run's total steps, known only
+        # once the trainer resolves max_steps): rejected when the fit starts, before any step, naming the setting
+        event("rejected at fit start")
+        named = [key for key in given_args if key.rsplit(".", 1)[-1] in str(error)]
+        assert named, f"{type(error).__name__}({error}) names none of {sorted(given_args)}"
+        return
     except NonFiniteGradientError as error:
         event("accepted, diverged")
         # an accepted but absurd value (lr 1e40, loss_scale 1e40) diverges: never into silent NaN weights, into the
