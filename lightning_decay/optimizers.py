@@ -442,25 +442,25 @@ class AdamC(_KernelAdam):
                 group.setdefault(key, value)
 
 
-def _adam_step_scalars(
-    steps: list[Tensor], group_of_param: list[int], hyperparameters: Tensor, dtype: torch.dtype
-) -> Tensor:
+def _compute_dtype(param: Tensor) -> torch.dtype:
+    """float64 parameters compute in float64, every other dtype in float32 (bf16/fp16 upcast in the kernel)."""
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
+
+
+def _adam_step_scalars(steps: list[Tensor], group_index: Tensor, hyperparameters: Tensor, dtype: torch.dtype) -> Tensor:
     """Advance the step counters and return each parameter's scalars as one ``(n, 7)`` tensor of ``dtype``.
 
     ``hyperparameters`` holds one float64 row per group: ``lr_t``, the rule's decay scalar, ``beta1``, ``beta2``,
-    ``eps``. Columns: ``lr_t / (1 - beta1^t)``, ``sqrt(1 - beta2^t)``, ``lr_t``, decay scalar, ``beta1``, ``beta2``,
-    ``eps``. Computed in float64 outside the elementwise kernel, so the kernel's inner loop only loads them.
+    ``eps``; ``group_index[i]`` is tensor i's group. Columns: ``lr_t / (1 - beta1^t)``, ``sqrt(1 - beta2^t)``,
+    ``lr_t``, decay scalar, ``beta1``, ``beta2``, ``eps``. Computed in float64 once per tensor, at the top of the
+    (compiled) step, so the elementwise loops only load them.
     """
     torch._foreach_add_(steps, 1)
-    step = torch.stack(steps).to(hyperparameters.device, torch.float64)
-    index = torch.tensor(group_of_param, device=hyperparameters.device)
-    lr, decay, beta1, beta2, eps = hyperparameters[index].unbind(1)
+    step = torch.stack(steps).to(torch.float64)
+    lr, decay, beta1, beta2, eps = hyperparameters[group_index].unbind(1)
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = (1 - beta2**step).sqrt()
     return torch.stack([step_size, bias_correction2_sqrt, lr, decay, beta1, beta2, eps], dim=1).to(dtype)
-
-
-_adamp_step_scalars = _adam_step_scalars  # the name it had when only AdamP used it
 
 
 def _adamp_multi_tensor_step(
@@ -468,10 +468,13 @@ def _adamp_multi_tensor_step(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
-    scalars: Tensor,
+    steps: list[Tensor],
+    hyperparameters: Tensor,
+    group_index: Tensor,
     maximize: bool,
 ) -> None:
-    """One AdamP step over many tensors, given :func:`_adam_step_scalars` (row i belongs to tensor i; decay: wd)."""
+    """One AdamP step over many tensors (scalars from :func:`_adam_step_scalars`; decay scalar: wd)."""
+    scalars = _adam_step_scalars(steps, group_index, hyperparameters, _compute_dtype(params[0]))
     rule = AdamPRule()
     for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         step_size, bias_correction2_sqrt, lr, weight_decay, beta1, beta2, eps = scalars[index].unbind()
@@ -489,14 +492,17 @@ def _cautious_multi_tensor_step(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
-    scalars: Tensor,
+    steps: list[Tensor],
+    hyperparameters: Tensor,
+    group_index: Tensor,
     maximize: bool,
 ) -> None:
-    """One cautious-AdamW step over many tensors, given :func:`_adam_step_scalars` (decay scalar: ``c_t``).
+    """One cautious-AdamW step over many tensors (scalars from :func:`_adam_step_scalars`; decay scalar: ``c_t``).
 
     ``w <- (1 - c_t * 1[u * w >= 0]) * w - lr_t * u`` with the mask taken at the old weights; ``m / D`` has the
     sign of ``u = m_hat / D``, so the mask uses it directly.
     """
+    scalars = _adam_step_scalars(steps, group_index, hyperparameters, _compute_dtype(params[0]))
     for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         step_size, bias_correction2_sqrt, _, coefficient, beta1, beta2, eps = scalars[index].unbind()
         if maximize:
@@ -629,9 +635,7 @@ class _CompiledAdam(DecayOptimizer, Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                # float64 params compute in float64, everything else in float32 (bf16/fp16 upcast in the kernel)
-                dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
-                key = (param.device, dtype, bool(group["maximize"]))
+                key = (param.device, _compute_dtype(param), bool(group["maximize"]))
                 lists = by_device.setdefault(key, {"p": [], "g": [], "m": [], "v": [], "s": [], "i": []})
                 lists["p"].append(param)
                 lists["g"].append(grad)
@@ -641,10 +645,13 @@ class _CompiledAdam(DecayOptimizer, Optimizer):
                 lists["i"].append(index)
         rows = [self._kernel_row(group) for group in self.param_groups]
         use_compile = all(group["fused"] for group in self.param_groups)
-        for (device, dtype, maximize), lists in by_device.items():
+        for (device, _, maximize), lists in by_device.items():
             hyperparameters = torch.tensor(rows, dtype=torch.float64, device=device)
-            scalars = _adam_step_scalars(lists["s"], lists["i"], hyperparameters, dtype)
-            self._kernel(lists["p"], lists["g"], lists["m"], lists["v"], scalars, maximize, use_compile=use_compile)
+            group_index = torch.tensor(lists["i"], device=device)
+            self._kernel(
+                lists["p"], lists["g"], lists["m"], lists["v"], lists["s"], hyperparameters, group_index, maximize,
+                use_compile=use_compile,
+            )
         return loss
 
 
