@@ -166,6 +166,30 @@ class DecayOptimizer:
         except ValueError as error:
             raise ValueError(f"{error}{where}") from None
 
+    #: Group keys a state dict saved by torch's optimizer (or an older version) may lack, and their defaults.
+    _GROUP_DEFAULTS: dict[str, Any] = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        self._prepare_group(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict: no alpha stored
+            group.setdefault(LR_AT_CONSTRUCTION, group.get("initial_lr", group["lr"]))
+            for key, value in self._GROUP_DEFAULTS.items():
+                group.setdefault(key, value)
+
+    def _closure_then_checks(self, closure: Callable[[], Any] | None) -> Any:
+        """Run the closure (gradients on), then check every group before any update; return the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._check_group(group)
+        return loss
+
     def _prepare_group(self, group: dict[str, Any]) -> None:
         group.setdefault(LR_AT_CONSTRUCTION, group["lr"])
         where = _group_label(self, group)  # type: ignore[arg-type]
@@ -234,24 +258,11 @@ class _KernelAdam(DecayOptimizer, torch.optim.Adam):
             decoupled_weight_decay=decoupled,
         )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        self._prepare_group(self.param_groups[-1])
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict: no alpha stored
-            group.setdefault(LR_AT_CONSTRUCTION, group.get("initial_lr", group["lr"]))
-
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step: every group is checked, then torch's kernel runs with the rule's settings."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_then_checks(closure)
         kernel_settings = []
         for group in self.param_groups:
-            self._check_group(group)
             rule = self.rule_for(group)
             assert isinstance(rule, KernelDecayRule)
             kernel_settings.append(rule.kernel_settings(group["lr"], self.initial_lr(group), group["weight_decay"]))
@@ -552,15 +563,34 @@ class _CompiledStep:
         self.compiled(*args)
 
 
-class _CompiledAdam(DecayOptimizer, Optimizer):
+class _CompiledKernelOptimizer(DecayOptimizer):
+    """A :class:`DecayOptimizer` whose step runs :attr:`_step_function` through a :class:`_CompiledStep`."""
+
+    _step_function: Callable[..., None]
+    _kernel: _CompiledStep
+
+    def _new_kernel(self) -> _CompiledStep:
+        return _CompiledStep(type(self)._step_function, type(self).__name__)
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """Seconds the first compiled step took (compilation included); None before it or without compiling."""
+        return self._kernel.compile_seconds
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if not hasattr(self, "_kernel"):  # unpickled or deep-copied; load_state_dict keeps the compiled kernel
+            self._kernel = self._new_kernel()
+
+
+class _CompiledAdam(_CompiledKernelOptimizer, Optimizer):
     """Adam with an elementwise decay: a compiled multi-tensor kernel (``fused``), or the same step eagerly.
 
     Subclasses give the kernel (:attr:`_step_function`, signature of :func:`_adamp_multi_tensor_step`) and each
     group's float64 row ``[lr_t, decay scalar, beta1, beta2, eps]`` (:meth:`_kernel_row`).
     """
 
-    _step_function: Callable[..., None]
-    _label: str
+    _GROUP_DEFAULTS = {"maximize": False, "foreach": None, "fused": True}
 
     def __init__(
         self,
@@ -588,40 +618,13 @@ class _CompiledAdam(DecayOptimizer, Optimizer):
         super().__init__(params, defaults)
         self._kernel = self._new_kernel()
 
-    def _new_kernel(self) -> _CompiledStep:
-        return _CompiledStep(type(self)._step_function, self._label)
-
     def _kernel_row(self, group: dict[str, Any]) -> list[float]:
         raise NotImplementedError
-
-    @property
-    def compile_seconds(self) -> float | None:
-        """Seconds the first compiled step took (compilation included); None before it or without compiling."""
-        return self._kernel.compile_seconds
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        self._prepare_group(self.param_groups[-1])
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault(LR_AT_CONSTRUCTION, group.get("initial_lr", group["lr"]))
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("fused", True)
-        if not hasattr(self, "_kernel"):  # unpickled or deep-copied; load_state_dict keeps the compiled kernel
-            self._kernel = self._new_kernel()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step over all groups (groups checked first)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._check_group(group)
+        loss = self._closure_then_checks(closure)
         by_device: dict[tuple[torch.device, torch.dtype, bool], dict[str, list[Any]]] = {}
         for index, group in enumerate(self.param_groups):
             for param in group["params"]:
@@ -665,7 +668,6 @@ class AdamP(_CompiledAdam):
     """
 
     _step_function = _adamp_multi_tensor_step
-    _label = "AdamP"
 
     def __init__(
         self,
@@ -701,7 +703,6 @@ class CautiousAdamW(_CompiledAdam):
     """
 
     _step_function = _cautious_multi_tensor_step
-    _label = "CautiousAdamW"
     decay_rule: CautiousRule
 
     def __init__(
@@ -767,7 +768,7 @@ class CautiousAdamW(_CompiledAdam):
         return decayed / total if total else None
 
 
-# The SGD optimizers build on DecayOptimizer and _CompiledStep above; imported here so that VARIANTS lists them.
+# The SGD optimizers build on _CompiledKernelOptimizer above; imported here so that VARIANTS lists them.
 from lightning_decay.sgd import SGDL2, SGDW, ProxSGD  # noqa: E402
 
 #: Variant name -> (optimizer class, fixed keyword arguments). The factory and the CLI resolve names here.

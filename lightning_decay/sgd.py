@@ -49,13 +49,7 @@ from lightning_decay.decay_rules import (
     SGDWTorchRule,
     check_nonnegative,
 )
-from lightning_decay.optimizers import (
-    LR_AT_CONSTRUCTION,
-    DecayOptimizer,
-    _CompiledStep,
-    _default_weight_decay,
-    _fused_supported,
-)
+from lightning_decay.optimizers import _CompiledKernelOptimizer, _default_weight_decay, _fused_supported
 
 __all__ = ["SGDL2", "SGDW", "ProxSGD", "SGD_DEFAULT_WEIGHT_DECAY"]
 
@@ -97,7 +91,7 @@ def _sgd_multi_tensor_step(params: list[Tensor], grads: list[Tensor], buffers: l
         param.mul_(weight_factor).sub_((grad * direction_grad + buffer * direction_buffer) * step_size)
 
 
-class _DecaySGD(DecayOptimizer, Optimizer):
+class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
     """torch's SGD semantics with a :class:`~lightning_decay.decay_rules.KernelDecayRule`'s per-step ``(lr', wd')``.
 
     Groups whose rule torch's SGD runs exactly (L2, or no momentum) go to torch's SGD kernel (fused where supported,
@@ -106,6 +100,9 @@ class _DecaySGD(DecayOptimizer, Optimizer):
     """
 
     decay_rule: KernelDecayRule
+    _step_function = _sgd_multi_tensor_step
+    # e.g. a torch.optim.SGD state_dict
+    _GROUP_DEFAULTS = {"dampening": 0.0, "nesterov": False, "maximize": False, "foreach": None, "fused": False}
 
     def __init__(
         self,
@@ -137,11 +134,6 @@ class _DecaySGD(DecayOptimizer, Optimizer):
         super().__init__(params, defaults)
         self._kernel = self._new_kernel()
 
-    @property
-    def compile_seconds(self) -> float | None:
-        """Seconds the first compiled step took (compilation included); None before it or without compiling."""
-        return self._kernel.compile_seconds
-
     def _check_settings(self, group: dict[str, Any], where: str) -> None:
         _check_sgd_hyperparameters(group, where)
 
@@ -155,34 +147,10 @@ class _DecaySGD(DecayOptimizer, Optimizer):
             )
         return super().decay_factor(group, denominator)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        self._prepare_group(self.param_groups[-1])
-
-    def _new_kernel(self) -> _CompiledStep:
-        return _CompiledStep(_sgd_multi_tensor_step, type(self).__name__)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:  # e.g. a torch.optim.SGD state_dict
-            group.setdefault(LR_AT_CONSTRUCTION, group.get("initial_lr", group["lr"]))
-            group.setdefault("dampening", 0.0)
-            group.setdefault("nesterov", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("fused", False)
-        if not hasattr(self, "_kernel"):  # unpickled or deep-copied; load_state_dict keeps the compiled kernel
-            self._kernel = self._new_kernel()
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step over all groups (groups checked first)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._check_group(group)
+        loss = self._closure_then_checks(closure)
         compiled: dict[tuple[torch.device, torch.dtype], dict[str, list[Any]]] = {}
         use_compile = True
         for group in self.param_groups:

@@ -1,5 +1,5 @@
-"""The SGD variants against an independent float64 reference (torch's SGD algorithm with each decay rule), against
-torch's own SGD, and the optimizer contract."""
+"""The SGD variants against an independent float64 reference (torch's SGD algorithm with each decay rule) and
+against torch's own SGD (their optimizer contract: in test_optimizer_contract.py)."""
 
 from __future__ import annotations
 
@@ -264,7 +264,8 @@ def test_sgd_l2_effective_factor_is_the_long_run_decay(momentum, dampening, nest
     assert SGDL2Rule.momentum_gain(momentum, dampening) == pytest.approx(predicted / 1e-4)
 
 
-# --- The optimizer contract ----------------------------------------------------------------------------------------
+
+# --- Registry ----------------------------------------------------------------------------------------------------
 
 
 def test_registry_names_and_fused_default():
@@ -275,120 +276,3 @@ def test_registry_names_and_fused_default():
     optimizer = SGDW([torch.nn.Parameter(torch.ones(2))])
     assert optimizer.param_groups[0]["fused"] is True and optimizer.defaults["weight_decay"] == 5e-4
     assert ProxSGD([torch.nn.Parameter(torch.ones(2))], lr=0.1).defaults["weight_decay"] == pytest.approx(5e-5)
-
-
-@pytest.mark.parametrize("variant", SGD_VARIANTS)
-def test_closure_missing_grads_and_state_dict_round_trip(variant):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-    unused = torch.nn.Parameter(torch.ones(3))
-    cls, fixed = resolve_variant(variant)
-    groups = [{"params": list(model[0].parameters()), "nesterov": True},
-              {"params": [*model[1].parameters(), unused], "momentum": 0.0}]
-    optimizer = cls(groups, lr=0.1, momentum=0.9, weight_decay=1e-2, fused=False, **fixed)
-    x = torch.randn(8, 4)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = model(x).pow(2).mean()
-        loss.backward()
-        return loss
-
-    for _ in range(3):
-        loss = optimizer.step(closure)
-        assert isinstance(loss, torch.Tensor)
-    assert torch.equal(unused, torch.ones(3)) and unused not in optimizer.state
-    assert all("momentum_buffer" in optimizer.state[p] for p in model[0].parameters())
-    twin = copy.deepcopy(model)
-    twin_groups = [{"params": list(twin[0].parameters())}, {"params": [*twin[1].parameters(), torch.ones(3)]}]
-    twin_optimizer = cls(twin_groups, lr=1.0, weight_decay=0.0, fused=False, **fixed)
-    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
-    for m, opt in ((model, optimizer), (twin, twin_optimizer)):
-        for _ in range(3):
-            opt.zero_grad()
-            m(x).pow(2).mean().backward()
-            opt.step()
-    for a, b in zip(model.parameters(), twin.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    clone = copy.deepcopy(optimizer)  # e.g. a checkpoint callback's copy
-    assert clone.decay_rule.name == variant
-    clone.step()
-
-
-@pytest.mark.parametrize("variant", SGD_VARIANTS)
-def test_grad_scaler_skips_non_finite_steps(variant):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
-    cls, fixed = resolve_variant(variant)
-    optimizer = cls(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=1e-2, fused=False, **fixed)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    x = torch.randn(8, 4)
-    optimizer.zero_grad()
-    scaler.scale(model(x).pow(2).mean()).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    before = [p.detach().clone() for p in model.parameters()]
-    state_before = copy.deepcopy(optimizer.state_dict()["state"])
-    assert state_before and all("momentum_buffer" in s for s in state_before.values())
-    optimizer.zero_grad()
-    scaler.scale(model(x * float("inf")).pow(2).mean()).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    assert scaler.get_scale() < 2.0**8
-    for a, b in zip(model.parameters(), before):
-        assert torch.equal(a, b)
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            assert torch.equal(value, state_before[index][key]), key
-
-
-@pytest.mark.parametrize("options", [{}, {"fused": False}, {"foreach": True}])
-@pytest.mark.parametrize("variant", SGD_VARIANTS)
-def test_sparse_gradients_are_rejected(variant, options):
-    embedding = torch.nn.Embedding(5, 3, sparse=True)
-    cls, fixed = resolve_variant(variant)
-    optimizer = cls(embedding.parameters(), momentum=0.9, **fixed, **options)
-    embedding(torch.tensor([1, 2])).sum().backward()
-    before = embedding.weight.detach().clone()
-    with pytest.raises(RuntimeError, match="sparse"):
-        optimizer.step()
-    assert torch.equal(embedding.weight, before)
-
-
-@pytest.mark.parametrize(
-    ("cls", "kwargs", "error", "argument"),
-    [
-        (SGDW, {"lr": -1.0}, ValueError, "lr"),
-        (SGDL2, {"lr": "fast"}, TypeError, "lr"),
-        (SGDL2, {"weight_decay": -0.1}, ValueError, "weight_decay"),
-        (ProxSGD, {"momentum": -0.1}, ValueError, "momentum"),
-        (SGDW, {"momentum": 1.0}, ValueError, "momentum"),
-        (SGDL2, {"dampening": 1.5}, ValueError, "dampening"),
-        (SGDW, {"nesterov": True}, ValueError, "nesterov"),
-        (SGDW, {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError, "nesterov"),
-        (ProxSGD, {"nesterov": "yes", "momentum": 0.9}, TypeError, "nesterov"),
-        (SGDW, {"convention": "keras"}, ValueError, "convention"),
-        (SGDW, {"lr": 0.5, "weight_decay": 2.0}, ValueError, r"lr \* weight_decay"),
-        (SGDW, {"convention": "paper", "weight_decay": 1.0}, ValueError, r"eta_t \* weight_decay"),
-        (SGDL2, {"fused": True, "foreach": True}, ValueError, "fused and foreach"),
-    ],
-)
-def test_bad_arguments_are_named(cls, kwargs, error, argument):
-    with pytest.raises(error, match=argument):
-        cls([torch.nn.Parameter(torch.ones(2))], **kwargs)
-
-
-def test_bad_group_setting_names_the_group_and_nothing_moves():
-    params = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))]
-    with pytest.raises(ValueError, match=r"momentum.*param group 1 'head'"):
-        SGDW([{"params": [params[0]]}, {"params": [params[1]], "momentum": 2.0, "name": "head"}])
-    optimizer = SGDW(params, lr=0.1, momentum=0.9, weight_decay=5.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 + 10 * step)
-    for p in params:
-        p.grad = torch.ones(2)
-    optimizer.step()
-    scheduler.step()
-    before = [p.detach().clone() for p in params]
-    with pytest.raises(ValueError, match=r"lr \* weight_decay"):
-        optimizer.step()
-    assert all(torch.equal(p, b) for p, b in zip(params, before))
