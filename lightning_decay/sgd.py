@@ -49,7 +49,12 @@ from lightning_decay.decay_rules import (
     SGDWTorchRule,
     check_nonnegative,
 )
-from lightning_decay.optimizers import _CompiledKernelOptimizer, _default_weight_decay, _fused_supported
+from lightning_decay.optimizers import (
+    _CompiledKernelOptimizer,
+    _compute_dtype,
+    _default_weight_decay,
+    _fused_supported,
+)
 
 __all__ = ["SGDL2", "SGDW", "ProxSGD", "SGD_DEFAULT_WEIGHT_DECAY"]
 
@@ -152,24 +157,20 @@ class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
         """One step over all groups (groups checked first)."""
         loss = self._closure_then_checks(closure)
         compiled: dict[tuple[torch.device, torch.dtype], dict[str, list[Any]]] = {}
+        rows: list[list[float]] = []  # per compiled group: its steady-state row, then its first-step row
         use_compile = True
         for group in self.param_groups:
             rule = self.rule_for(group)
             assert isinstance(rule, KernelDecayRule)
             settings = rule.kernel_settings(group["lr"], self.initial_lr(group), group["weight_decay"])
             momentum = group["momentum"]
-            params, grads, buffers = [], [], []
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                params.append(param)
-                grads.append(param.grad)
-                if momentum != 0:
-                    buffers.append(self.state[param].get("momentum_buffer"))
+            params = [param for param in group["params"] if param.grad is not None]
             if not params:
                 continue
+            grads = [param.grad for param in params]
+            if any(grad.is_sparse for grad in grads):
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            buffers = [self.state[param].get("momentum_buffer") for param in params] if momentum != 0 else []
             if momentum == 0 or not settings.decoupled:  # torch's SGD is exactly the rule
                 torch_sgd(
                     params, grads, buffers, foreach=group["foreach"], fused=group["fused"],
@@ -182,26 +183,22 @@ class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
             use_compile = use_compile and group["fused"] is not False and not group["foreach"]
             sign = -1.0 if group["maximize"] else 1.0
             nesterov = group["nesterov"]
+            direction = [sign if nesterov else 0.0, momentum if nesterov else 1.0, settings.decay_factor, settings.lr]
+            steady_row = len(rows)
+            rows += [[momentum, sign * (1.0 - group["dampening"]), *direction], [0.0, sign, *direction]]
             for param, grad, buffer in zip(params, grads, buffers):
                 first = buffer is None
-                if first:
+                if first:  # zeros, and the first step's row: b_1 = g_1
                     buffer = torch.zeros_like(param, memory_format=torch.preserve_format)
                     self.state[param]["momentum_buffer"] = buffer
-                dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
-                lists = compiled.setdefault((param.device, dtype), {"p": [], "g": [], "b": [], "rows": []})
+                lists = compiled.setdefault((param.device, _compute_dtype(param)), {"p": [], "g": [], "b": [], "i": []})
                 lists["p"].append(param)
                 lists["g"].append(grad)
                 lists["b"].append(buffer)
-                lists["rows"].append([
-                    0.0 if first else momentum,
-                    sign * (1.0 if first else 1.0 - group["dampening"]),
-                    sign if nesterov else 0.0,
-                    momentum if nesterov else 1.0,
-                    settings.decay_factor,
-                    settings.lr,
-                ])
+                lists["i"].append(steady_row + first)
         for (device, dtype), lists in compiled.items():
-            scalars = torch.tensor(lists["rows"], dtype=torch.float64).to(device=device, dtype=dtype)
+            table = torch.tensor(rows, dtype=torch.float64, device=device)
+            scalars = table[torch.tensor(lists["i"], device=device)].to(dtype)
             self._kernel(lists["p"], lists["g"], lists["b"], scalars, use_compile=use_compile)
         return loss
 
