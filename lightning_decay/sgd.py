@@ -183,9 +183,11 @@ class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
             use_compile = use_compile and group["fused"] is not False and not group["foreach"]
             sign = -1.0 if group["maximize"] else 1.0
             nesterov = group["nesterov"]
-            direction = [sign if nesterov else 0.0, momentum if nesterov else 1.0, settings.decay_factor, settings.lr]
+            last_columns = [  # n_g, n_b, f, s of _sgd_multi_tensor_step: the same at the first step
+                sign if nesterov else 0.0, momentum if nesterov else 1.0, settings.decay_factor, settings.lr
+            ]
             steady_row = len(rows)
-            rows += [[momentum, sign * (1.0 - group["dampening"]), *direction], [0.0, sign, *direction]]
+            rows += [[momentum, sign * (1.0 - group["dampening"]), *last_columns], [0.0, sign, *last_columns]]
             for param, grad, buffer in zip(params, grads, buffers):
                 first = buffer is None
                 if first:  # zeros, and the first step's row: b_1 = g_1
