@@ -31,6 +31,7 @@ from lightning_decay.callbacks import (
     check_scale_freeness,
     param_group_names,
 )
+from tests.test_resume import assert_identical
 
 LR0, WD = 0.05, 0.2
 BATCH, STEPS = 8, 6
@@ -500,22 +501,6 @@ def test_monitors_do_not_change_training(tmp_path: Path) -> None:
     assert metrics[0]["scale_invariance/invariant/net.4.weight"] == 0.0
 
 
-def assert_same_state(a: Any, b: Any, where: str = "state") -> None:
-    """Nested dicts / lists / tuples equal, tensors bitwise (``torch.equal``)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), (where, list(a), list(b))
-        for key in a:
-            assert_same_state(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{where}[{index}]")
-    else:
-        assert a == b, (where, a, b)
-
-
 def resumable_monitor() -> ScaleInvarianceMonitor:
     """Checks after optimizer steps 0, 5 and 10, logged with steps 3, 7 and 11: the check of step 5 (the first
     epoch's last batch) is not yet logged when the epoch-end checkpoint is written."""
@@ -541,7 +526,7 @@ def test_scale_invariance_state_survives_checkpoint(tmp_path: Path) -> None:
     assert pending["scale_invariance/loss_change/"] == monitor.loss_changes
     restored = resumable_monitor()
     restored.load_state_dict(state)
-    assert_same_state(restored.state_dict(), monitor.state_dict())
+    assert_identical(restored.state_dict(), monitor.state_dict(), "monitor state")
 
     legacy = {k: v for k, v in state.items() if k not in ("fixed_batch", "pending_check")}
     old = resumable_monitor()
