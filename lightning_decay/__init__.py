@@ -1,6 +1,37 @@
 """lightning_decay: every weight-decay variant of Adam, exact and fast, with Lightning tooling around them."""
 
-from lightning_decay.conventions import (
+from lightning_decay.integration.factory import (
+    WarmupSchedule,
+    build_lr_scheduler,
+    build_optimizer,
+    build_optimizer_config,
+)
+from lightning_decay.integration.mixin import DecayMixin, DecaySettings
+from lightning_decay.integration.param_groups import (
+    GroupOverride,
+    ParamGroupSettings,
+    assign_param_groups,
+    build_param_groups,
+)
+from lightning_decay.optim import (
+    REGISTRY,
+    SGDL2,
+    SGDW,
+    VARIANTS,
+    AdamC,
+    AdamL2,
+    AdamP,
+    AdamW,
+    CautiousAdamW,
+    KernelAdam,
+    KernelSGD,
+    ProxAdam,
+    ProxSGD,
+    VariantInfo,
+    get_variant,
+    resolve_variant,
+)
+from lightning_decay.optim.conventions import (
     convert_weight_decay,
     paper_to_torch,
     timescale_epochs,
@@ -9,11 +40,6 @@ from lightning_decay.conventions import (
     weight_decay_for_timescale,
     weight_decay_for_timescale_epochs,
 )
-from lightning_decay.factory import WarmupSchedule, build_lr_scheduler, build_optimizer, build_optimizer_config
-from lightning_decay.mixin import DecayMixin, DecaySettings
-from lightning_decay.optimizers import VARIANTS, AdamC, AdamL2, AdamP, AdamW, CautiousAdamW, ProxAdam, resolve_variant
-from lightning_decay.param_groups import GroupOverride, ParamGroupSettings, assign_param_groups, build_param_groups
-from lightning_decay.sgd import SGDL2, SGDW, ProxSGD
 
 __all__ = [
     "AdamL2",
@@ -25,7 +51,12 @@ __all__ = [
     "SGDL2",
     "SGDW",
     "ProxSGD",
+    "KernelAdam",
+    "KernelSGD",
+    "REGISTRY",
+    "VariantInfo",
     "VARIANTS",
+    "get_variant",
     "resolve_variant",
     "DecayMixin",
     "DecaySettings",

@@ -3,7 +3,7 @@
 * :class:`WeightNormMonitor`: ``|w|`` per parameter (and per module), the total norm, and min/mean/max of the
   per-neuron (row / conv filter) norms.
 * :class:`EffectiveDecayMonitor`: per param group the lr ``lr_t``, ``eta_t = lr_t / alpha``, the per-step decay
-  factor taken from the optimizer's own rule (:mod:`lightning_decay.decay_rules`) and its timescale
+  factor taken from the optimizer's own rule (:mod:`lightning_decay.optim.rules`) and its timescale
   ``1 / (1 - factor)`` in steps and epochs; AdamP's elementwise factor ``1 / (1 + lr_t wd / D)`` per layer
   (min/mean/max); AdamL2's preconditioned decay ``lr_t wd / D`` and the ratio ``wd |w| / |g|``.
 * :class:`ScaleInvarianceMonitor`: ``cos(w, g)``, ``|dw| / |w|``, the angular update per step next to the
@@ -14,7 +14,7 @@
 All numbers go through ``trainer.loggers`` (CSV, TensorBoard, W&B, ...) every ``log_every_n_steps`` optimizer
 steps (default: the trainer's), at the step Lightning's own ``self.log`` uses, on global rank 0. Per-layer values
 are computed as tensors with multi-tensor kernels and moved to the host once per logging step; non-logging steps
-cost one integer comparison. Norms of sharded parameters (FSDP) are exact: see :mod:`lightning_decay.sharded_norms`.
+cost one integer comparison. Norms of sharded parameters (FSDP) are exact: see :mod:`lightning_decay.diagnostics.sharded_norms`.
 Key names and the derivations are in ``docs/monitoring.md``.
 """
 
@@ -36,12 +36,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_decay.decay_rules import AdamL2Rule as _AdamL2Rule
-from lightning_decay.decay_rules import AdamWTorchRule, DecayRule, KernelDecayRule, adam_denominator
-from lightning_decay.sharded_norms import ShardedTensors
+from lightning_decay.optim.rules import AdamL2Rule as _AdamL2Rule
+from lightning_decay.optim.rules import AdamWTorchRule, DecayRule, KernelDecayRule, adam_denominator
+from lightning_decay.diagnostics.sharded_norms import ShardedTensors
 
 try:  # the SGD rules arrived later; keep working without them
-    from lightning_decay.decay_rules import SGDL2Rule as _SGDL2Rule
+    from lightning_decay.optim.rules import SGDL2Rule as _SGDL2Rule
 except ImportError:  # pragma: no cover
     _SGDL2Rule = None  # type: ignore[assignment,misc]
 

@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_decay.mixin import DecayMixin, DecaySettings
+from lightning_decay.integration.mixin import DecayMixin, DecaySettings
 from lightning_decay.models import build_model
 
 __all__ = ["ImageClassifier"]

@@ -694,7 +694,7 @@ def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
 
 def _wandb_mode() -> str:
     """``WANDB_MODE`` if set, ``online`` when W&B credentials are configured, else ``offline`` (never prompts)."""
-    from lightning_decay.loggers import wandb_logged_in
+    from lightning_decay.integration.wandb_logger import wandb_logged_in
 
     return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
 
@@ -771,7 +771,7 @@ def _fit_and_test(spec: Mapping[str, Any], cell_dir: Path) -> dict[str, Any]:
     loggers: list[Any] = [CSVLogger(str(cell_dir), name="logs", version="")]  # logs/metrics.csv, logs/config.yaml
     wandb_logger = None
     if spec.get("wandb") is not None:
-        from lightning_decay.loggers import AutoWandbLogger
+        from lightning_decay.integration.wandb_logger import AutoWandbLogger
 
         settings = {
             "project": spec["group"], "save_dir": str(cell_dir), "job_type": "sweep-cell",

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from lightning_decay.guards import NonFiniteGradientError
+from lightning_decay.integration.guards import NonFiniteGradientError
 from tests.process_exit import exit_now
 from tests.test_ddp import CHECKPOINT_STEP, fit_case
 

@@ -14,14 +14,14 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from lightning_decay.models import SmallCNN
-from lightning_decay.optimizers import resolve_variant
+from lightning_decay.optim import resolve_variant
 
 
 class ToyClassifier(LightningModule):
     """A one-conv :class:`SmallCNN` trained with one Adam variant of the package.
 
     Args:
-        variant: a name of :data:`lightning_decay.optimizers.VARIANTS`.
+        variant: a name of :data:`lightning_decay.optim.VARIANTS`.
         lr: learning rate.
         weight_decay: weight decay of the variant.
         width: channels of the single conv layer.

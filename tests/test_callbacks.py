@@ -606,7 +606,7 @@ def test_check_scale_freeness(variant: str, scale_free: bool) -> None:
 def test_wandb_offline_run_receives_the_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real offline W&B run (no login, no network) read back from its .wandb file: same numbers as the CSV,
     plus the norm histogram, the epoch-end tables and plots."""
-    from lightning_decay.wandb_files import find_run_file, read_history
+    from lightning_decay.diagnostics.wandb_files import find_run_file, read_history
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

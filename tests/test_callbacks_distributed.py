@@ -4,7 +4,7 @@
   single process with the same global batch writes.
 * FSDP2 through Lightning's ``ModelParallelStrategy`` (``fully_shard``, DTensor parameters), launched as a script
   (Lightning re-executes it for rank 1): per-layer squares summed across ranks, then the square root.
-* The norm code itself (:class:`~lightning_decay.sharded_norms.ShardedTensors`) on raw torch FSDP2 and FSDP1
+* The norm code itself (:class:`~lightning_decay.diagnostics.sharded_norms.ShardedTensors`) on raw torch FSDP2 and FSDP1
   (flat shards) in 2 spawned processes, including uneven shards, empty shards and a tensor split along dim 1.
 """
 
@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
-from lightning_decay.sharded_norms import ShardedTensors
+from lightning_decay.diagnostics.sharded_norms import ShardedTensors
 from tests.process_exit import SpawnDDP, exit_now
 from tests.test_callbacks import BATCH, STEPS, Net, classification_data, read_metrics
 

@@ -52,7 +52,7 @@ def test_every_config_trains_two_steps(path, tmp_path, monkeypatch):
     content = yaml.safe_load(path.read_text())
     variant = (((content.get("model") or {}).get("init_args") or {}).get("decay") or {}).get("optimizer")
     if variant is not None:  # the variant file really selected its optimizer
-        from lightning_decay.optimizers import resolve_variant
+        from lightning_decay.optim import resolve_variant
 
         assert isinstance(cli.trainer.optimizers[0], resolve_variant(variant)[0])
     for parameter in cli.model.parameters():

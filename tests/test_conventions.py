@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_decay.conventions import (
+from lightning_decay.optim.conventions import (
     convert_weight_decay,
     decay_rule_of,
     epochs_to_steps,
@@ -22,7 +22,7 @@ from lightning_decay.conventions import (
     weight_decay_for_timescale,
     weight_decay_for_timescale_epochs,
 )
-from lightning_decay.optimizers import VARIANTS, AdamP, AdamW, resolve_variant
+from lightning_decay.optim import VARIANTS, AdamP, AdamW, resolve_variant
 
 
 def has_timescale(variant: str) -> bool:

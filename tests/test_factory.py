@@ -17,15 +17,15 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_decay.factory import (
+from lightning_decay.integration.factory import (
     WarmupSchedule,
     build_lr_scheduler,
     build_optimizer,
     build_optimizer_config,
     resolve_optimizer,
 )
-from lightning_decay.optimizers import VARIANTS, AdamW, ProxAdam, resolve_variant
-from lightning_decay.param_groups import GroupOverride, ParamGroupSettings
+from lightning_decay.optim import VARIANTS, AdamW, ProxAdam, resolve_variant
+from lightning_decay.integration.param_groups import GroupOverride, ParamGroupSettings
 from tests.test_param_groups import SmallCNN, TinyTransformer
 
 

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lightning_decay.factory import build_lr_scheduler, build_optimizer_config
-from lightning_decay.guards import NonFiniteGradientError
-from lightning_decay.optimizers import VARIANTS
+from lightning_decay.integration.factory import build_lr_scheduler, build_optimizer_config
+from lightning_decay.integration.guards import NonFiniteGradientError
+from lightning_decay.optim import VARIANTS
 from tests.test_resume import single_thread  # noqa: F401 - autouse fixture
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

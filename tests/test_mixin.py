@@ -17,10 +17,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_decay.factory import WarmupSchedule
-from lightning_decay.mixin import DecayMixin, DecaySettings
-from lightning_decay.optimizers import VARIANTS, AdamL2, AdamW, ProxAdam, resolve_variant
-from lightning_decay.param_groups import GroupOverride, ParamGroupSettings
+from lightning_decay.integration.factory import WarmupSchedule
+from lightning_decay.integration.mixin import DecayMixin, DecaySettings
+from lightning_decay.optim import VARIANTS, AdamL2, AdamW, ProxAdam, resolve_variant
+from lightning_decay.integration.param_groups import GroupOverride, ParamGroupSettings
 from tests.test_param_groups import FrozenBackbone, SmallCNN, TinyTransformer
 
 

@@ -24,14 +24,14 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_decay.guards import (
+from lightning_decay.integration.guards import (
     GradientGuard,
     NonFiniteGradientError,
     NonFiniteGradientGuard,
     first_nonfinite_gradient,
 )
-from lightning_decay.mixin import DecayMixin, DecaySettings
-from lightning_decay.optimizers import VARIANTS
+from lightning_decay.integration.mixin import DecayMixin, DecaySettings
+from lightning_decay.optim import VARIANTS
 from tests.test_precision import StepRecorder
 from tests.test_resume import (
     assert_identical,

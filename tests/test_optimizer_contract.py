@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from lightning_decay.optimizers import VARIANTS, AdamC, AdamL2, AdamP, AdamW, CautiousAdamW, ProxAdam, resolve_variant
-from lightning_decay.sgd import SGDL2, SGDW, ProxSGD
+from lightning_decay.optim import VARIANTS, AdamC, AdamL2, AdamP, AdamW, CautiousAdamW, ProxAdam, resolve_variant
+from lightning_decay.optim.sgd import SGDL2, SGDW, ProxSGD
 
 SGD_VARIANTS = {"sgd-l2", "sgdw", "sgdw-paper", "proxsgd"}
 # Variants whose default path compiles a kernel (seconds per test); their compiled kernels have their own tests.

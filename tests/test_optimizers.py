@@ -116,7 +116,7 @@ def test_decay_factor_matches_formula(variant):
             state = optimizer.state[p]
             t = state["step"].item()
             D = (state["exp_avg_sq"] / (1 - 0.999**t)).sqrt() + 1e-8
-            from lightning_decay.decay_rules import adam_denominator
+            from lightning_decay.optim.rules import adam_denominator
 
             denominator = adam_denominator(state["exp_avg_sq"], (1 - 0.999**t) ** 0.5, 1e-8)
             torch.testing.assert_close(optimizer.decay_factor(group, denominator), 1 / (1 + lr * wd / D))

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from lightning_decay.decay_rules import AdamCRule, AdamWTorchRule, CautiousRule
-from lightning_decay.optimizers import VARIANTS, AdamC, CautiousAdamW, _CompiledStep, resolve_variant
+from lightning_decay.optim.rules import AdamCRule, AdamWTorchRule, CautiousRule
+from lightning_decay.optim import VARIANTS, AdamC, CautiousAdamW, _CompiledStep, resolve_variant
 from tests import trajectory
 from tests.reference import ReferenceState, reference_step, warmup_cosine
 from tests.trajectory import gradient, max_relative_error

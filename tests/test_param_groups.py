@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_decay.optimizers import AdamW
-from lightning_decay.param_groups import (
+from lightning_decay.optim import AdamW
+from lightning_decay.integration.param_groups import (
     DECAY,
     NO_DECAY,
     GroupOverride,

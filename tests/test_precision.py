@@ -22,8 +22,8 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_decay.mixin import DecayMixin
-from lightning_decay.optimizers import VARIANTS
+from lightning_decay.integration.mixin import DecayMixin
+from lightning_decay.optim import VARIANTS
 from tests.test_resume import (
     assert_identical,
     decay_settings,

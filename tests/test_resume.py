@@ -27,8 +27,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
 from lightning_decay.classifier import ImageClassifier
 from lightning_decay.data import CIFAR10DataModule, ResumableDataLoader, ResumableSampler, TrainProgress
-from lightning_decay.mixin import DecaySettings
-from lightning_decay.optimizers import VARIANTS
+from lightning_decay.integration.mixin import DecaySettings
+from lightning_decay.optim import VARIANTS
 
 BATCH = 8  # 40 training images: 5 batches per epoch
 EPOCHS = 2  # 10 optimizer steps

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from lightning_decay.decay_rules import SGDL2Rule
-from lightning_decay.optimizers import VARIANTS, resolve_variant
-from lightning_decay.sgd import SGDL2, SGDW, ProxSGD
+from lightning_decay.optim.rules import SGDL2Rule
+from lightning_decay.optim import VARIANTS, resolve_variant
+from lightning_decay.optim.sgd import SGDL2, SGDW, ProxSGD
 from tests import trajectory
 from tests.reference import (
     SGDReferenceState,

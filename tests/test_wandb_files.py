@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_decay.wandb_files import BLOCK_BYTES, find_run_file, iter_records, read_history
+from lightning_decay.diagnostics.wandb_files import BLOCK_BYTES, find_run_file, iter_records, read_history
 
 
 @pytest.fixture

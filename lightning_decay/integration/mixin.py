@@ -14,7 +14,7 @@
 
 Without settings the model trains with AdamW (torch convention, torch's default weight decay 1e-2), lr 1e-3,
 cosine decay over the fit, biases / norms / 1-D parameters without decay, and an error naming the parameter when
-a gradient is NaN or inf (``nonfinite_grads``; see :mod:`lightning_decay.guards` and ``docs/reliability.md``).
+a gradient is NaN or inf (``nonfinite_grads``; see :mod:`lightning_decay.integration.guards` and ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -35,15 +35,25 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_decay.conventions import decay_rule_of, steps_to_epochs, timescale_steps, weight_decay_for_timescale
-from lightning_decay.factory import (
+from lightning_decay.integration.factory import (
     build_optimizer_config,
     check_optimizer_settings,
     check_schedule_settings,
     trainer_steps_per_epoch,
 )
-from lightning_decay.guards import GradientGuard, NonFiniteGradientGuard, check_nonfinite_policy, check_skip_limit
-from lightning_decay.param_groups import DECAY, ParamGroupSettings
+from lightning_decay.integration.guards import (
+    GradientGuard,
+    NonFiniteGradientGuard,
+    check_nonfinite_policy,
+    check_skip_limit,
+)
+from lightning_decay.integration.param_groups import DECAY, ParamGroupSettings
+from lightning_decay.optim.conventions import (
+    decay_rule_of,
+    steps_to_epochs,
+    timescale_steps,
+    weight_decay_for_timescale,
+)
 
 __all__ = ["DecaySettings", "DecayMixin"]
 
@@ -59,7 +69,7 @@ _GUARD_KEY = "decay_mixin_gradient_guard"
 class DecaySettings:
     """Everything :class:`DecayMixin` needs to build the optimizer and schedule; validated on construction.
 
-    * ``optimizer``: a variant of :data:`~lightning_decay.optimizers.VARIANTS` (``adaml2``, ``adamw`` = torch
+    * ``optimizer``: a variant of :data:`~lightning_decay.optim.VARIANTS` (``adaml2``, ``adamw`` = torch
       convention, ``adamw-paper``, ``proxadam``, ``adamp``, ...) or a dotted ``Optimizer`` class path (a class is
       accepted and stored as its path).
     * ``lr``: the peak learning rate ``alpha``. ``weight_decay``: in the variant's own convention (torch AdamW:
@@ -74,10 +84,10 @@ class DecaySettings:
     * ``schedule`` (``cosine`` | ``linear`` | ``constant``) after ``warmup_steps`` (or ``warmup_ratio`` of the
       total) linear warmup, down to ``min_lr_ratio * lr`` at ``total_steps`` (default: the trainer's estimate),
       stepped every optimizer step.
-    * ``groups``: the parameter groups (:class:`~lightning_decay.param_groups.ParamGroupSettings`).
+    * ``groups``: the parameter groups (:class:`~lightning_decay.integration.param_groups.ParamGroupSettings`).
     * ``lr_scheduler_interval`` / ``lr_scheduler_monitor``: only for a ``lr_scheduler_callable`` (how often to
       step it; the metric of a ``ReduceLROnPlateau``).
-    * ``nonfinite_grads``: what a NaN/inf gradient does (:mod:`lightning_decay.guards`): ``raise`` (default, a
+    * ``nonfinite_grads``: what a NaN/inf gradient does (:mod:`lightning_decay.integration.guards`): ``raise`` (default, a
       ``FloatingPointError`` naming the parameter), ``skip`` the step (weights and optimizer state unchanged,
       counted and logged), or ``off``; ``nonfinite_skip_limit``: with ``skip``, raise after that many consecutive
       skipped steps (None: never). Under a ``GradScaler`` (16-mixed) the scaler handles overflow instead.
@@ -222,8 +232,8 @@ class DecayMixin:
     callables as ``class_path``/``init_args`` and rebuilds them.
 
     **Reliability** (``docs/reliability.md``). Every optimizer step checks the gradients for NaN/inf
-    (``decay.nonfinite_grads``, :class:`~lightning_decay.guards.GradientGuard`; skipped when the trainer has a
-    :class:`~lightning_decay.guards.NonFiniteGradientGuard` callback, which then decides); a subclass that
+    (``decay.nonfinite_grads``, :class:`~lightning_decay.integration.guards.GradientGuard`; skipped when the trainer has a
+    :class:`~lightning_decay.integration.guards.NonFiniteGradientGuard` callback, which then decides); a subclass that
     overrides ``on_before_optimizer_step`` calls ``super().on_before_optimizer_step(optimizer)`` to keep it.
     Gradient clipping works under ``bf16-mixed`` and ``16-mixed`` for every variant, also with torch's fused
     kernels, for which Lightning alone refuses to clip (:meth:`configure_gradient_clipping`). The guard's counters

@@ -6,7 +6,7 @@ step, where Lightning training happens (``on_before_optimizer_step``: after back
 the DDP all-reduce, before clipping and the step), not inside the optimizers, which stay exactly as fast as
 torch's fused kernels. One policy decides what a non-finite gradient does:
 
-* ``"raise"`` (the default of :class:`~lightning_decay.mixin.DecaySettings`): :class:`NonFiniteGradientError`
+* ``"raise"`` (the default of :class:`~lightning_decay.integration.mixin.DecaySettings`): :class:`NonFiniteGradientError`
   (a ``FloatingPointError``) naming the first offending parameter by its module path, the step, and how many
   parameters are affected; the weights and optimizer state are still those of the last good step, so the last
   checkpoint is good.
@@ -29,7 +29,7 @@ sharded strategies (FSDP, model parallel) with more than one process the decisio
 raises or skips together; plain DDP needs no collective (its gradients are identical on every rank after the
 all-reduce).
 
-Use it through :class:`~lightning_decay.mixin.DecayMixin` (``DecaySettings(nonfinite_grads=..., nonfinite_skip_limit
+Use it through :class:`~lightning_decay.integration.mixin.DecayMixin` (``DecaySettings(nonfinite_grads=..., nonfinite_skip_limit
 =...)``, on by default), or with any ``LightningModule`` as the callback :class:`NonFiniteGradientGuard`.
 """
 
@@ -187,7 +187,7 @@ def _logging_step(trainer: pl.Trainer) -> int:
 
 
 class GradientGuard:
-    """The check behind :class:`NonFiniteGradientGuard` and :class:`~lightning_decay.mixin.DecayMixin`.
+    """The check behind :class:`NonFiniteGradientGuard` and :class:`~lightning_decay.integration.mixin.DecayMixin`.
 
     ``policy`` in :data:`NONFINITE_POLICIES`; ``skip_limit``: with ``skip``, raise after this many consecutive
     skipped steps (None: never). :meth:`check` runs it for one optimizer step; :attr:`skipped_steps` counts the
@@ -290,7 +290,7 @@ class NonFiniteGradientGuard(Callback):
         skip_limit: with ``skip``, raise after this many consecutive skipped steps (None: never).
 
     List it first among the callbacks so that monitors see the cleared gradients of a skipped step. A
-    :class:`~lightning_decay.mixin.DecayMixin` model defers to this callback when it is present.
+    :class:`~lightning_decay.integration.mixin.DecayMixin` model defers to this callback when it is present.
     """
 
     def __init__(self, policy: str = "raise", skip_limit: int | None = 10) -> None:

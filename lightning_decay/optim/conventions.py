@@ -9,8 +9,8 @@ Notation: ``alpha`` is the peak (initial) learning rate, ``wd`` a weight decay.
   moving average over ``tau_iter = 1 / (1 - f)`` steps; for torch's AdamW ``tau_iter = 1 / (alpha * wd)``
   (``1 - f = alpha * wd``), in epochs ``tau_epoch = tau_iter / steps_per_epoch``.
 
-Timescales go through each variant's :class:`~lightning_decay.decay_rules.DecayRule`
-(:meth:`~lightning_decay.decay_rules.DecayRule.timescale_steps` at the peak learning rate, ``eta = 1``), so they
+Timescales go through each variant's :class:`~lightning_decay.optim.rules.DecayRule`
+(:meth:`~lightning_decay.optim.rules.DecayRule.timescale_steps` at the peak learning rate, ``eta = 1``), so they
 hold for every variant with a scalar, decoupled decay (``adamw``, ``adamw-paper``, ``proxadam``, ...). L2 variants
 (``adaml2``: decay through the gradient, preconditioned by Adam) and ``adamp`` (elementwise decay) have no such
 timescale: ValueError.
@@ -18,17 +18,15 @@ timescale: ValueError.
 
 from __future__ import annotations
 
-import functools
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch.optim import Optimizer
 
-from lightning_decay.decay_rules import DecayRule
-from lightning_decay.optimizers import resolve_variant
+from lightning_decay.optim.registry import rule_of
+from lightning_decay.optim.rules import DecayRule
+from lightning_decay.validation import check_nonnegative, check_positive, check_real
 
 __all__ = [
     "torch_to_paper",
@@ -46,66 +44,27 @@ __all__ = [
 VariantLike = str | DecayRule | Optimizer | type
 
 
-def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
-def _positive(name: str, value: Any, allow_inf: bool = False) -> float:
-    value = _real(name, value)
-    if not (value > 0 and (math.isfinite(value) or (allow_inf and value == math.inf))):
-        raise ValueError(f"{name} must be a {'' if allow_inf else 'finite '}number > 0, got {value!r}")
-    return value
-
-
-def _nonnegative(name: str, value: Any) -> float:
-    value = _real(name, value)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
 def torch_to_paper(weight_decay: float, lr: float) -> float:
     """``wd_paper = lr * wd_torch``: the paper-convention weight decay with the same decay at the peak ``lr``."""
-    return _nonnegative("weight_decay", weight_decay) * _positive("lr", lr)
+    return check_nonnegative("weight_decay", weight_decay) * check_positive("lr", lr)
 
 
 def paper_to_torch(weight_decay: float, lr: float) -> float:
     """``wd_torch = wd_paper / lr``: the torch-convention weight decay with the same decay at the peak ``lr``."""
-    return _nonnegative("weight_decay", weight_decay) / _positive("lr", lr)
-
-
-@functools.cache
-def _rule_of_class(cls: type, fixed: tuple[tuple[str, Any], ...]) -> DecayRule:
-    probe = cls([torch.zeros(1, requires_grad=True)], **dict(fixed))
-    rule = getattr(probe, "decay_rule", None)
-    if not isinstance(rule, DecayRule):
-        raise ValueError(f"{cls.__name__} has no decay_rule: timescales need one of lightning_decay's optimizers")
-    return rule
+    return check_nonnegative("weight_decay", weight_decay) / check_positive("lr", lr)
 
 
 def decay_rule_of(variant: VariantLike, group: Mapping[str, Any] | None = None) -> DecayRule:
     """The decay rule of a variant name (``"adamw"``, ...), an optimizer (instance or class) or a rule itself;
-    with an optimizer instance and one of its ``group``s, the rule that group follows (``rule_for(group)``)."""
-    if isinstance(variant, DecayRule):
-        return variant
-    if isinstance(variant, str):
-        cls, fixed = resolve_variant(variant)
-        return _rule_of_class(cls, tuple(sorted(fixed.items())))
-    if isinstance(variant, Optimizer):
-        rule_for = getattr(variant, "rule_for", None)
-        if group is not None and callable(rule_for):
-            return rule_for(group)
-        rule = getattr(variant, "decay_rule", None)
-        if isinstance(rule, DecayRule):
-            return rule
-        raise ValueError(
-            f"{type(variant).__name__} has no decay_rule: timescales need one of lightning_decay's optimizers"
-        )
-    if isinstance(variant, type) and issubclass(variant, Optimizer):
-        return _rule_of_class(variant, ())
-    raise TypeError(f"variant must be a variant name, an optimizer or a DecayRule, got {type(variant).__name__}")
+    with an optimizer instance and one of its ``group``s, the rule that group follows (``rule_for(group)``).
+    :func:`~lightning_decay.optim.registry.rule_of`, with an error where no rule describes the optimizer."""
+    if not isinstance(variant, (str, DecayRule, Optimizer, type)):
+        raise TypeError(f"variant must be a variant name, an optimizer or a DecayRule, got {type(variant).__name__}")
+    rule = rule_of(variant, group)
+    if rule is None:
+        name = variant.__name__ if isinstance(variant, type) else type(variant).__name__
+        raise ValueError(f"{name} has no decay rule: timescales need a registered variant or one of its optimizers")
+    return rule
 
 
 def _timescale(rule: DecayRule, lr: float, weight_decay: float) -> float:
@@ -129,7 +88,7 @@ def timescale_steps(weight_decay: float, lr: float, variant: VariantLike = "adam
     """EMA timescale of the decay in steps at the peak ``lr``: ``1 / (1 - f)`` with ``f`` the variant's per-step
     decay factor (``1 / (lr * wd)`` for ``adamw``, ``1 / wd`` for ``adamw-paper``); inf without decay."""
     rule = decay_rule_of(variant)
-    return _timescale(rule, _positive("lr", lr), _nonnegative("weight_decay", weight_decay))
+    return _timescale(rule, check_positive("lr", lr), check_nonnegative("weight_decay", weight_decay))
 
 
 def _shrink(rule: DecayRule, lr: float, weight_decay: float) -> float:
@@ -144,8 +103,8 @@ def weight_decay_for_timescale(tau_steps: float, lr: float, variant: VariantLike
     linear in ``wd`` (``adamw``: ``1 / (lr * tau)``, ``adamw-paper``: ``1 / tau``), by bisection otherwise
     (``proxadam``: ``1 / (tau - 1)``); rounded to 14 significant digits.
     """
-    tau = _positive("decay timescale", tau_steps, allow_inf=True)
-    lr = _positive("lr", lr)
+    tau = check_positive("decay timescale", tau_steps, allow_inf=True)
+    lr = check_positive("lr", lr)
     rule = decay_rule_of(variant)
     if tau == math.inf:
         return 0.0
@@ -186,12 +145,12 @@ def weight_decay_for_timescale(tau_steps: float, lr: float, variant: VariantLike
 
 def steps_to_epochs(steps: float, steps_per_epoch: float) -> float:
     """``epochs = steps / steps_per_epoch`` (optimizer steps per epoch, after gradient accumulation)."""
-    return _real("steps", steps) / _positive("steps_per_epoch", steps_per_epoch)
+    return check_real("steps", steps) / check_positive("steps_per_epoch", steps_per_epoch)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: float) -> float:
     """``steps = epochs * steps_per_epoch`` (optimizer steps per epoch, after gradient accumulation)."""
-    return _real("epochs", epochs) * _positive("steps_per_epoch", steps_per_epoch)
+    return check_real("epochs", epochs) * check_positive("steps_per_epoch", steps_per_epoch)
 
 
 def timescale_epochs(weight_decay: float, lr: float, steps_per_epoch: float, variant: VariantLike = "adamw") -> float:
@@ -204,7 +163,7 @@ def weight_decay_for_timescale_epochs(
 ) -> float:
     """The weight decay whose EMA timescale at the peak ``lr`` is ``tau_epochs`` epochs (Wang & Aitchison 2024);
     for ``adamw``: ``1 / (lr * tau_epochs * steps_per_epoch)``."""
-    tau = _positive("decay timescale (epochs)", tau_epochs, allow_inf=True)
+    tau = check_positive("decay timescale (epochs)", tau_epochs, allow_inf=True)
     return weight_decay_for_timescale(epochs_to_steps(tau, steps_per_epoch), lr, variant)
 
 

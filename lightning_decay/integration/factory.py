@@ -6,7 +6,7 @@ learning-rate schedule (linear warmup, then cosine / linear / constant).
     def configure_optimizers(self):
         return build_optimizer_config(self, "proxadam", lr=3e-4, weight_decay=0.1, warmup_steps=500)
 
-The optimizer is a variant name of :data:`lightning_decay.optimizers.VARIANTS` (``adaml2``, ``adamw``,
+The optimizer is a variant name of :data:`lightning_decay.optim.REGISTRY` (``adaml2``, ``adamw``,
 ``adamw-paper``, ``proxadam``, ``adamp``, ...), a dotted class path or an ``Optimizer`` class, or a callable
 ``params -> Optimizer`` (LightningCLI's ``OptimizerCallable``). ``None`` settings mean the optimizer's own
 defaults. The schedule multiplies each group's initial lr by ``eta(step)`` (:class:`WarmupSchedule`), stepped
@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,10 +30,10 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-from lightning_decay.conventions import decay_rule_of, epochs_to_steps, weight_decay_for_timescale
-from lightning_decay.decay_rules import MAX_SETTING
-from lightning_decay.optimizers import VARIANTS, resolve_variant
-from lightning_decay.param_groups import ParamGroupSettings, build_param_groups
+from lightning_decay.integration.param_groups import ParamGroupSettings, build_param_groups
+from lightning_decay.optim.conventions import decay_rule_of, epochs_to_steps, weight_decay_for_timescale
+from lightning_decay.optim.registry import REGISTRY, resolve_variant
+from lightning_decay.validation import MAX_SETTING, check_int, check_real
 
 __all__ = [
     "SCHEDULES",
@@ -55,28 +54,12 @@ SCHEDULES = ("cosine", "linear", "constant")
 OptimizerSpec = str | type[Optimizer] | Callable[[Iterable[Any]], Optimizer]
 
 
-def _is_real(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Real)
-
-
-def _check_real(name: str, value: Any, *, low: float, low_open: bool, high: float | None = None) -> float:
-    """``value`` as a float within ``(low | [low, high]``; TypeError/ValueError naming ``name``."""
-    if not _is_real(value):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    high = MAX_SETTING if high is None else high
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low:g} and <= {high:.4g}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
+def _check_real(name: str, value: Any, *, low: float, low_open: bool, high: float = MAX_SETTING) -> float:
+    return check_real(name, value, low=low, low_open=low_open, high=high)
 
 
 def _check_int(name: str, value: Any, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return int(value)
+    return check_int(name, value, low=low)
 
 
 @dataclass
@@ -132,7 +115,7 @@ def check_schedule_settings(
 def resolve_optimizer(optimizer: str | type[Optimizer]) -> tuple[type[Optimizer], dict[str, Any]]:
     """``(class, fixed kwargs)`` of a variant name, a dotted ``Optimizer`` class path or an ``Optimizer`` class.
 
-    An unknown name raises ValueError listing the valid variant names (read from ``VARIANTS``).
+    An unknown name raises ValueError listing the valid variant names (read from ``REGISTRY``).
     """
     if isinstance(optimizer, type):
         if not issubclass(optimizer, Optimizer):
@@ -145,7 +128,7 @@ def resolve_optimizer(optimizer: str | type[Optimizer]) -> tuple[type[Optimizer]
     except ValueError:
         if "." not in optimizer:
             raise ValueError(
-                f"unknown optimizer {optimizer!r}; valid variants: {', '.join(VARIANTS)} "
+                f"unknown optimizer {optimizer!r}; valid variants: {', '.join(REGISTRY)} "
                 "(or a dotted torch.optim.Optimizer class path)"
             ) from None
     module_path, _, name = optimizer.rpartition(".")
@@ -153,7 +136,7 @@ def resolve_optimizer(optimizer: str | type[Optimizer]) -> tuple[type[Optimizer]
         cls = getattr(importlib.import_module(module_path), name)
     except (ImportError, AttributeError) as error:
         raise ValueError(
-            f"optimizer {optimizer!r} is neither a variant ({', '.join(VARIANTS)}) nor an importable class: {error}"
+            f"optimizer {optimizer!r} is neither a variant ({', '.join(REGISTRY)}) nor an importable class: {error}"
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
         raise ValueError(f"optimizer {optimizer!r} is not a torch.optim.Optimizer subclass")
@@ -290,11 +273,11 @@ def build_optimizer(
     groups: ParamGroupSettings | Mapping[str, Any] | None = None,
 ) -> Optimizer:
     """The optimizer on ``params``: a module (split into named groups by ``groups``, see
-    :mod:`lightning_decay.param_groups`) or ready parameters / group dicts (used as given).
+    :mod:`lightning_decay.integration.param_groups`) or ready parameters / group dicts (used as given).
 
     ``None`` settings are the optimizer's defaults. ``decay_timescale_steps`` (instead of ``weight_decay``) sets,
     for every group without its own ``weight_decay``, the weight decay whose EMA timescale at that group's peak lr
-    is that many steps (:func:`~lightning_decay.conventions.weight_decay_for_timescale`, through the optimizer's
+    is that many steps (:func:`~lightning_decay.optim.conventions.weight_decay_for_timescale`, through the optimizer's
     decay rule).
     """
     if weight_decay is not None and decay_timescale_steps is not None:

@@ -35,12 +35,13 @@ log is derived from those same settings, so the optimizer and the monitors canno
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from lightning_decay.validation import check_lr, check_nonnegative, check_positive
 
 __all__ = [
     "DecayRule",
@@ -62,28 +63,12 @@ __all__ = [
     "SGDWPaperRule",
     "ProxSGDRule",
     "adam_denominator",
-    "MAX_SETTING",
-    "check_nonnegative",
 ]
 
 
 def adam_denominator(exp_avg_sq: Tensor, bias_correction2_sqrt: Tensor | float, eps: Tensor | float) -> Tensor:
     """Adam's denominator ``D = sqrt(v_hat) + eps = sqrt(v) / sqrt(1 - beta2^t) + eps`` (as torch computes it)."""
     return exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
-
-
-#: The largest value a real setting (lr, weight decay, eps, ...) may take: float32's largest, since the kernels
-#: compute in float32 (an lr of 1e40 would be inf there and turn every weight it touches into inf in one step).
-MAX_SETTING = float(torch.finfo(torch.float32).max)
-
-
-def check_nonnegative(name: str, value: object, where: str = "") -> None:
-    """TypeError unless ``value`` is a real number, ValueError unless it is finite, >= 0 and at most
-    :data:`MAX_SETTING`; both name it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}{where} must be a real number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and 0.0 <= value <= MAX_SETTING):
-        raise ValueError(f"{name}{where} must be a finite number >= 0 (at most {MAX_SETTING:.4g}), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -109,10 +94,13 @@ class DecayRule(ABC):
     scale_free: bool
     #: True if the decay factor differs between coordinates (needs Adam's denominator D, or a mask).
     elementwise: bool = False
+    #: True if the decay coefficient is ``eta_t * wd`` (paper convention, proximal): a weight decay that means the
+    #: same decay as torch's ``wd`` at the initial lr is ``wd * alpha`` (defaults scale with the lr).
+    per_unit_lr: bool = False
 
     def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
         """Raise ValueError naming the argument when the settings are outside the rule's domain."""
-        check_nonnegative("lr", lr)
+        check_lr("lr", lr)
         check_nonnegative("weight_decay", weight_decay)
 
     @staticmethod
@@ -181,6 +169,8 @@ class PaperConventionRule(KernelDecayRule):
     ``1 - eta_t * wd``.
     """
 
+    per_unit_lr = True
+
     def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
         super().check(lr, initial_lr, weight_decay)
         eta_wd = self.schedule_multiplier(lr, initial_lr) * weight_decay
@@ -202,6 +192,8 @@ class ProximalRule(KernelDecayRule):
     Equal to torch's decoupled kernel with ``lr' = lr_t / (1 + eta_t * wd)`` and ``wd' = wd / alpha``:
     ``1 - lr' * wd' = 1 / (1 + eta_t * wd)``.
     """
+
+    per_unit_lr = True
 
     def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
         if initial_lr <= 0:
@@ -280,9 +272,7 @@ class AdamCRule(KernelDecayRule):
 
     def __init__(self, lr_max: float | None = None) -> None:
         if lr_max is not None:
-            check_nonnegative("lr_max", lr_max)
-            if lr_max <= 0:
-                raise ValueError(f"lr_max must be > 0 (the schedule's peak lr), got {lr_max!r}")
+            check_positive("lr_max", lr_max)
         self.lr_max = lr_max
 
     def peak_lr(self, initial_lr: float) -> float:
@@ -323,6 +313,7 @@ class CautiousRule(DecayRule):
         self.base = base
         self.name = f"{base.name}-cautious"
         self.scale_free = base.scale_free
+        self.per_unit_lr = base.per_unit_lr
 
     def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
         self.base.check(lr, initial_lr, weight_decay)

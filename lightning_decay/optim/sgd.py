@@ -1,4 +1,4 @@
-"""SGD with each weight-decay rule of :mod:`lightning_decay.decay_rules`, as ``torch.optim.Optimizer`` classes.
+"""SGD with each weight-decay rule of :mod:`lightning_decay.optim.rules`, as ``torch.optim.Optimizer`` classes.
 
 Momentum is torch's SGD's: ``b_1 = g_1``, ``b_t = mu * b_{t-1} + (1 - tau) * g_t`` (``tau`` the dampening), the
 direction ``d_t = b_t``, or ``g_t + mu * b_t`` with Nesterov, or ``d_t = g_t`` without momentum; the lr multiplies
@@ -23,7 +23,7 @@ Speed by construction (``benchmarks/optimizer_step.py`` compares each to torch's
 
 * ``sgd-l2``, and every rule in groups without momentum, run torch's own SGD kernel (fused by default): without
   momentum decoupled decay is an L2 term (``w - lr' * (g + wd' * w) = (1 - lr' * wd') * w - lr' * g``), so the
-  rule's :meth:`~lightning_decay.decay_rules.KernelDecayRule.kernel_settings` make torch's step exactly the rule's.
+  rule's :meth:`~lightning_decay.optim.rules.KernelDecayRule.kernel_settings` make torch's step exactly the rule's.
 * Decoupled decay with momentum is no setting of torch's SGD. A ``torch.compile``'d multi-tensor kernel fuses the
   buffer update, the decay and the step into one pass over ``w, g, b`` (torch's fused SGD's memory traffic; torch's
   fused SGD followed by a separate decay pass moves 40% more bytes). Its per-step scalars are one float64-computed
@@ -41,22 +41,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.sgd import sgd as torch_sgd
 
-from lightning_decay.decay_rules import (
-    KernelDecayRule,
-    ProxSGDRule,
-    SGDL2Rule,
-    SGDWPaperRule,
-    SGDWTorchRule,
-    check_nonnegative,
-)
-from lightning_decay.optimizers import (
-    _CompiledKernelOptimizer,
-    _compute_dtype,
-    _default_weight_decay,
-    _fused_supported,
-)
+from lightning_decay.optim.base import convention_rule, default_weight_decay, fused_supported
+from lightning_decay.optim.compiled import CompiledKernelOptimizer, compute_dtype
+from lightning_decay.optim.rules import KernelDecayRule, ProxSGDRule, SGDL2Rule, SGDWPaperRule, SGDWTorchRule
+from lightning_decay.validation import check_bool, check_lr, check_nonnegative, check_real
 
-__all__ = ["SGDL2", "SGDW", "ProxSGD", "SGD_DEFAULT_WEIGHT_DECAY"]
+__all__ = ["KernelSGD", "SGDL2", "SGDW", "ProxSGD", "SGD_DEFAULT_WEIGHT_DECAY"]
 
 #: The default weight decay of the torch-convention SGD variants (the usual ResNet/CIFAR value); the paper and
 #: proximal conventions default to the same decay at the initial lr, ``5e-4 * lr``.
@@ -67,14 +57,11 @@ SGD_CONVENTIONS = {"torch": SGDWTorchRule, "paper": SGDWPaperRule}
 
 def _check_sgd_hyperparameters(group: dict[str, Any], where: str) -> None:
     """Validate a group's SGD settings; errors name the argument (and the group, when it is not the default)."""
-    for name in ("lr", "weight_decay", "momentum", "dampening"):
-        check_nonnegative(name, group[name], where)
-    if group["momentum"] >= 1.0:
-        raise ValueError(f"momentum{where} must be in [0, 1), got {group['momentum']!r}")
-    if group["dampening"] > 1.0:
-        raise ValueError(f"dampening{where} must be in [0, 1], got {group['dampening']!r}")
-    if not isinstance(group["nesterov"], bool):
-        raise TypeError(f"nesterov{where} must be True or False, got {group['nesterov']!r}")
+    check_lr("lr", group["lr"], where)
+    check_nonnegative("weight_decay", group["weight_decay"], where)
+    check_real("momentum", group["momentum"], low=0.0, high=1.0, high_open=True, where=where)
+    check_real("dampening", group["dampening"], low=0.0, high=1.0, where=where)
+    check_bool("nesterov", group["nesterov"], where)
     if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
         raise ValueError(
             f"nesterov{where} needs momentum > 0 and dampening = 0, got momentum={group['momentum']!r}, "
@@ -96,8 +83,8 @@ def _sgd_multi_tensor_step(params: list[Tensor], grads: list[Tensor], buffers: l
         param.mul_(weight_factor).sub_((grad * direction_grad + buffer * direction_buffer) * step_size)
 
 
-class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
-    """torch's SGD semantics with a :class:`~lightning_decay.decay_rules.KernelDecayRule`'s per-step ``(lr', wd')``.
+class KernelSGD(CompiledKernelOptimizer, Optimizer):
+    """torch's SGD semantics with a :class:`~lightning_decay.optim.rules.KernelDecayRule`'s per-step ``(lr', wd')``.
 
     Groups whose rule torch's SGD runs exactly (L2, or no momentum) go to torch's SGD kernel (fused where supported,
     else torch's default; ``foreach``/``fused`` as given); the others to the compiled kernel
@@ -112,17 +99,22 @@ class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        rule: KernelDecayRule,
-        lr: float,
-        momentum: float,
-        dampening: float,
-        weight_decay: float,
-        nesterov: bool,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float | None = None,
+        nesterov: bool = False,
         *,
-        maximize: bool,
-        foreach: bool | None,
-        fused: bool | None,
+        rule: KernelDecayRule,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
+        if not isinstance(rule, KernelDecayRule):
+            raise TypeError(f"rule must be a KernelDecayRule, got {rule!r}")
+        weight_decay = default_weight_decay(
+            weight_decay, lr, per_unit_lr=rule.per_unit_lr, default=SGD_DEFAULT_WEIGHT_DECAY
+        )
         self.decay_rule = rule
         params = list(params)
         if not params:
@@ -134,7 +126,7 @@ class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
         _check_sgd_hyperparameters(defaults, "")
         if fused and foreach:
             raise ValueError("fused and foreach cannot both be True")
-        if fused is None and foreach is None and _fused_supported(params):
+        if fused is None and foreach is None and fused_supported(params):
             defaults["fused"] = True  # the fastest exact path: torch's fused kernel (memory-bandwidth bound)
         super().__init__(params, defaults)
         self._kernel = self._new_kernel()
@@ -193,7 +185,7 @@ class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
                 if first:  # zeros, and the first step's row: b_1 = g_1
                     buffer = torch.zeros_like(param, memory_format=torch.preserve_format)
                     self.state[param]["momentum_buffer"] = buffer
-                lists = compiled.setdefault((param.device, _compute_dtype(param)), {"p": [], "g": [], "b": [], "i": []})
+                lists = compiled.setdefault((param.device, compute_dtype(param)), {"p": [], "g": [], "b": [], "i": []})
                 lists["p"].append(param)
                 lists["g"].append(grad)
                 lists["b"].append(buffer)
@@ -205,7 +197,7 @@ class _DecaySGD(_CompiledKernelOptimizer, Optimizer):
         return loss
 
 
-class SGDL2(_DecaySGD):
+class SGDL2(KernelSGD):
     """SGD with an L2 penalty in the gradient, ``g <- g + wd * w``, then torch's SGD step: exactly
     ``torch.optim.SGD(weight_decay=wd)`` (the decay term enters the momentum buffer). Not scale-free.
 
@@ -226,12 +218,12 @@ class SGDL2(_DecaySGD):
         fused: bool | None = None,
     ) -> None:
         super().__init__(
-            params, SGDL2Rule(), lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
+            params, lr, momentum, dampening, weight_decay, nesterov, rule=SGDL2Rule(), maximize=maximize,
             foreach=foreach, fused=fused,
         )
 
 
-class SGDW(_DecaySGD):
+class SGDW(KernelSGD):
     """SGD with decoupled weight decay, in either convention (``d_t`` the momentum direction, see the module).
 
     * ``convention="torch"`` (default): ``w <- (1 - lr_t * wd) * w - lr_t * d_t``;
@@ -255,19 +247,15 @@ class SGDW(_DecaySGD):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        if convention not in SGD_CONVENTIONS:
-            raise ValueError(f"convention must be one of {sorted(SGD_CONVENTIONS)}, got {convention!r}")
+        rule = convention_rule(convention, SGD_CONVENTIONS)
         self.convention = convention
-        weight_decay = _default_weight_decay(
-            weight_decay, lr, per_unit_lr=convention == "paper", default=SGD_DEFAULT_WEIGHT_DECAY
-        )
         super().__init__(
-            params, SGD_CONVENTIONS[convention](), lr, momentum, dampening, weight_decay, nesterov,
-            maximize=maximize, foreach=foreach, fused=fused,
+            params, lr, momentum, dampening, weight_decay, nesterov, rule=rule, maximize=maximize,
+            foreach=foreach, fused=fused,
         )
 
 
-class ProxSGD(_DecaySGD):
+class ProxSGD(KernelSGD):
     """Proximal SGD: ``w <- (w - lr_t * d_t) / (1 + eta_t * wd)``, ``eta_t = lr_t / alpha`` (``d_t`` as in SGDW).
 
     The proximal map of ``wd / (2 alpha) * ||w||^2`` after the momentum step. ``weight_decay=None`` means
@@ -287,8 +275,7 @@ class ProxSGD(_DecaySGD):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        weight_decay = _default_weight_decay(weight_decay, lr, per_unit_lr=True, default=SGD_DEFAULT_WEIGHT_DECAY)
         super().__init__(
-            params, ProxSGDRule(), lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
+            params, lr, momentum, dampening, weight_decay, nesterov, rule=ProxSGDRule(), maximize=maximize,
             foreach=foreach, fused=fused,
         )

@@ -1,0 +1,287 @@
+"""Adam with the scalar decay rules, as torch's own Adam/AdamW kernels run with per-step ``(lr', wd')``.
+
+| variant | class | one step |
+|---|---|---|
+| ``adaml2`` | ``AdamL2`` | ``g <- g + wd*w``, then Adam (torch's ``Adam(weight_decay=wd)``) |
+| ``adamw``, ``adamw-paper`` | ``AdamW(convention="torch" / "paper")`` | ``w <- (1 - lr_t*wd | eta_t*wd) w - lr_t u_t`` |
+| ``proxadam`` | ``ProxAdam`` | ``w <- (w - lr_t u_t) / (1 + eta_t*wd)`` |
+| ``adamc`` | ``AdamC`` | normalized groups ``w <- (1 - lr_t^2/lr_max*wd) w - lr_t u_t``, others as ``adamw`` |
+
+Exact and fast by construction: each step is torch's kernel (fused on CPU and CUDA by default) with the settings of
+:meth:`~lightning_decay.optim.rules.KernelDecayRule.kernel_settings`, so the step *is* the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from lightning_decay.optim.base import (
+    DecayOptimizer,
+    check_adam_hyperparameters,
+    convention_rule,
+    default_weight_decay,
+    fused_supported,
+)
+from lightning_decay.optim.rules import (
+    AdamCRule,
+    AdamL2Rule,
+    AdamWPaperRule,
+    AdamWTorchRule,
+    DecayRule,
+    KernelDecayRule,
+    ProxAdamRule,
+)
+from lightning_decay.validation import check_bool, check_optional_real
+
+__all__ = ["KernelAdam", "AdamL2", "AdamW", "ProxAdam", "AdamC", "CONVENTIONS"]
+
+
+def _torch_adam_step(optimizer: torch.optim.Adam) -> None:
+    """torch's ``Adam.step`` without the step-hook wrapper torch adds once an Adam exists (ours already ran)."""
+    step = torch.optim.Adam.step
+    if getattr(step, "hooked", False):
+        step = step.__wrapped__
+    step(optimizer)
+
+
+class KernelAdam(DecayOptimizer, torch.optim.Adam):
+    """torch's Adam run with the per-step ``(lr', wd')`` of any :class:`KernelDecayRule` (``rule=``).
+
+    One step is torch's kernel with ``rule.kernel_settings(lr_t, alpha, wd)``: ``w <- (1 - lr'*wd') w - lr' u_t``
+    (decoupled rules) or ``g <- g + wd'*w`` then Adam (L2). A new scalar rule needs no class of its own: its registry
+    record builds ``KernelAdam(params, rule=TheRule(), ...)``. ``weight_decay=None`` means torch AdamW's 1e-2, scaled
+    by the lr for rules whose decay is ``eta_t * wd`` (:attr:`DecayRule.per_unit_lr`).
+    """
+
+    decay_rule: KernelDecayRule
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        amsgrad: bool = False,
+        *,
+        rule: KernelDecayRule,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if not isinstance(rule, KernelDecayRule):
+            raise TypeError(f"rule must be a KernelDecayRule (a rule torch's kernel runs), got {rule!r}")
+        self.decay_rule = rule
+        params = list(params)
+        if not params:
+            raise ValueError("params is empty: the optimizer got no parameters")
+        weight_decay = default_weight_decay(weight_decay, lr, per_unit_lr=rule.per_unit_lr)
+        check_adam_hyperparameters({"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": betas}, "")
+        if fused is None and foreach is None and not differentiable and fused_supported(params):
+            fused = True  # the fastest exact path: torch's fused kernel (memory-bandwidth bound)
+        decoupled = rule.kernel_settings(lr, lr, weight_decay).decoupled
+        super().__init__(
+            params,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=decoupled,
+        )
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One step: every group is checked, then torch's kernel runs with the rule's settings."""
+        loss = self._closure_then_checks(closure)
+        kernel_settings = []
+        for group in self.param_groups:
+            rule = self.rule_for(group)
+            assert isinstance(rule, KernelDecayRule)
+            kernel_settings.append(rule.kernel_settings(group["lr"], self.initial_lr(group), group["weight_decay"]))
+        saved = [(group["lr"], group["weight_decay"]) for group in self.param_groups]
+        try:
+            for group, settings in zip(self.param_groups, kernel_settings):
+                group["lr"], group["weight_decay"] = settings.lr, settings.weight_decay
+            _torch_adam_step(self)
+        finally:
+            for group, (lr, weight_decay) in zip(self.param_groups, saved):
+                group["lr"], group["weight_decay"] = lr, weight_decay
+        return loss
+
+
+#: The decoupled-AdamW rule of each ``convention``.
+CONVENTIONS = {"torch": AdamWTorchRule, "paper": AdamWPaperRule}
+
+
+class AdamL2(KernelAdam):
+    """Adam with an L2 penalty in the gradient: ``g <- g + wd * w``, then the Adam step.
+
+    Not scale-free: the penalty does not scale with the loss. torch's ``Adam(weight_decay=wd)``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-4,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, rule=AdamL2Rule(), maximize=maximize, foreach=foreach,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+        )
+
+
+class AdamW(KernelAdam):
+    """AdamW in either convention.
+
+    * ``convention="torch"`` (default; a drop-in for ``torch.optim.AdamW``): ``w <- (1 - lr_t*wd) w - lr_t u_t``.
+    * ``convention="paper"`` (Loshchilov & Hutter): ``w <- (1 - eta_t*wd) w - lr_t u_t``, ``eta_t = lr_t / alpha``.
+
+    ``weight_decay=None`` means torch's default 1e-2 in the torch convention and the same decay at the initial
+    lr in the paper convention (``1e-2 * lr``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        amsgrad: bool = False,
+        *,
+        convention: str = "torch",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        rule = convention_rule(convention, CONVENTIONS)
+        self.convention = convention
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, rule=rule, maximize=maximize, foreach=foreach,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+        )
+
+
+class ProxAdam(KernelAdam):
+    """Zhuang et al.'s proximal Adam: ``w <- (w - lr_t * u_t) / (1 + eta_t * wd)``, ``eta_t = lr_t / alpha``.
+
+    ``weight_decay=None`` means ``1e-2 * lr`` (torch AdamW's default decay at the initial lr).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, rule=ProxAdamRule(), maximize=maximize, foreach=foreach,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+        )
+
+
+class AdamC(KernelAdam):
+    """Defazio et al. 2025's AdamC: torch's AdamW whose decay on normalized layers follows the schedule.
+
+    * groups with ``group["normalized"] = True``: ``w <- (1 - lr_t^2 / lr_max * wd) w - lr_t u_t``, i.e. torch's
+      kernel with ``wd' = lr_t * wd / lr_max`` (as fast as AdamW);
+    * other groups: torch's AdamW, ``w <- (1 - lr_t * wd) w - lr_t u_t``.
+
+    ``lr_max`` is per group (``group["lr_max"]``; the argument is the default for groups that do not set it).
+    ``None`` means the group's alpha, its initial lr: the peak of a warmup+cosine ``LambdaLR`` whose multiplier
+    peaks at 1 (set ``lr_max`` when the schedule peaks elsewhere). At ``lr_t = lr_max`` the decay equals AdamW's,
+    so ``weight_decay`` carries over from AdamW (default 1e-2). ``normalized`` is the default for groups without the
+    key; a param-group builder should set it on every group (False for layers not followed by a normalization).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        amsgrad: bool = False,
+        *,
+        normalized: bool = True,
+        lr_max: float | None = None,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        self._adamc_defaults = {"normalized": normalized, "lr_max": lr_max}
+        self._check_adamc_settings(self._adamc_defaults, "")
+        self._unnormalized_rule = AdamWTorchRule()
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, rule=AdamCRule(), maximize=maximize, foreach=foreach,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+        )
+        self.defaults.update(self._adamc_defaults)
+
+    @staticmethod
+    def _check_adamc_settings(group: dict[str, Any], where: str) -> None:
+        check_bool("normalized", group["normalized"], where)
+        check_optional_real("lr_max", group["lr_max"], positive=True, where=where)
+
+    def rule_for(self, group: dict[str, Any]) -> DecayRule:
+        """:class:`AdamCRule` with the group's ``lr_max`` for normalized groups, torch's AdamW rule otherwise."""
+        if group["normalized"]:
+            return AdamCRule(group["lr_max"])
+        return self._unnormalized_rule
+
+    def lr_max(self, group: dict[str, Any]) -> float:
+        """The peak lr AdamC divides by for ``group``: ``group["lr_max"]``, else alpha."""
+        return AdamCRule(group["lr_max"]).peak_lr(self.initial_lr(group))
+
+    def _check_settings(self, group: dict[str, Any], where: str) -> None:
+        super()._check_settings(group, where)
+        self._check_adamc_settings(group, where)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in self._adamc_defaults.items():
+            param_group.setdefault(key, value)
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if not hasattr(self, "_unnormalized_rule"):  # unpickled or deep-copied
+            self._unnormalized_rule = AdamWTorchRule()
+            self._adamc_defaults = {
+                "normalized": self.defaults.get("normalized", True), "lr_max": self.defaults.get("lr_max")
+            }
+        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict
+            for key, value in self._adamc_defaults.items():
+                group.setdefault(key, value)

@@ -1,0 +1,165 @@
+"""What every optimizer of the package shares: the decay rule, the blog's alpha bookkeeping, group validation.
+
+Every optimizer exposes ``decay_rule``, ``rule_for(group)`` (the rule a group follows: AdamC's differ between
+normalized and other groups), ``initial_lr(group)`` (alpha), ``schedule_multiplier(group)`` (``eta_t``) and
+``decay_factor(group)`` (this step's factor, from the rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_decay.optim.rules import DecayRule, KernelDecayRule
+from lightning_decay.validation import check_betas, check_bool, check_lr, check_nonnegative
+
+__all__ = [
+    "DecayOptimizer",
+    "LR_AT_CONSTRUCTION",
+    "ADAMW_DEFAULT_WEIGHT_DECAY",
+    "default_weight_decay",
+    "check_adam_hyperparameters",
+    "fused_supported",
+    "convention_rule",
+]
+
+#: Group key holding the lr a group was built with: the blog's alpha when no scheduler set ``initial_lr``.
+LR_AT_CONSTRUCTION = "lr_at_construction"
+
+ADAMW_DEFAULT_WEIGHT_DECAY = 1e-2  # torch.optim.AdamW's default, torch convention
+
+
+def default_weight_decay(
+    weight_decay: float | None, lr: float, per_unit_lr: bool, default: float = ADAMW_DEFAULT_WEIGHT_DECAY
+) -> float:
+    """``default`` (torch AdamW's 1e-2); for rules whose decay is ``eta_t * wd``, the same decay at the initial lr."""
+    if weight_decay is not None:
+        return weight_decay
+    check_lr("lr", lr)
+    return default * (lr if per_unit_lr else 1.0)
+
+
+def check_adam_hyperparameters(group: dict[str, Any], where: str) -> None:
+    """Validate a group's Adam settings; errors name the argument (and the group, when it is not the default)."""
+    check_lr("lr", group["lr"], where)
+    for name in ("eps", "weight_decay"):
+        check_nonnegative(name, group[name], where)
+    check_betas(group["betas"], where)
+
+
+def convention_rule(convention: str, conventions: dict[str, type[KernelDecayRule]]) -> KernelDecayRule:
+    """The rule of a ``convention`` name; ValueError naming ``convention`` and the valid names otherwise."""
+    if convention not in conventions:
+        raise ValueError(f"convention must be one of {sorted(conventions)}, got {convention!r}")
+    return conventions[convention]()
+
+
+def _group_label(optimizer: Optimizer, group: dict[str, Any]) -> str:
+    index = next((i for i, g in enumerate(optimizer.param_groups) if g is group), len(optimizer.param_groups))
+    name = group.get("name")
+    if index == 0 and len(optimizer.param_groups) <= 1 and name is None:
+        return ""
+    return f" (param group {index}{f' {name!r}' if name else ''})"
+
+
+def fused_supported(params: list[Any]) -> bool:
+    """True when torch's fused Adam kernel can take every parameter (device type and floating dtype)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    tensors: list[Tensor] = []
+    for item in params:
+        if isinstance(item, dict):
+            tensors.extend(item["params"] if not isinstance(item["params"], Tensor) else [item["params"]])
+        elif isinstance(item, tuple):  # named parameters
+            tensors.append(item[1])
+        else:
+            tensors.append(item)
+    return bool(tensors) and all(
+        isinstance(t, Tensor) and t.device.type in devices and torch.is_floating_point(t) for t in tensors
+    )
+
+
+class DecayOptimizer:
+    """What every optimizer of this package shares: its decay rule, alpha bookkeeping and validation."""
+
+    decay_rule: DecayRule
+    param_groups: list[dict[str, Any]]
+
+    #: Attributes a copy or pickle keeps (torch's ``Optimizer.__getstate__`` keeps only defaults, state and groups).
+    _PICKLED_ATTRIBUTES = ("decay_rule", "convention", "_adamc_defaults", "_unnormalized_rule")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state.update({key: self.__dict__[key] for key in self._PICKLED_ATTRIBUTES if key in self.__dict__})
+        return state
+
+    def initial_lr(self, group: dict[str, Any]) -> float:
+        """The blog's alpha: ``initial_lr`` set by a torch LR scheduler, else the lr the group was built with."""
+        return float(group.get("initial_lr", group[LR_AT_CONSTRUCTION]))
+
+    def schedule_multiplier(self, group: dict[str, Any]) -> float:
+        """``eta_t = lr_t / alpha`` for this group."""
+        return self.decay_rule.schedule_multiplier(group["lr"], self.initial_lr(group))
+
+    def rule_for(self, group: dict[str, Any]) -> DecayRule:
+        """The rule ``group`` follows: :attr:`decay_rule`, except where a variant treats groups differently (AdamC)."""
+        return self.decay_rule
+
+    def decay_factor(self, group: dict[str, Any], denominator: Tensor | None = None) -> float | Tensor:
+        """This step's decay factor for ``group`` (elementwise rules need Adam's denominator)."""
+        rule = self.rule_for(group)
+        return rule.decay_factor(group["lr"], self.initial_lr(group), group["weight_decay"], denominator)
+
+    def _check_settings(self, group: dict[str, Any], where: str) -> None:
+        """The optimizer family's own settings (Adam's betas and eps here; SGD overrides)."""
+        check_adam_hyperparameters(group, where)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        where = _group_label(self, group)  # type: ignore[arg-type]
+        self._check_settings(group, where)
+        try:
+            self.rule_for(group).check(group["lr"], self.initial_lr(group), group["weight_decay"])
+        except ValueError as error:
+            raise ValueError(f"{error}{where}") from None
+
+    #: Group keys a state dict saved by torch's optimizer (or an older version) may lack, and their defaults.
+    _GROUP_DEFAULTS: dict[str, Any] = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        self._prepare_group(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict: no alpha stored
+            group.setdefault(LR_AT_CONSTRUCTION, group.get("initial_lr", group["lr"]))
+            for key, value in self._GROUP_DEFAULTS.items():
+                group.setdefault(key, value)
+
+    def _closure_then_checks(self, closure: Callable[[], Any] | None) -> Any:
+        """Run the closure (gradients on), then check every group before any update; return the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._check_group(group)
+        return loss
+
+    def _prepare_group(self, group: dict[str, Any]) -> None:
+        group.setdefault(LR_AT_CONSTRUCTION, group["lr"])
+        where = _group_label(self, group)  # type: ignore[arg-type]
+        for flag in _BOOLEAN_FLAGS:
+            check_bool(flag, group.get(flag), where, allow_none=True)
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError(f"fused and foreach{where} cannot both be True")
+        self._check_group(group)
+
+
+#: Constructor flags that must be booleans (``foreach`` and ``fused`` may also be None: the default path).
+_BOOLEAN_FLAGS = ("amsgrad", "maximize", "foreach", "fused", "capturable", "differentiable", "nesterov")
