@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_decay import AdamW
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor, scale_check
-from lightning_decay.models import ResNet20
+from lightning_decay.experiments import ResNet20
 
 
 class Classifier(pl.LightningModule):

@@ -51,7 +51,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 
 from lightning_decay import VARIANTS, DecaySettings
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
-from lightning_decay.classifier import ImageClassifier
+from lightning_decay.experiments import ImageClassifier
 
 GOAL = 0.95
 

@@ -1,16 +1,23 @@
-"""lightning_decay: every weight-decay variant of Adam, exact and fast, with Lightning tooling around them."""
+"""lightning_decay: every weight-decay variant of Adam, exact and fast, with Lightning tooling around them.
 
-from lightning_decay.integration.factory import (
+Subpackages, each depending only on those before it: :mod:`~lightning_decay.optim` (rules, registry, optimizers;
+no Lightning), :mod:`~lightning_decay.integration` (settings, mixin, factory, schedules, parameter groups, guards),
+:mod:`~lightning_decay.diagnostics` (scale-freeness check, sharded norms, W&B offline files),
+:mod:`~lightning_decay.callbacks` (the monitors), :mod:`~lightning_decay.experiments` (CIFAR-10, ResNet20, the
+blog's classifier), :mod:`~lightning_decay.sweep` (grids, heatmaps, decoupling) and the command line
+(:mod:`~lightning_decay.cli`, :mod:`~lightning_decay.command`).
+"""
+
+from lightning_decay.integration import (
+    DecayMixin,
+    DecaySettings,
+    GroupOverride,
+    ParamGroupSettings,
     WarmupSchedule,
+    assign_param_groups,
     build_lr_scheduler,
     build_optimizer,
     build_optimizer_config,
-)
-from lightning_decay.integration.mixin import DecayMixin, DecaySettings
-from lightning_decay.integration.param_groups import (
-    GroupOverride,
-    ParamGroupSettings,
-    assign_param_groups,
     build_param_groups,
 )
 from lightning_decay.optim import (

@@ -2,7 +2,7 @@
 
 import sys
 
-from lightning_decay.cli import main
+from lightning_decay.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""The ``lightning-decay`` command: LightningCLI (fit / validate / test / predict) plus ``sweep``.
+"""The LightningCLI of ``lightning-decay`` (fit / validate / test / predict); :mod:`lightning_decay.command` adds
+``sweep``.
 
     lightning-decay fit --config configs/quickstart.yaml
     lightning-decay fit --config configs/quickstart.yaml --config configs/adamp.yaml
@@ -13,12 +14,11 @@ missing data folder, ...) stop the command before training, with the offending k
 from __future__ import annotations
 
 import os
-import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-__all__ = ["DecayCLI", "main", "run_cli"]
+__all__ = ["DecayCLI", "run_cli"]
 
 
 class DecayCLI(LightningCLI):
@@ -43,14 +43,3 @@ def run_cli(args: ArgsType = None) -> DecayCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
-
-
-def main(args: list[str] | None = None) -> int:
-    """Entry point of the ``lightning-decay`` console script and ``python -m lightning_decay``; the exit code."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "sweep":
-        from lightning_decay.sweep import main as sweep_main
-
-        return int(sweep_main(argv[1:]) or 0)
-    run_cli(None if args is None else argv)
-    return 0

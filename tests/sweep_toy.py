@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from lightning_decay.models import SmallCNN
+from lightning_decay.experiments.models import SmallCNN
 from lightning_decay.optim import resolve_variant
 
 

@@ -23,15 +23,12 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lightning_decay import AdamL2, AdamP, AdamW, ProxAdam
-from lightning_decay.callbacks import (
-    EffectiveDecayMonitor,
-    ScaleInvarianceMonitor,
-    WeightNormMonitor,
-    check_scale_freeness,
-    param_group_names,
-)
-from tests.test_resume import assert_identical
+from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, TrainingReport, WeightNormMonitor
+from lightning_decay.diagnostics import check_scale_freeness, param_group_names, read_metrics_csv
+from lightning_decay.diagnostics.decay import infer_decay_metrics
+from lightning_decay.optim import AdamL2, AdamP, AdamW, KernelAdam, ProxAdam
+from lightning_decay.optim.registry import DECAY_METRICS, REGISTRY
+from lightning_decay.optim.rules import AdamL2Rule, KernelSettings, TorchConventionRule
 
 LR0, WD = 0.05, 0.2
 BATCH, STEPS = 8, 6
@@ -76,6 +73,14 @@ def make_optimizer(variant: str, groups: list[dict[str, Any]]) -> torch.optim.Op
         return AdamL2(groups, lr=LR0, weight_decay=WD)
     if variant == "sgd":
         return torch.optim.SGD(groups, lr=LR0, weight_decay=WD, momentum=0.9)
+    if variant == "torch-adam":
+        return torch.optim.Adam(groups, lr=LR0, weight_decay=WD)
+    if variant == "torch-adam-decoupled":
+        return torch.optim.Adam(groups, lr=LR0, weight_decay=WD, decoupled_weight_decay=True)
+    if variant == "halved-decay":
+        return KernelAdam(groups, lr=LR0, weight_decay=WD, rule=HalvedDecayRule())
+    if variant == "adaml2-unregistered":
+        return KernelAdam(groups, lr=LR0, weight_decay=WD, rule=RenamedAdamL2Rule())
     raise ValueError(variant)
 
 
@@ -524,6 +529,8 @@ def test_scale_invariance_state_survives_checkpoint(tmp_path: Path) -> None:
     pending = {prefix: dict(zip(names, values.tolist())) for prefix, names, values in state["pending_check"]}
     assert pending["scale_invariance/invariant/"] == {"net.0.weight": 1.0, "net.3.weight": 0.0}
     assert pending["scale_invariance/loss_change/"] == monitor.loss_changes
+    from tests.test_resume import assert_identical  # here: test_resume imports the experiments package
+
     restored = resumable_monitor()
     restored.load_state_dict(state)
     assert_identical(restored.state_dict(), monitor.state_dict(), "monitor state")
@@ -638,39 +645,156 @@ def test_wandb_offline_run_receives_the_metrics(tmp_path: Path, monkeypatch: pyt
 
 
 class RegistryNet(Net):
-    """:class:`Net` with any registered variant (compiled kernels off: ``fused=False``)."""
+    """:class:`Net` with any registered variant, built from its record (compiled kernels off: ``fused=False``)."""
 
     def configure_optimizers(self) -> Any:
-        from lightning_decay import resolve_variant
-
-        cls, fixed = resolve_variant(self.variant)
         decay = [p for p in self.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.parameters() if p.ndim < 2]
         groups = [{"params": decay, "name": "decay"}, {"params": no_decay, "name": "no_decay", "weight_decay": 0.0}]
-        return cls(groups, lr=0.01, weight_decay=0.1, fused=False, **fixed)
+        return REGISTRY[self.variant].build(groups, lr=0.01, weight_decay=0.1, fused=False)
 
 
-def _registry_variants() -> list[str]:
-    from lightning_decay import VARIANTS
+#: The key families (``<family>/...``) each decay metric of a registry record stands for (docs/monitoring.md).
+DECAY_KEY_FAMILIES = {
+    "decay_factor": {"decay_factor", "decay_timescale_steps", "decay_timescale_epochs"},
+    "elementwise_factor": {"decay_factor", "decay_factor_min", "decay_factor_mean", "decay_factor_max"},
+    "decayed_fraction": {"decayed_fraction"},
+    "preconditioned_decay": {
+        "preconditioned_decay", "preconditioned_decay_min", "preconditioned_decay_mean", "preconditioned_decay_max"
+    },
+    "l2_grad_ratio": {"l2_grad_ratio"},
+}
+#: The key families of WeightNormMonitor (default settings) and ScaleInvarianceMonitor (checks off).
+OTHER_MONITOR_FAMILIES = {"weight_norm", "neuron_norm_min", "neuron_norm_mean", "neuron_norm_max", "scale_invariance"}
 
-    return list(VARIANTS)
+
+def key_families(keys: Any) -> set[str]:
+    """``{"decay_factor", ...}`` of keys ``decay_factor/decay``, ...; keys without a ``/`` (``train_loss``) skipped."""
+    return {key.split("/", 1)[0] for key in keys if "/" in key}
 
 
-@pytest.mark.parametrize("variant", _registry_variants())
-def test_every_registered_variant_is_monitored(tmp_path: Path, variant: str) -> None:
-    """Each variant of the registry trains with the three monitors; each gets the decay keys its rule defines."""
-    monitors = [WeightNormMonitor(), EffectiveDecayMonitor(), ScaleInvarianceMonitor(check_every_n_steps=0)]
+def decay_key_families(metrics: Any) -> set[str]:
+    """What EffectiveDecayMonitor must log for a group with these decay metrics: lr/, eta/ and their families."""
+    return {"lr", "eta"}.union(*(DECAY_KEY_FAMILIES[metric] for metric in metrics))
+
+
+@pytest.mark.parametrize("variant", list(REGISTRY))
+def test_every_registered_variant_logs_what_its_record_lists(tmp_path: Path, variant: str) -> None:
+    """Each variant trains with the three monitors (a real 2-step fit), and EffectiveDecayMonitor's key families
+    are exactly ``lr/``, ``eta/`` and those of the record's ``decay_metrics``.
+
+    Both ways of a wrong record fail here: a metric the record lists but the rule cannot produce is missing from
+    the log (the monitor computes it from the rule's own code); a metric the record leaves out differs from what
+    the rule's properties allow (``infer_decay_metrics``, the monitor's answer for rules outside the registry)."""
+    info = REGISTRY[variant]
+    assert set(DECAY_KEY_FAMILIES) == set(DECAY_METRICS)  # this test knows every metric a record can name
+    assert set(info.decay_metrics) == set(infer_decay_metrics(info.rule)), "the record leaves out or adds metrics"
+    effective = EffectiveDecayMonitor()
+    monitors = [WeightNormMonitor(), effective, ScaleInvarianceMonitor(check_every_n_steps=0)]
     fit(tmp_path, RegistryNet(variant, scheduler=False), monitors, max_steps=2)
-    row = read_metrics(tmp_path / "csv")[1]
-    assert row["lr/decay"] == pytest.approx(0.01) and math.isfinite(row["weight_norm/total"])
+    metrics = read_metrics(tmp_path / "csv")
+    expected = decay_key_families(info.decay_metrics)
+    assert sorted(metrics) == [0, 1]
+    for step, row in metrics.items():
+        assert key_families(row) == expected | OTHER_MONITOR_FAMILIES, step
+    assert key_families(effective.last_metrics) == expected
+
+    row = metrics[1]
+    assert row["lr/decay"] == pytest.approx(0.01) and row["eta/decay"] == pytest.approx(1.0)
+    for key, value in row.items():
+        if key.startswith("decay_factor"):
+            assert 0 < value <= 1, key
+        elif key.startswith("decay_timescale_steps/"):
+            assert value > 1 and row[key.replace("_steps/", "_epochs/")] == pytest.approx(value / 6), key
+        elif key.startswith("decayed_fraction/"):
+            assert 0 <= value <= 1, key
+        elif key.startswith(("preconditioned_decay", "l2_grad_ratio")):
+            assert value > 0, key
+    assert row.get("decay_factor/decay", 0.0) < 1  # where a factor is logged, the decay group really decays
+    assert math.isfinite(row["weight_norm/total"])
+    assert monitors[0].last_metrics["weight_norm/total"] == row["weight_norm/total"]
     assert all(math.isfinite(row[f"scale_invariance/angular_update/{n}"]) for n in MATRICES)
-    if variant == "adaml2":
-        assert "preconditioned_decay_mean/net.0.weight" in row and "decay_factor/decay" not in row
-    elif variant == "adamp":
-        assert "decay_factor_mean/net.0.weight" in row and 0 < row["decay_factor/decay"] < 1
-    else:
-        assert 0 < row["decay_factor/decay"] < 1 and row["decay_timescale_steps/decay"] > 1
-    assert ("decayed_fraction/decay" in row) == ("cautious" in variant)
     adam_decoupled = variant in ("adamw", "adamw-paper", "proxadam", "adamc")
     assert ("scale_invariance/angular_update_equilibrium/net.0.weight" in row) == adam_decoupled
-    assert monitors[0].last_metrics["weight_norm/total"] == row["weight_norm/total"]
+
+
+class HalvedDecayRule(TorchConventionRule):
+    """A decoupled rule outside the registry: ``w <- (1 - lr_t wd / 2) w - lr_t u_t``."""
+
+    name = "halved-decay"
+    scale_free = True
+
+    def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
+        return KernelSettings(lr, weight_decay / 2, decoupled=True)
+
+
+class RenamedAdamL2Rule(AdamL2Rule):
+    """Adam's L2 rule under a name the registry does not know."""
+
+    name = "adaml2-unregistered"
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ("torch-adamw", ("decay_factor",)),
+        ("torch-adam", ("preconditioned_decay", "l2_grad_ratio")),
+        ("torch-adam-decoupled", ("decay_factor",)),
+        ("sgd", ("decay_factor", "l2_grad_ratio")),
+        ("halved-decay", ("decay_factor",)),
+        ("adaml2-unregistered", ("preconditioned_decay", "l2_grad_ratio")),
+    ],
+)
+def test_optimizers_outside_the_registry_log_their_rules_metrics(
+    tmp_path: Path, variant: str, expected: tuple[str, ...]
+) -> None:
+    """torch's AdamW / Adam / SGD log what the record of the rule they implement lists (``rule_of`` maps them);
+    a rule outside the registry logs what its properties allow."""
+    monitor = EffectiveDecayMonitor()
+    fit(tmp_path, Net(variant, scheduler=False), [monitor], max_steps=2)
+    metrics = read_metrics(tmp_path / "csv")
+    for step, row in metrics.items():
+        assert key_families(row) == decay_key_families(expected), step
+    if variant == "halved-decay":
+        assert metrics[1]["decay_factor/decay"] == pytest.approx(1 - LR0 * WD / 2, rel=1e-12)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="log_every_n_steps must be >= 0"):
+        WeightNormMonitor(log_every_n_steps=-1)
+    with pytest.raises(TypeError, match="log_every_n_steps must be an integer"):
+        EffectiveDecayMonitor(log_every_n_steps=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="per_module must be True or False"):
+        WeightNormMonitor(per_module=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="check_every_n_steps must be >= 0"):
+        ScaleInvarianceMonitor(check_every_n_steps=-1)
+    with pytest.raises(ValueError, match="check_scale must be != 1"):
+        ScaleInvarianceMonitor(check_scale=1.0)
+    with pytest.raises(ValueError, match="check_scale must be a finite number > 0"):
+        ScaleInvarianceMonitor(check_scale=-2.0)
+    with pytest.raises(ValueError, match="check_batch_size must be >= 1"):
+        ScaleInvarianceMonitor(check_batch_size=0)
+    with pytest.raises(ValueError, match="filename must end with .png"):
+        TrainingReport(filename="diagnostics.jpg")
+    with pytest.raises(ValueError, match="max_layers must be >= 1"):
+        TrainingReport(max_layers=0)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        check_scale_freeness(nn.Linear(2, 2), lambda m: AdamW(m.parameters()), mlp_loss, [None], steps=0)
+
+
+def test_training_report_draws_the_logged_series(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real fit with the monitors, LearningRateMonitor and TrainingReport: the PNG lies beside metrics.csv and
+    its path is printed; the series it draws are the CSV's."""
+    report = TrainingReport(max_layers=2)
+    callbacks = [LearningRateMonitor(), WeightNormMonitor(), EffectiveDecayMonitor(), report]
+    fit(tmp_path, Net("adamw"), callbacks)
+    assert report.path is not None and report.path.name == "diagnostics.png"
+    assert report.path.parent == next((tmp_path / "csv").rglob("metrics.csv")).parent
+    assert report.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert f"diagnostics plot: {report.path}" in printed and "metrics (CSV):" in printed
+    series = read_metrics_csv(report.path.parent / "metrics.csv")
+    expected = read_metrics(tmp_path / "csv")
+    norms = [value for _, value in series["weight_norm/total"]]
+    assert norms == [expected[step]["weight_norm/total"] for step in range(STEPS)]
+    assert {"lr-AdamW/decay", "decay_factor/decay"} <= set(series)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_decay.cli import main, run_cli
+from lightning_decay.cli import run_cli
+from lightning_decay.command import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lightning_decay.optim import VARIANTS, AdamP, AdamW, resolve_variant
 from lightning_decay.optim.conventions import (
     convert_weight_decay,
     decay_rule_of,
@@ -22,7 +23,6 @@ from lightning_decay.optim.conventions import (
     weight_decay_for_timescale,
     weight_decay_for_timescale_epochs,
 )
-from lightning_decay.optim import VARIANTS, AdamP, AdamW, resolve_variant
 
 
 def has_timescale(variant: str) -> bool:
@@ -116,8 +116,12 @@ def test_rules_of_names_classes_and_instances_agree() -> None:
     assert type(decay_rule_of("adamw-paper")) is type(AdamW(w, convention="paper").decay_rule)
     assert type(decay_rule_of(AdamW)) is type(decay_rule_of("adamw"))
     assert decay_rule_of(AdamP(w, fused=False)).name == "adamp"
-    with pytest.raises(ValueError, match="no decay_rule"):
-        decay_rule_of(torch.optim.SGD(w, lr=0.1))
+    # One lookup for the package (the monitors use the same): torch's optimizers map to the rule they implement.
+    assert decay_rule_of(torch.optim.AdamW(w)).name == "adamw"
+    assert decay_rule_of(torch.optim.SGD(w, lr=0.1)).name == "sgd-l2"
+    assert decay_rule_of(torch.optim.Adam).name == "adaml2"
+    with pytest.raises(ValueError, match="RMSprop has no decay rule"):
+        decay_rule_of(torch.optim.RMSprop(w, lr=0.1))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Tests for lightning_decay.data (all offline; tiny data sets from conftest plus the embedded sample)."""
+"""Tests for the CIFAR-10 data of lightning_decay.experiments (offline: tiny data sets from conftest, the embedded
+sample)."""
 
 from __future__ import annotations
 
@@ -16,19 +17,17 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_decay.data import (
+from lightning_decay.experiments import CIFAR10DataModule, SmallCNN, load_cifar10
+from lightning_decay.experiments.augment import batch_seed, normalize, random_crop_flip
+from lightning_decay.experiments.cifar10 import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
     SAMPLE_ARCHIVE,
-    CIFAR10DataModule,
-    InMemoryImageDataset,
     class_balanced_indices,
-    load_cifar10,
-    normalize,
-    random_crop_flip,
+    resolve_source,
 )
-from lightning_decay.models import SmallCNN
+from lightning_decay.experiments.dataset import InMemoryImageDataset, collate_stacked
 
 MEAN = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
@@ -122,6 +121,29 @@ def test_embedded_sample() -> None:
     assert len(dm.train_dataloader()) == 100 and dm.num_classes == 10 and dm.classes == CIFAR10_CLASSES
 
 
+def test_sample_is_package_data() -> None:
+    """An installed (non-editable) wheel ships the sample: pyproject's package-data covers SAMPLE_ARCHIVE."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = [
+        file
+        for package, patterns in package_data.items()
+        for pattern in patterns
+        for file in (root / package.replace(".", "/")).glob(pattern)
+    ]
+    assert SAMPLE_ARCHIVE in [file.resolve() for file in shipped]
+
+
+def test_resolve_source_kinds(tmp_path: Path, cifar_jpeg_dir: Path, cifar_jpeg_tar: Path) -> None:
+    assert (resolve_source(None).kind, resolve_source(None).path) == ("tar", SAMPLE_ARCHIVE)
+    assert resolve_source(str(cifar_jpeg_dir)).kind == "jpeg_dir"
+    assert resolve_source(cifar_jpeg_tar).kind == "tar"
+    to_download = resolve_source(tmp_path / "fresh", download=True)
+    assert to_download.kind == "torchvision" and to_download.download and not to_download.is_present
+    assert resolve_source(None).is_present
+
+
 def test_decode_is_cached(cifar_jpeg_tar: Path) -> None:
     a, b = load_cifar10(str(cifar_jpeg_tar)), load_cifar10(str(cifar_jpeg_tar))
     assert a is b
@@ -169,6 +191,7 @@ def test_dataset_batched_fetch_and_distributed_sampler() -> None:
         def __getitem__(self, index: int):
             raise AssertionError("per-sample __getitem__ used")
 
+    assert loader.collate_fn is collate_stacked
     batches = list(DataLoader(NoPerSampleAccess(ds.images, ds.labels), batch_size=4, collate_fn=loader.collate_fn))
     assert [len(y) for _, y in batches] == [4, 4, 2]
     # what Lightning does under DDP: rebuild the loader with a DistributedSampler
@@ -177,6 +200,9 @@ def test_dataset_batched_fetch_and_distributed_sampler() -> None:
     )
     seen = torch.cat([y for _, y in loader])
     assert len(seen) == 5 and len(set(seen.tolist())) == 5
+    # a fetcher that bypasses __getitems__ hands the collate a list of samples
+    x, y = collate_stacked([ds[3], ds[1]])
+    assert y.tolist() == [3, 1] and x.shape == (2, 3, 2, 2)
 
 
 # ---- batch transforms ------------------------------------------------------------------------------------------
@@ -222,6 +248,8 @@ def test_augmentation_is_seeded_and_optional() -> None:
     a = random_crop_flip(images, generator=torch.Generator().manual_seed(0))
     b = random_crop_flip(images, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.dtype == torch.uint8
+    assert batch_seed(0, 0, 1, 2) == batch_seed(0, 0, 1, 2) and 0 <= batch_seed(0, 0, 1, 2) < 2**63
+    assert len({batch_seed(0, 0, 1, 2), batch_seed(0, 0, 2, 1), batch_seed(0, 0, 1, 3)}) == 3
     dm = CIFAR10DataModule(batch_size=4, augment=False)
     dm.trainer = fake_trainer(training=True)
     torch.testing.assert_close(dm.on_after_batch_transfer((images, torch.zeros(6)), 0)[0], normalize(images))
@@ -243,6 +271,21 @@ def test_augmentation_is_seeded_and_optional() -> None:
 )
 def test_bad_arguments(kwargs: dict, word: str) -> None:
     with pytest.raises(ValueError, match=word):
+        CIFAR10DataModule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"seed": 0.5}, "seed"),
+        ({"augment": "yes"}, "augment"),
+        ({"download": 1}, "download"),
+    ],
+)
+def test_argument_types(kwargs: dict, word: str) -> None:
+    with pytest.raises(TypeError, match=word):
         CIFAR10DataModule(**kwargs)
 
 

@@ -1,7 +1,7 @@
 """Real 2-process DDP on CPU (gloo): ``ddp_spawn`` in-process and the script-launched ``ddp`` as a subprocess.
 
-The fit: :class:`~lightning_decay.classifier.ImageClassifier` (SmallCNN without batch norm, whose per-rank batch
-statistics would differ from one process's) on :class:`~lightning_decay.data.CIFAR10DataModule` (tiny JPEG set,
+The fit: :class:`~lightning_decay.experiments.ImageClassifier` (SmallCNN without batch norm, whose per-rank batch
+statistics would differ from one process's) on :class:`~lightning_decay.experiments.CIFAR10DataModule` (tiny JPEG set,
 shuffled, no augmentation: augmentation is drawn per rank), 2 epochs, with the three monitors, and a NaN loss on
 rank 1 only at one step under ``nonfinite_grads="skip"`` (the DDP all-reduce spreads it, both ranks skip).
 Against one process with the same global batch (2 x 4 = 8) and the same NaN step:
@@ -30,8 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
-from lightning_decay.classifier import ImageClassifier
-from lightning_decay.data import CIFAR10DataModule
+from lightning_decay.experiments import CIFAR10DataModule, ImageClassifier
 from tests.process_exit import SpawnDDP
 from tests.test_resume import (
     decay_settings,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lightning_decay.decoupling import DEFAULT_TOLERANCE, decoupling_report, good_region, measure_decoupling
-from lightning_decay.sweep import result_tables
+from lightning_decay.sweep.decoupling import DEFAULT_TOLERANCE, decoupling_report, good_region, measure_decoupling
+from lightning_decay.sweep.results import result_tables
 
 LR = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 WD = [0.0, 1e-5, 1e-4, 1e-3, 1e-2]

@@ -17,15 +17,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_decay.integration.factory import (
-    WarmupSchedule,
-    build_lr_scheduler,
-    build_optimizer,
-    build_optimizer_config,
-    resolve_optimizer,
-)
-from lightning_decay.optim import VARIANTS, AdamW, ProxAdam, resolve_variant
+from lightning_decay.integration import WarmupSchedule, build_lr_scheduler, build_optimizer, build_optimizer_config
+from lightning_decay.integration.factory import resolve_optimizer
 from lightning_decay.integration.param_groups import GroupOverride, ParamGroupSettings
+from lightning_decay.optim import VARIANTS, AdamW, ProxAdam, resolve_variant
 from tests.test_param_groups import SmallCNN, TinyTransformer
 
 
@@ -161,10 +156,10 @@ def test_plain_parameter_lists_are_used_as_given() -> None:
     "call, error, message",
     [
         (lambda m: build_optimizer(m, "adamww"), ValueError, "valid variants: " + ", ".join(VARIANTS)),
-        (lambda m: build_optimizer(m, "adamw", lr=-0.1), ValueError, "lr must be a finite number > 0"),
+        (lambda m: build_optimizer(m, "adamw", lr=-0.1), ValueError, "lr must be a finite number >= 0"),
         (lambda m: build_optimizer(m, "adamw", weight_decay=-1.0), ValueError, "weight_decay must be"),
         (lambda m: build_optimizer(m, "adamw", lr=0.1, weight_decay=20.0), ValueError, "lr \\* weight_decay = 2"),
-        (lambda m: build_optimizer(m, "adamw", betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be < 1"),
+        (lambda m: build_optimizer(m, "adamw", betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be .* < 1"),
         (lambda m: build_optimizer(m, "torch.optim.SGD", lr=0.1, betas=(0.9, 0.99)), ValueError, "betas: SGD takes"),
         (lambda m: build_optimizer(m, "adamw", optimizer_kwargs={"momentun": 0.9}), ValueError, "'momentun'"),
         (lambda m: build_optimizer(m, "adamw-paper", optimizer_kwargs={"convention": "torch"}), ValueError, "fixes"),

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lightning_decay.integration.factory import build_lr_scheduler, build_optimizer_config
+from lightning_decay.integration import build_lr_scheduler, build_optimizer_config
 from lightning_decay.integration.guards import NonFiniteGradientError
 from lightning_decay.optim import VARIANTS
 from tests.test_resume import single_thread  # noqa: F401 - autouse fixture
@@ -276,9 +276,9 @@ CLI_JUNK = st.one_of(
 def write_base(folder: Path, data_dir: Path) -> Path:
     config = {
         "seed_everything": 0,
-        "model": {"class_path": "lightning_decay.classifier.ImageClassifier",
+        "model": {"class_path": "lightning_decay.experiments.ImageClassifier",
                   "init_args": {"architecture": "small_cnn", "channels_last": False}},
-        "data": {"class_path": "lightning_decay.data.CIFAR10DataModule",
+        "data": {"class_path": "lightning_decay.experiments.CIFAR10DataModule",
                  "init_args": {"data_dir": str(data_dir), "augment": False}},
         "trainer": {"max_steps": 2, "accelerator": "cpu", "devices": 1, "logger": False,
                     "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,

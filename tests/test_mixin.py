@@ -17,10 +17,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_decay.integration.factory import WarmupSchedule
-from lightning_decay.integration.mixin import DecayMixin, DecaySettings
-from lightning_decay.optim import VARIANTS, AdamL2, AdamW, ProxAdam, resolve_variant
+from lightning_decay.integration import DecayMixin, DecaySettings, WarmupSchedule
 from lightning_decay.integration.param_groups import GroupOverride, ParamGroupSettings
+from lightning_decay.optim import VARIANTS, AdamL2, AdamW, ProxAdam, resolve_variant
 from tests.test_param_groups import FrozenBackbone, SmallCNN, TinyTransformer
 
 
@@ -272,7 +271,7 @@ def test_settings_are_plain_data_and_take_classes_and_names() -> None:
 @pytest.mark.parametrize(
     "make, error, message",
     [
-        (lambda: DecaySettings(lr=-0.1), ValueError, "DecaySettings: lr must be a finite number > 0"),
+        (lambda: DecaySettings(lr=-0.1), ValueError, "DecaySettings: lr must be a finite number >= 0"),
         (lambda: DecaySettings(optimizer="adamx"), ValueError, "valid variants: " + ", ".join(VARIANTS)),
         (lambda: DecaySettings(decay_timescale_epochs=0), ValueError, "decay_timescale_epochs must be a finite"),
         (lambda: DecaySettings(decay_timescale_epochs=-2.0), ValueError, "decay_timescale_epochs must be a finite"),
@@ -298,11 +297,11 @@ def test_settings_are_plain_data_and_take_classes_and_names() -> None:
         (lambda: TransformerLM(optimizer_callable="adamw"), TypeError, "optimizer_callable must be callable"),
         (
             lambda: TransformerLM(
-                optimizer_callable=functools.partial(torch.optim.SGD, lr=0.1),
+                optimizer_callable=functools.partial(torch.optim.RMSprop, lr=0.1),
                 decay=DecaySettings(decay_timescale_epochs=2.0),
             ),
             ValueError,
-            "SGD has no decay_rule",
+            "decay_timescale_epochs: the optimizer has no decay rule",
         ),
         (
             lambda: TransformerLM(lr_scheduler_callable=torch.optim.lr_scheduler.ReduceLROnPlateau),
@@ -316,7 +315,7 @@ def test_settings_are_plain_data_and_take_classes_and_names() -> None:
             ValueError,
             "decay.warmup_steps would be ignored",
         ),
-        (lambda: LegacyFineTune().set_decay(lr=0.0), ValueError, "lr must be a finite number > 0"),
+        (lambda: LegacyFineTune().set_decay(lr=-1.0), ValueError, "lr must be a finite number >= 0"),
     ],
 )
 def test_bad_settings_fail_before_training_naming_the_setting(make, error, message) -> None:
@@ -455,7 +454,7 @@ def test_cli_top_level_optimizer_key_loses_the_groups() -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model.decay.lr", "-1"], "DecaySettings: lr must be a finite number > 0"),
+        (["--model.decay.lr", "-1"], "DecaySettings: lr must be a finite number >= 0"),
         (["--model.decay.optimizer", "adam-w"], "valid variants: " + ", ".join(VARIANTS)),
         (["--model.decay.decay_timescale_epochs", "0"], "decay_timescale_epochs must be a finite number > 0"),
         (["--model.decay.groups.overrides", "[{name: head}]"], "GroupOverride 'head': give patterns or modules"),

@@ -1,4 +1,4 @@
-"""Tests for lightning_decay.models."""
+"""Tests for lightning_decay.experiments.models and the arguments of ImageClassifier."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_decay.models import MODELS, ResNet20, SmallCNN, build_model
+from lightning_decay.experiments import ImageClassifier
+from lightning_decay.experiments.models import MODELS, ResNet20, SmallCNN, build_model
 
 
 def n_params(model: nn.Module) -> int:
@@ -83,6 +84,38 @@ def test_small_cnn(batch_norm: bool) -> None:
 def test_small_cnn_rejects_bad_channels() -> None:
     with pytest.raises(ValueError, match="channels"):
         SmallCNN(channels=())
+    with pytest.raises(ValueError, match=r"channels\[1\]"):
+        SmallCNN(channels=(4, 0))
+    with pytest.raises(TypeError, match=r"channels\[0\]"):
+        SmallCNN(channels=(4.0,))
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "error"),
+    [
+        (ResNet20, {"num_classes": 0}, ValueError),
+        (ResNet20, {"width": 0}, ValueError),
+        (ResNet20, {"width": 8.0}, TypeError),
+        (SmallCNN, {"num_classes": 0}, ValueError),
+        (SmallCNN, {"num_classes": True}, TypeError),
+    ],
+)
+def test_models_reject_bad_sizes(model: type[nn.Module], kwargs: dict, error: type[Exception]) -> None:
+    with pytest.raises(error, match=next(iter(kwargs))):
+        model(**kwargs)
+
+
+@pytest.mark.parametrize(("loss_scale", "error"), [(0.0, ValueError), (float("inf"), ValueError), (True, TypeError)])
+def test_image_classifier_rejects_bad_loss_scale(loss_scale: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="loss_scale"):
+        ImageClassifier(architecture="small_cnn", loss_scale=loss_scale)
+
+
+def test_image_classifier_builds_the_named_network() -> None:
+    model = ImageClassifier(architecture="small_cnn", batch_norm=False, num_classes=7, loss_scale=4)
+    assert isinstance(model.network, SmallCNN) and model.network.fc.out_features == 7
+    assert model.loss_scale == 4.0 and model.hparams.loss_scale == 4  # the hyperparameters keep the given value
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
 def test_build_model() -> None:

@@ -24,13 +24,13 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_decay.integration import DecayMixin, DecaySettings
 from lightning_decay.integration.guards import (
     GradientGuard,
     NonFiniteGradientError,
     NonFiniteGradientGuard,
     first_nonfinite_gradient,
 )
-from lightning_decay.integration.mixin import DecayMixin, DecaySettings
 from lightning_decay.optim import VARIANTS
 from tests.test_precision import StepRecorder
 from tests.test_resume import (

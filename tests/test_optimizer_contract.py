@@ -1,8 +1,8 @@
 """The torch optimizer contract, checked for every variant of the registry: closures, parameters without gradients,
 ``state_dict`` round trips and deep copies, GradScaler's skipped steps, sparse gradients, and named errors.
 
-Each variant's math is tested against the float64 reference in test_optimizers.py, test_optimizers_extra.py and
-test_sgd.py; here every variant must behave like a torch optimizer.
+Each variant's math is tested against the float64 reference in test_variants.py; here every variant must behave
+like a torch optimizer.
 """
 
 from __future__ import annotations
@@ -13,19 +13,29 @@ from typing import Any
 import pytest
 import torch
 
-from lightning_decay.optim import VARIANTS, AdamC, AdamL2, AdamP, AdamW, CautiousAdamW, ProxAdam, resolve_variant
+from lightning_decay.optim import (
+    REGISTRY,
+    VARIANTS,
+    AdamC,
+    AdamL2,
+    AdamP,
+    AdamW,
+    CautiousAdamW,
+    ProxAdam,
+    resolve_variant,
+)
 from lightning_decay.optim.sgd import SGDL2, SGDW, ProxSGD
 
-SGD_VARIANTS = {"sgd-l2", "sgdw", "sgdw-paper", "proxsgd"}
-# Variants whose default path compiles a kernel (seconds per test); their compiled kernels have their own tests.
-COMPILED_BY_DEFAULT = {"adamp", "adamw-cautious", "adamw-paper-cautious"}
+# Variants whose default path compiles a kernel (seconds per test) run eagerly here; their compiled kernels are
+# tested in test_variants.py.
+COMPILED_BY_DEFAULT = {name for name, info in REGISTRY.items() if info.kernel == "compiled"}
 
 
 def build(variant: str, params: Any, **settings: Any) -> torch.optim.Optimizer:
     """``variant`` on ``params``; SGD with momentum 0.9 (its buffers are state), the eager path where the default
     compiles."""
     cls, fixed = resolve_variant(variant)
-    if variant in SGD_VARIANTS:
+    if REGISTRY[variant].family == "sgd":
         settings = {"momentum": 0.9, "fused": False, **settings}
     elif variant in COMPILED_BY_DEFAULT:
         settings = {"fused": False, **settings}
@@ -57,7 +67,7 @@ def test_closure_missing_grads_and_state_dict_round_trip(variant):
     ]
     if variant == "adamc":
         groups[0]["lr_max"], groups[1]["normalized"] = 2e-2, False
-    if variant in SGD_VARIANTS:
+    if REGISTRY[variant].family == "sgd":
         groups[0]["nesterov"], groups[1]["momentum"] = True, 0.0
     optimizer = build(variant, groups, lr=1e-2, weight_decay=1e-1)
     start = copy.deepcopy(model)
@@ -120,7 +130,7 @@ def test_grad_scaler_skips_non_finite_steps(variant):
 def test_sparse_gradients_are_rejected_before_any_update(variant, options):
     embedding = torch.nn.Embedding(5, 3, sparse=True)
     cls, fixed = resolve_variant(variant)
-    momentum = {"momentum": 0.9} if variant in SGD_VARIANTS else {}
+    momentum = {"momentum": 0.9} if REGISTRY[variant].family == "sgd" else {}
     optimizer = cls(embedding.parameters(), **fixed, **momentum, **options)
     embedding(torch.tensor([1, 2])).sum().backward()
     before = embedding.weight.detach().clone()
@@ -185,38 +195,3 @@ def test_bad_group_setting_names_the_group(variant, setting):
     (name,) = setting
     with pytest.raises(ValueError, match=rf"{name}.*param group 1 'head'"):
         build(variant, [{"params": [params[0]]}, {"params": [params[1]], **setting, "name": "head"}])
-
-
-# The rules whose factor ``1 - x`` would turn negative when a scheduler raises the lr 11-fold (the error names x);
-# the others (L2 in the gradient, the proximal rules, AdamP) have no such limit.
-SIGN_FLIP = {
-    "adamw": r"lr \* weight_decay",
-    "adamw-paper": r"eta_t \* weight_decay",
-    "adamc": r"lr\^2 / lr_max \* weight_decay",
-    "adamw-cautious": r"lr \* weight_decay",
-    "adamw-paper-cautious": r"eta_t \* weight_decay",
-    "sgdw": r"lr \* weight_decay",
-    "sgdw-paper": r"eta_t \* weight_decay",
-}
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_a_scheduler_pushing_the_decay_past_its_limit_fails_before_any_update(variant):
-    """lr * wd = 0.5 at construction (eta * wd for the paper convention); the scheduler then multiplies the lr by
-    11: rules with a ``1 - x`` factor raise, naming x, before touching any weight; the others step normally."""
-    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
-    weight_decay = 0.5 if "paper" in variant else 5.0
-    optimizer = build(variant, params, lr=0.1, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 + 10 * step)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    optimizer.step()
-    scheduler.step()
-    before = [p.detach().clone() for p in params]
-    if variant in SIGN_FLIP:
-        with pytest.raises(ValueError, match=SIGN_FLIP[variant]):
-            optimizer.step()
-        assert all(torch.equal(p, b) for p, b in zip(params, before))
-    else:
-        optimizer.step()
-        assert all(torch.isfinite(p).all() and not torch.equal(p, b) for p, b in zip(params, before))

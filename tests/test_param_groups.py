@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_decay.optim import AdamW
 from lightning_decay.integration.param_groups import (
     DECAY,
     NO_DECAY,
@@ -18,6 +17,7 @@ from lightning_decay.integration.param_groups import (
     build_param_groups,
     summarize_param_groups,
 )
+from lightning_decay.optim import AdamW
 
 # --- models (also used by test_mixin.py) ---------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_decay.integration.mixin import DecayMixin
+from lightning_decay.integration import DecayMixin
 from lightning_decay.optim import VARIANTS
 from tests.test_resume import (
     assert_identical,

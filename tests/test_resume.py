@@ -3,8 +3,8 @@ uninterrupted fit ends, for every variant -- weights, buffers, optimizer state (
 bookkeeping ``eta_t`` depends on), the LR schedule, the training order and augmentation of the resumed epoch, and
 the monitoring callbacks' logged values.
 
-Real parts: :class:`~lightning_decay.classifier.ImageClassifier` (SmallCNN with batch norm) on
-:class:`~lightning_decay.data.CIFAR10DataModule` (the tiny JPEG set of ``conftest.py``, shuffled and augmented),
+Real parts: :class:`~lightning_decay.experiments.ImageClassifier` (SmallCNN with batch norm) on
+:class:`~lightning_decay.experiments.CIFAR10DataModule` (the tiny JPEG set of ``conftest.py``, shuffled and augmented),
 ``ModelCheckpoint(every_n_train_steps=k)``, a fresh ``Trainer`` resuming with ``ckpt_path``.
 """
 
@@ -25,9 +25,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
-from lightning_decay.classifier import ImageClassifier
-from lightning_decay.data import CIFAR10DataModule, ResumableDataLoader, ResumableSampler, TrainProgress
-from lightning_decay.integration.mixin import DecaySettings
+from lightning_decay.experiments import CIFAR10DataModule, ImageClassifier
+from lightning_decay.integration import DecaySettings
+from lightning_decay.integration.resumable_loader import ResumableDataLoader, ResumableSampler, TrainProgress
 from lightning_decay.optim import VARIANTS
 
 BATCH = 8  # 40 training images: 5 batches per epoch
@@ -453,11 +453,11 @@ def test_augmentation_depends_only_on_seed_rank_epoch_and_batch(cifar_jpeg_dir: 
 
 SWEEP_BASE = {
     "model": {
-        "class_path": "lightning_decay.classifier.ImageClassifier",
+        "class_path": "lightning_decay.experiments.ImageClassifier",
         "init_args": {"architecture": "small_cnn", "decay": {"warmup_steps": 2}},
     },
     "data": {
-        "class_path": "lightning_decay.data.CIFAR10DataModule",
+        "class_path": "lightning_decay.experiments.CIFAR10DataModule",
         "init_args": {"batch_size": 8, "augment": True},  # shuffled and augmented: both must follow the seed
     },
     "trainer": {

@@ -8,8 +8,9 @@ import copy
 import pytest
 import torch
 
+from lightning_decay.optim import REGISTRY, VARIANTS, resolve_variant
+from lightning_decay.optim.registry import variant_names
 from lightning_decay.optim.rules import SGDL2Rule
-from lightning_decay.optim import VARIANTS, resolve_variant
 from lightning_decay.optim.sgd import SGDL2, SGDW, ProxSGD
 from tests import trajectory
 from tests.reference import (
@@ -20,8 +21,8 @@ from tests.reference import (
 )
 from tests.trajectory import gradient, max_relative_error
 
-SGD_VARIANTS = ["sgd-l2", "sgdw", "sgdw-paper", "proxsgd"]
-DECOUPLED = ["sgdw", "sgdw-paper", "proxsgd"]
+SGD_VARIANTS = variant_names("sgd")
+DECOUPLED = [name for name in SGD_VARIANTS if REGISTRY[name].decoupled]
 GROUPS = [
     {"shapes": [(7, 5), (5,)], "lr": 0.05, "weight_decay": 0.4},
     {"shapes": [(4, 3, 2)], "lr": 0.02, "weight_decay": 0.1},
@@ -153,32 +154,6 @@ def test_sgdw_paper_is_loshchilov_hutter_for_a_constant_lr():
     assert results[True] > 1e-4  # under a schedule the two momentum conventions differ (documented)
 
 
-def test_variants_differ_from_each_other():
-    finals = {v: run_reference(v, True, "heavy-ball", steps=40) for v in SGD_VARIANTS}
-    for a in SGD_VARIANTS:
-        for b in SGD_VARIANTS:
-            if a < b:
-                assert max_relative_error(finals[a], finals[b]) > 1e-4, (a, b)
-
-
-@pytest.mark.parametrize("variant", SGD_VARIANTS)
-def test_sgd_is_not_scale_free(variant):
-    cls, fixed = resolve_variant(variant)
-    assert not cls([torch.nn.Parameter(torch.ones(1))], **fixed).decay_rule.scale_free
-    base, _ = run_optimizer(variant, True, "heavy-ball", steps=20, fused=False)
-    params = [[w.clone().requires_grad_(True) for w in group] for group in initial_weights()]
-    optimizer = cls(
-        [{"params": p, "lr": g["lr"], "weight_decay": g["weight_decay"]} for p, g in zip(params, GROUPS)],
-        momentum=0.9, fused=False, **fixed,
-    )
-    for step in range(20):
-        for group_index, group in enumerate(params):
-            for param_index, p in enumerate(group):
-                p.grad = 1000.0 * gradient(p.detach(), step, 10 * group_index + param_index)
-        optimizer.step()
-    assert max_relative_error([[p.detach() for p in g] for g in params], base) > 1e-3
-
-
 # --- torch compatibility -------------------------------------------------------------------------------------------
 
 
@@ -232,22 +207,6 @@ def test_sgdw_continues_a_torch_sgd_state_dict():
 # --- Decay factors -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", SGD_VARIANTS)
-def test_decay_factor_matches_formula(variant):
-    _, optimizer = run_optimizer(variant, True, "mixed", steps=30, fused=False)
-    for group, config, (mu, tau, _) in zip(optimizer.param_groups, GROUPS, MOMENTUM["mixed"]):
-        lr, alpha, wd = group["lr"], config["lr"], config["weight_decay"]
-        assert lr != alpha
-        eta = lr / alpha
-        expected = {
-            "sgd-l2": 1 - lr * wd * ((1 - tau) / (1 - mu) if mu else 1.0),
-            "sgdw": 1 - lr * wd,
-            "sgdw-paper": 1 - eta * wd,
-            "proxsgd": 1 / (1 + eta * wd),
-        }[variant]
-        assert optimizer.decay_factor(group) == pytest.approx(expected, rel=1e-14, abs=1e-15)
-
-
 @pytest.mark.parametrize(("momentum", "dampening", "nesterov"), [(0.0, 0.0, False), (0.9, 0.0, False),
                                                                  (0.8, 0.5, False), (0.9, 0.0, True)])
 def test_sgd_l2_effective_factor_is_the_long_run_decay(momentum, dampening, nesterov):
@@ -262,7 +221,6 @@ def test_sgd_l2_effective_factor_is_the_long_run_decay(momentum, dampening, nest
     predicted = 1 - optimizer.decay_factor(optimizer.param_groups[0])
     assert measured == pytest.approx(predicted, rel=0.02)
     assert SGDL2Rule.momentum_gain(momentum, dampening) == pytest.approx(predicted / 1e-4)
-
 
 
 # --- Registry ----------------------------------------------------------------------------------------------------

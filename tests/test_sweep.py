@@ -20,16 +20,20 @@ import numpy as np
 import pytest
 import yaml
 
-from lightning_decay.heatmaps import plot_sweep
 from lightning_decay.sweep import (
     GridError,
     GridSpec,
     check_cells,
+    collect_results,
     load_results,
     result_tables,
     run_sweep,
+    write_results,
     write_wandb_sweeps,
 )
+from lightning_decay.sweep.cell import cell_spec
+from lightning_decay.sweep.heatmaps import plot_sweep
+from lightning_decay.sweep.results import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +43,7 @@ def write_base_config(folder: Path, data_dir: Path, step_delay: float = 0.0) -> 
     config = {
         "model": {"class_path": "tests.sweep_toy.ToyClassifier", "init_args": {"step_delay": step_delay}},
         "data": {
-            "class_path": "lightning_decay.data.CIFAR10DataModule",
+            "class_path": "lightning_decay.experiments.CIFAR10DataModule",
             "init_args": {"data_dir": str(data_dir), "batch_size": 8, "augment": True},
         },
         "trainer": {
@@ -127,8 +131,10 @@ def test_fingerprint_follows_config_content_not_formatting(base_dir: Path) -> No
         (("configs: base.yaml", "configs: missing.yaml"), "configs: config file 'missing.yaml' not found"),
         (("overrides:", "plot: {x: momentum}\noverrides:"), "plot.x: 'momentum' is not an axis"),
         (("overrides:", "metrics: {acc: val/acc}\noverrides:"), "metrics: must be a mapping with keys"),
-        (("overrides:", "jobs: 0\noverrides:"), "jobs: must be an int >= 1"),
+        (("overrides:", "jobs: 0\noverrides:"), "jobs must be >= 1"),
         (("variants: [adamw]", "variants: [{name: adamw, config: x.yaml}]"), r"variants.adamw: must be a mapping"),
+        (("overrides:", "plot: {tolerance: 1.5}\noverrides:"), r"plot.tolerance must be a finite number >= 0"),
+        (("overrides:", "test: 1\noverrides:"), r"test must be True or False"),
     ],
 )
 def test_grid_errors_name_the_key(base_dir: Path, change: tuple[str, str], message: str) -> None:
@@ -198,8 +204,22 @@ overrides:
         check_cells(negative, negative.cells())
 
 
-def test_wandb_sweep_files(base_dir: Path) -> None:
-    grid = GridSpec.load(write_grid(base_dir, GRID_2X2.replace("OUTPUT", str(base_dir / "out"))))
+def test_variant_names_are_checked_against_the_registry(base_dir: Path) -> None:
+    """Names set at DecayMixin's ``decay.optimizer`` key must be registry variants (class paths pass)."""
+    text = GRID_2X2.replace("OUTPUT", "out").replace("model.init_args.variant", "model.init_args.decay.optimizer")
+    grid = GridSpec.load(write_grid(base_dir, text.replace("variants: [adamw]", "variants: [adamw, adamw-paper]")))
+    assert [v.name for v in grid.variants] == ["adamw", "adamw-paper"]
+    GridSpec.load(write_grid(base_dir, text.replace("variants: [adamw]", "variants: [torch.optim.AdamW]")))
+    with pytest.raises(GridError, match=r"variants: 'adamx' .*unknown variant 'adamx'; valid variants: adaml2, adamw"):
+        GridSpec.load(write_grid(base_dir, text.replace("variants: [adamw]", "variants: [adamx]")))
+    overridden = text.replace("overrides:", "overrides:\n  model.init_args.decay.optimizer: x")
+    with pytest.raises(GridError, match=r"overrides.model.init_args.decay.optimizer: unknown variant 'x'"):
+        GridSpec.load(write_grid(base_dir, overridden))
+
+
+def test_wandb_sweep_files(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(base_dir)  # paths in the commands are relative to the folder the sweep runs from
+    grid = GridSpec.load(write_grid(base_dir, GRID_2X2.replace("OUTPUT", "out")))
     paths = write_wandb_sweeps(grid)
     assert [p.name for p in paths] == ["wandb_sweep.yaml", "wandb_sweep.fit.adamw.yaml"]
     everything = yaml.safe_load(paths[0].read_text())
@@ -210,11 +230,56 @@ def test_wandb_sweep_files(base_dir: Path) -> None:
     }
     command = everything["command"]
     assert command[1:4] == ["lightning-decay", "sweep", "cell"] and command[-1] == "${args}"
-    assert str(grid.path.resolve()) in command
+    assert command[4:8] == ["--config", "grid.yaml", "--output", "out"]
     fit = yaml.safe_load(paths[1].read_text())
     assert set(fit["parameters"]) == {"model.init_args.lr", "model.init_args.weight_decay"}
-    assert fit["command"][1:3] == ["lightning-decay", "fit"]
+    assert fit["command"][1:5] == ["lightning-decay", "fit", "--config", "base.yaml"]
     assert "--model.init_args.variant=adamw" in fit["command"] and fit["command"][-1] == "${args}"
+    # from another folder, the paths lead there: run ``wandb agent`` from the folder the sweep ran in
+    (base_dir / "sub").mkdir()
+    fit = yaml.safe_load(write_wandb_sweeps(grid, root=base_dir / "sub")[1].read_text())
+    assert fit["command"][3:5] == ["--config", "../base.yaml"]
+
+
+def test_written_files_have_no_machine_paths(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The W&B sweep files, cell specs, results and tables hold relative paths only (committable as is)."""
+    monkeypatch.chdir(base_dir)
+    grid = GridSpec.load(write_grid(base_dir, GRID_2X2.replace("OUTPUT", "out")))
+    write_wandb_sweeps(grid)
+    for cell in grid.cells():
+        spec = cell_spec(grid, cell, grid.fingerprint(cell), threads=1)
+        folder = grid.output / "cells" / cell.id
+        write_json_atomic(folder / "spec.json", spec)
+        write_json_atomic(folder / "result.json", {**spec, "status": "ok", "accuracy": 0.5, "weight_norm": 1.0})
+        config = spec["args"][spec["args"].index("--config") + 1]
+        assert config == "../base.yaml" and (grid.output / config).resolve() == (base_dir / "base.yaml").resolve()
+    write_results(grid, collect_results(grid))
+    written = sorted(p for p in grid.output.rglob("*") if p.is_file())
+    assert {p.name for p in written} == {
+        "wandb_sweep.yaml", "wandb_sweep.fit.adamw.yaml", "spec.json", "result.json", "results.json", "results.csv",
+    }
+    machine_paths = {str(base_dir), str(base_dir.resolve()), os.getcwd(), str(Path.home())}
+    for path in written:
+        text = path.read_text()
+        leaks = [m for m in machine_paths if m in text]
+        assert not leaks, f"{path.relative_to(base_dir)} contains {leaks}"
+
+
+def test_committed_results_are_portable() -> None:
+    """docs/results holds no machine path, and its W&B sweep files name files of the checkout (from its root)."""
+    results = REPO / "docs" / "results"
+    assert results.is_dir()
+    for path in results.rglob("*"):
+        if path.suffix in (".json", ".yaml", ".csv", ".md", ".log", ".txt"):
+            text = path.read_text()
+            for marker in ("/work/", "/tmp/", "/root", "/home/", "/Users/"):
+                assert marker not in text, f"{path.relative_to(REPO)} contains {marker!r}"
+    sweep_files = sorted(results.glob("*/wandb_sweep*.yaml"))
+    assert sweep_files
+    for path in sweep_files:
+        command = yaml.safe_load(path.read_text())["command"]
+        configs = [command[i + 1] for i, arg in enumerate(command) if arg in ("--config", "--output")]
+        assert configs and all((REPO / item).exists() for item in configs), (path, configs)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -364,6 +429,9 @@ def test_sweep_end_to_end_interrupt_kill_resume(
         assert [h["epoch"] for h in row["norm_history"]] == [0, 1, 2]
         assert row["norm_history"][-1]["weight_norm"] == pytest.approx(row["weight_norm"], rel=1e-5)
         assert row["accuracy"] == row["test/acc"] and row["train_loss"] == row["train/loss"]
+    stored = [output / "results.json", output / "results.csv", *output.glob("cells/*/*.json")]
+    assert len(stored) == 2 + 2 * len(cells)
+    assert not [path for path in stored if str(tmp_path) in path.read_text()]  # relative paths only
     csv_lines = (output / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("cell,variant,lr,weight_decay,status,accuracy")
     for name in ("heatmap_accuracy.png", "heatmap_norm.png", "norm_curves.png"):

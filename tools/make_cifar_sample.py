@@ -1,4 +1,4 @@
-"""Cut the class-balanced CIFAR-10 sample embedded in the package (``lightning_decay/data/``).
+"""Cut the class-balanced CIFAR-10 sample embedded in the package (``lightning_decay/experiments/sample/``).
 
 Reads the JPEG archive (``train/<class>/NNNN.jpg``, ``test/<class>/NNNN.jpg``), picks a seeded random subset of
 files per class and split, and writes them, bytes unchanged and under the same member names, to a
@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
-DEFAULT_OUT = REPO / "lightning_decay" / "data" / "cifar10-sample.tar.gz"
+DEFAULT_OUT = REPO / "lightning_decay" / "experiments" / "sample" / "cifar10-sample.tar.gz"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MAX_BYTES = 5_000_000
 

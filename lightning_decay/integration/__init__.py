@@ -4,20 +4,17 @@ parameter groups, the non-finite gradient guard and the W&B logger that never pr
 Depends on :mod:`lightning_decay.optim` only; the callbacks, the sweep and the CLI build on it.
 """
 
-from lightning_decay.integration.factory import (
-    WarmupSchedule,
-    build_lr_scheduler,
-    build_optimizer,
-    build_optimizer_config,
-)
+from lightning_decay.integration.factory import build_optimizer, build_optimizer_config
 from lightning_decay.integration.guards import GradientGuard, NonFiniteGradientError, NonFiniteGradientGuard
-from lightning_decay.integration.mixin import DecayMixin, DecaySettings
+from lightning_decay.integration.mixin import DecayMixin
 from lightning_decay.integration.param_groups import (
     GroupOverride,
     ParamGroupSettings,
     assign_param_groups,
     build_param_groups,
 )
+from lightning_decay.integration.schedules import WarmupSchedule, build_lr_scheduler
+from lightning_decay.integration.settings import DecaySettings
 from lightning_decay.integration.wandb_logger import AutoWandbLogger, wandb_logged_in
 
 __all__ = [

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,88 +26,32 @@ import torch
 from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_decay.integration.param_groups import ParamGroupSettings, build_param_groups
+from lightning_decay.integration.schedules import build_lr_scheduler, check_schedule_settings, trainer_steps_per_epoch
 from lightning_decay.optim.conventions import decay_rule_of, epochs_to_steps, weight_decay_for_timescale
-from lightning_decay.optim.registry import REGISTRY, resolve_variant
-from lightning_decay.validation import MAX_SETTING, check_int, check_real
+from lightning_decay.optim.registry import REGISTRY, get_variant, resolve_variant, rule_of
+from lightning_decay.optim.rules import DecayRule
+from lightning_decay.validation import (
+    check_betas,
+    check_int,
+    check_lr,
+    check_nonnegative,
+    check_positive,
+    check_real,
+    is_real,
+)
 
 __all__ = [
-    "SCHEDULES",
-    "WarmupSchedule",
     "resolve_optimizer",
+    "optimizer_rule",
     "check_optimizer_settings",
-    "check_schedule_settings",
-    "trainer_total_steps",
-    "trainer_steps_per_epoch",
     "build_optimizer",
-    "build_lr_scheduler",
     "build_optimizer_config",
 ]
 
-#: Learning-rate shapes after the warmup.
-SCHEDULES = ("cosine", "linear", "constant")
-
 OptimizerSpec = str | type[Optimizer] | Callable[[Iterable[Any]], Optimizer]
-
-
-def _check_real(name: str, value: Any, *, low: float, low_open: bool, high: float = MAX_SETTING) -> float:
-    return check_real(name, value, low=low, low_open=low_open, high=high)
-
-
-def _check_int(name: str, value: Any, *, low: int) -> int:
-    return check_int(name, value, low=low)
-
-
-@dataclass
-class WarmupSchedule:
-    """The lr multiplier ``eta(step)`` for ``LambdaLR`` (a picklable callable, saved in the scheduler's state).
-
-    Warmup ``eta = (step + 1) / warmup_steps`` for ``step < warmup_steps`` (no step at lr 0; the last warmup step
-    is at the peak), then with ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` clipped to [0, 1]
-    and ``m = min_lr_ratio``: cosine ``m + (1 - m) (1 + cos(pi p)) / 2``, linear ``m + (1 - m)(1 - p)``,
-    constant ``1``. After ``total_steps`` the multiplier stays at ``m``.
-    """
-
-    total_steps: int
-    warmup_steps: int = 0
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_schedule_settings(self.schedule, self.warmup_steps, 0.0, self.total_steps, self.min_lr_ratio)
-        if self.schedule != "constant" and self.warmup_steps >= self.total_steps:
-            raise ValueError(
-                f"warmup_steps ({self.warmup_steps}) must be < total_steps ({self.total_steps}) for a "
-                f"{self.schedule} schedule"
-            )
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return 1.0
-        progress = min(1.0, max(0.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)))
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1.0 - progress
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * shape
-
-
-def check_schedule_settings(
-    schedule: str, warmup_steps: int, warmup_ratio: float, total_steps: int | None, min_lr_ratio: float
-) -> None:
-    """Validate schedule settings; errors name the offending setting."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
-    _check_int("warmup_steps", warmup_steps, low=0)
-    _check_real("warmup_ratio", warmup_ratio, low=0.0, low_open=False, high=1.0)
-    if warmup_ratio >= 1.0:
-        raise ValueError(f"warmup_ratio must be < 1 (a fraction of total_steps), got {warmup_ratio!r}")
-    if warmup_steps and warmup_ratio:
-        raise ValueError(f"give warmup_steps or warmup_ratio, not both (got {warmup_steps} and {warmup_ratio})")
-    if total_steps is not None:
-        _check_int("total_steps", total_steps, low=1)
-    _check_real("min_lr_ratio", min_lr_ratio, low=0.0, low_open=False, high=1.0)
 
 
 def resolve_optimizer(optimizer: str | type[Optimizer]) -> tuple[type[Optimizer], dict[str, Any]]:
@@ -179,6 +121,30 @@ def _constructor_kwargs(
     return cls, kwargs
 
 
+def _signature_default(cls: type, name: str) -> Any:
+    parameter = inspect.signature(cls).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def optimizer_rule(
+    optimizer: str | type[Optimizer], optimizer_kwargs: Mapping[str, Any] | None = None
+) -> DecayRule | None:
+    """The decay rule a variant name or an optimizer class applies (None when no rule describes it), from the
+    registry and the class's fixed arguments; nothing is built."""
+    if isinstance(optimizer, str):
+        try:
+            return get_variant(optimizer).rule
+        except ValueError:
+            pass
+    cls, fixed = resolve_optimizer(optimizer)
+    kwargs = {**fixed, **dict(optimizer_kwargs or {})}
+    for info in REGISTRY.values():
+        fixed_match = all(kwargs.get(key, _signature_default(cls, key)) == value for key, value in info.kwargs.items())
+        if info.optimizer is cls and fixed_match:
+            return info.rule
+    return rule_of(cls)
+
+
 def check_optimizer_settings(
     optimizer: OptimizerSpec,
     lr: float | None = None,
@@ -186,28 +152,34 @@ def check_optimizer_settings(
     betas: tuple[float, float] | None = None,
     eps: float | None = None,
     optimizer_kwargs: Mapping[str, Any] | None = None,
-) -> Optimizer:
-    """Validate optimizer settings before training: types and ranges, then a trial construction on one dummy
-    parameter (which runs the optimizer's own checks, e.g. ``lr * weight_decay < 1`` for torch-convention AdamW).
-    Returns the trial optimizer."""
+) -> tuple[DecayRule | None, float | None]:
+    """Validate optimizer settings before training; return ``(rule, peak lr)`` of the optimizer they describe.
+
+    A variant name or class is checked without building anything: types and ranges
+    (:mod:`lightning_decay.validation`), constructor arguments against the class's signature, and the rule's own
+    domain at the peak lr (e.g. ``lr * weight_decay < 1`` for torch-convention AdamW). A callable can only be
+    checked by calling it: it is called once on a dummy parameter.
+    """
     if lr is not None:
-        _check_real("lr", lr, low=0.0, low_open=True)
+        check_lr("lr", lr)
     if weight_decay is not None:
-        _check_real("weight_decay", weight_decay, low=0.0, low_open=False)
+        check_nonnegative("weight_decay", weight_decay)
     if eps is not None:
-        _check_real("eps", eps, low=0.0, low_open=False)
+        check_nonnegative("eps", eps)
     if betas is not None:
-        if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable) or len(tuple(betas)) != 2:
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        for index, beta in enumerate(betas):
-            _check_real(f"betas[{index}]", beta, low=0.0, low_open=False, high=1.0)
-            if beta >= 1.0:
-                raise ValueError(f"betas[{index}] must be < 1, got {beta!r}")
+        check_betas(tuple(betas))
     if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, Mapping):
         raise TypeError(f"optimizer_kwargs must be a mapping, got {type(optimizer_kwargs).__name__}")
     if isinstance(optimizer, (str, type)):
         cls, kwargs = _constructor_kwargs(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
-        return cls([torch.zeros(1, requires_grad=True)], **kwargs)
+        rule = optimizer_rule(optimizer, optimizer_kwargs)
+        peak_lr = kwargs.get("lr", _signature_default(cls, "lr"))
+        peak_lr = float(peak_lr) if is_real(peak_lr) else None
+        if rule is not None and peak_lr is not None and weight_decay is not None:
+            rule.check(peak_lr, peak_lr, weight_decay)
+        return rule, peak_lr
     if callable(optimizer):
         given = {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps}
         given = {key: value for key, value in given.items() if value is not None}
@@ -219,7 +191,7 @@ def check_optimizer_settings(
         trial = optimizer([torch.zeros(1, requires_grad=True)])
         if not isinstance(trial, Optimizer):
             raise TypeError(f"the optimizer callable returned {type(trial).__name__}, not an Optimizer")
-        return trial
+        return rule_of(trial), float(trial.defaults["lr"]) if is_real(trial.defaults.get("lr")) else None
     raise TypeError(
         f"optimizer must be a variant name, an Optimizer class or a callable, got {type(optimizer).__name__}"
     )
@@ -286,7 +258,7 @@ def build_optimizer(
         )
     make = _OptimizerMaker(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
     if decay_timescale_steps is not None:
-        _check_real("decay_timescale_steps", decay_timescale_steps, low=1.0, low_open=True)
+        check_real("decay_timescale_steps", decay_timescale_steps, low=1.0, low_open=True)
     if isinstance(params, nn.Module):
         settings = ParamGroupSettings.coerce(groups)
         needs_lr = any(override.lr_scale is not None for override in settings.overrides)
@@ -330,61 +302,6 @@ def _warn_unread_normalized(optimizer: Optimizer) -> Optimizer:
     return optimizer
 
 
-def trainer_total_steps(trainer: pl.Trainer) -> int:
-    """Optimizer steps of the whole fit: ``trainer.estimated_stepping_batches`` (ValueError when unbounded)."""
-    total = trainer.estimated_stepping_batches
-    if not math.isfinite(total) or total < 1:
-        raise ValueError(
-            f"total_steps: the trainer's number of steps is not known ({total}); set max_steps or max_epochs "
-            "with a sized train dataloader, or give total_steps"
-        )
-    return int(total)
-
-
-def trainer_steps_per_epoch(trainer: pl.Trainer) -> int:
-    """Optimizer steps per epoch: ``ceil(num_training_batches / accumulate_grad_batches)`` (as Lightning counts)."""
-    if trainer.max_epochs != -1:
-        trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader when it is not there yet
-    batches = trainer.num_training_batches
-    if not math.isfinite(batches) or batches < 1:
-        raise ValueError(
-            f"the trainer's number of training batches per epoch is not known ({batches}): a timescale in epochs "
-            "needs a sized train dataloader (or give steps_per_epoch)"
-        )
-    return math.ceil(batches / trainer.accumulate_grad_batches)
-
-
-def build_lr_scheduler(
-    optimizer: Optimizer,
-    schedule: str = "cosine",
-    *,
-    warmup_steps: int = 0,
-    warmup_ratio: float = 0.0,
-    total_steps: int | None = None,
-    min_lr_ratio: float = 0.0,
-    trainer: pl.Trainer | None = None,
-) -> LambdaLR:
-    """A ``LambdaLR`` with :class:`WarmupSchedule` (to step once per optimizer step).
-
-    ``warmup_ratio`` is a fraction of ``total_steps``; ``total_steps`` defaults to the trainer's estimate and is
-    only needed for cosine/linear or a warmup ratio.
-    """
-    check_schedule_settings(schedule, warmup_steps, warmup_ratio, total_steps, min_lr_ratio)
-    if total_steps is None and (schedule != "constant" or warmup_ratio):
-        if trainer is None:
-            raise ValueError(f"total_steps: a {schedule} schedule needs total_steps, or a trainer to estimate it")
-        total_steps = trainer_total_steps(trainer)
-    if warmup_ratio:
-        warmup_steps = max(1, round(warmup_ratio * total_steps))
-    multiplier = WarmupSchedule(
-        total_steps=total_steps if total_steps is not None else max(1, warmup_steps),
-        warmup_steps=warmup_steps,
-        schedule=schedule,
-        min_lr_ratio=min_lr_ratio,
-    )
-    return LambdaLR(optimizer, multiplier)
-
-
 def build_optimizer_config(
     model: nn.Module | Iterable[Any],
     optimizer: OptimizerSpec = "adamw",
@@ -419,7 +336,7 @@ def build_optimizer_config(
         raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}")
     decay_timescale_steps = None
     if decay_timescale_epochs is not None:
-        _check_real("decay_timescale_epochs", decay_timescale_epochs, low=0.0, low_open=True)
+        check_positive("decay_timescale_epochs", decay_timescale_epochs)
         if weight_decay is not None:
             raise ValueError(
                 f"give weight_decay or decay_timescale_epochs, not both (got {weight_decay} and "
@@ -429,7 +346,7 @@ def build_optimizer_config(
             if trainer is None:
                 raise ValueError("decay_timescale_epochs needs steps_per_epoch or a trainer to count them")
             steps_per_epoch = trainer_steps_per_epoch(trainer)
-        _check_int("steps_per_epoch", steps_per_epoch, low=1)
+        check_int("steps_per_epoch", steps_per_epoch, low=1)
         decay_timescale_steps = epochs_to_steps(decay_timescale_epochs, steps_per_epoch)
         if decay_timescale_steps <= 1.0:
             raise ValueError(

@@ -6,8 +6,8 @@ step, where Lightning training happens (``on_before_optimizer_step``: after back
 the DDP all-reduce, before clipping and the step), not inside the optimizers, which stay exactly as fast as
 torch's fused kernels. One policy decides what a non-finite gradient does:
 
-* ``"raise"`` (the default of :class:`~lightning_decay.integration.mixin.DecaySettings`): :class:`NonFiniteGradientError`
-  (a ``FloatingPointError``) naming the first offending parameter by its module path, the step, and how many
+* ``"raise"`` (the default of :class:`~lightning_decay.integration.settings.DecaySettings`):
+  :class:`NonFiniteGradientError` (a ``FloatingPointError``) naming the first offending parameter by its module path, the step, and how many
   parameters are affected; the weights and optimizer state are still those of the last good step, so the last
   checkpoint is good.
 * ``"skip"``: every gradient of the optimizer is set to ``None``, so the optimizer skips the step and leaves the
@@ -29,8 +29,8 @@ sharded strategies (FSDP, model parallel) with more than one process the decisio
 raises or skips together; plain DDP needs no collective (its gradients are identical on every rank after the
 all-reduce).
 
-Use it through :class:`~lightning_decay.integration.mixin.DecayMixin` (``DecaySettings(nonfinite_grads=..., nonfinite_skip_limit
-=...)``, on by default), or with any ``LightningModule`` as the callback :class:`NonFiniteGradientGuard`.
+Use it through :class:`~lightning_decay.integration.mixin.DecayMixin`
+(``DecaySettings(nonfinite_grads=..., nonfinite_skip_limit=...)``, on by default), or with any ``LightningModule`` as the callback :class:`NonFiniteGradientGuard`.
 """
 
 from __future__ import annotations

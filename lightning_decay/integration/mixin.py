@@ -14,18 +14,18 @@
 
 Without settings the model trains with AdamW (torch convention, torch's default weight decay 1e-2), lr 1e-3,
 cosine decay over the fit, biases / norms / 1-D parameters without decay, and an error naming the parameter when
-a gradient is NaN or inf (``nonfinite_grads``; see :mod:`lightning_decay.integration.guards` and ``docs/reliability.md``).
+a gradient is NaN or inf (``nonfinite_grads``; see :mod:`lightning_decay.integration.guards` and
+``docs/reliability.md``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
@@ -35,165 +35,23 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_decay.integration.factory import (
-    build_optimizer_config,
-    check_optimizer_settings,
-    check_schedule_settings,
-    trainer_steps_per_epoch,
+from lightning_decay.integration.factory import build_optimizer, build_optimizer_config, check_optimizer_settings
+from lightning_decay.integration.guards import GradientGuard, NonFiniteGradientGuard
+from lightning_decay.integration.param_groups import DECAY
+from lightning_decay.integration.schedules import trainer_steps_per_epoch
+from lightning_decay.integration.settings import (
+    OPTIMIZER_FIELDS,
+    SCHEDULE_FIELDS,
+    DecaySettings,
+    check_timescale_settings,
 )
-from lightning_decay.integration.guards import (
-    GradientGuard,
-    NonFiniteGradientGuard,
-    check_nonfinite_policy,
-    check_skip_limit,
-)
-from lightning_decay.integration.param_groups import DECAY, ParamGroupSettings
-from lightning_decay.optim.conventions import (
-    decay_rule_of,
-    steps_to_epochs,
-    timescale_steps,
-    weight_decay_for_timescale,
-)
+from lightning_decay.optim.conventions import decay_rule_of, steps_to_epochs, timescale_steps
 
 __all__ = ["DecaySettings", "DecayMixin"]
 
-#: Settings that describe the optimizer itself; with ``optimizer_callable`` they belong in the callable.
-_OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "betas", "eps", "optimizer_kwargs")
-#: Settings of the built-in schedule; with ``lr_scheduler_callable`` they do not apply.
-_SCHEDULE_FIELDS = ("schedule", "warmup_steps", "warmup_ratio", "total_steps", "min_lr_ratio")
-#: Checkpoint key of the non-finite gradient guard's counters.
 _GUARD_KEY = "decay_mixin_gradient_guard"
 
-
-@dataclass(frozen=True)
-class DecaySettings:
-    """Everything :class:`DecayMixin` needs to build the optimizer and schedule; validated on construction.
-
-    * ``optimizer``: a variant of :data:`~lightning_decay.optim.VARIANTS` (``adaml2``, ``adamw`` = torch
-      convention, ``adamw-paper``, ``proxadam``, ``adamp``, ...) or a dotted ``Optimizer`` class path (a class is
-      accepted and stored as its path).
-    * ``lr``: the peak learning rate ``alpha``. ``weight_decay``: in the variant's own convention (torch AdamW:
-      decay ``1 - lr_t*wd`` per step; paper AdamW and ProxAdam: ``1 - eta_t*wd``); ``None`` = the optimizer's
-      default (AdamW torch 1e-2, paper ``1e-2*lr``).
-    * ``decay_timescale_epochs`` (instead of ``weight_decay``): the EMA timescale of the decay in epochs (Wang &
-      Aitchison 2024), ``tau_epoch = 1 / (1 - f) / steps_per_epoch`` with ``f`` the variant's per-step decay
-      factor at the peak lr (torch AdamW: ``wd = 1 / (lr * tau_epoch * steps_per_epoch)``), resolved when the
-      trainer knows the steps per epoch.
-    * ``betas``, ``eps``: ``None`` = the optimizer's defaults; ``optimizer_kwargs``: other constructor arguments
-      (e.g. ``{"fused": False}``).
-    * ``schedule`` (``cosine`` | ``linear`` | ``constant``) after ``warmup_steps`` (or ``warmup_ratio`` of the
-      total) linear warmup, down to ``min_lr_ratio * lr`` at ``total_steps`` (default: the trainer's estimate),
-      stepped every optimizer step.
-    * ``groups``: the parameter groups (:class:`~lightning_decay.integration.param_groups.ParamGroupSettings`).
-    * ``lr_scheduler_interval`` / ``lr_scheduler_monitor``: only for a ``lr_scheduler_callable`` (how often to
-      step it; the metric of a ``ReduceLROnPlateau``).
-    * ``nonfinite_grads``: what a NaN/inf gradient does (:mod:`lightning_decay.integration.guards`): ``raise`` (default, a
-      ``FloatingPointError`` naming the parameter), ``skip`` the step (weights and optimizer state unchanged,
-      counted and logged), or ``off``; ``nonfinite_skip_limit``: with ``skip``, raise after that many consecutive
-      skipped steps (None: never). Under a ``GradScaler`` (16-mixed) the scaler handles overflow instead.
-
-    :meth:`to_dict` gives the plain form stored in ``hparams``; :meth:`coerce` reads it back.
-    """
-
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float | None = None
-    decay_timescale_epochs: float | None = None
-    betas: tuple[float, float] | None = None
-    eps: float | None = None
-    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    total_steps: int | None = None
-    min_lr_ratio: float = 0.0
-    groups: ParamGroupSettings = field(default_factory=ParamGroupSettings)
-    lr_scheduler_interval: str = "epoch"
-    lr_scheduler_monitor: str | None = None
-    nonfinite_grads: str = "raise"
-    nonfinite_skip_limit: int | None = 10
-
-    def __post_init__(self) -> None:
-        try:
-            self._normalize_and_check()
-        except (TypeError, ValueError) as error:
-            kind = TypeError if isinstance(error, TypeError) else ValueError
-            raise kind(f"DecaySettings: {error}") from None
-
-    def _normalize_and_check(self) -> None:
-        if isinstance(self.optimizer, type):
-            object.__setattr__(self, "optimizer", f"{self.optimizer.__module__}.{self.optimizer.__qualname__}")
-        if not isinstance(self.optimizer, str):
-            raise TypeError(f"optimizer must be a variant name or a class path, got {type(self.optimizer).__name__}")
-        if self.betas is not None and not isinstance(self.betas, (str, bytes)):
-            object.__setattr__(self, "betas", tuple(self.betas))
-        if not isinstance(self.optimizer_kwargs, Mapping):
-            raise TypeError(f"optimizer_kwargs must be a mapping, got {type(self.optimizer_kwargs).__name__}")
-        object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
-        object.__setattr__(self, "groups", ParamGroupSettings.coerce(self.groups))
-        check_schedule_settings(
-            self.schedule, self.warmup_steps, self.warmup_ratio, self.total_steps, self.min_lr_ratio
-        )
-        if self.lr_scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {self.lr_scheduler_interval!r}")
-        if self.lr_scheduler_monitor is not None and not isinstance(self.lr_scheduler_monitor, str):
-            raise TypeError(f"lr_scheduler_monitor must be a metric name, got {self.lr_scheduler_monitor!r}")
-        check_nonfinite_policy(self.nonfinite_grads, "nonfinite_grads")
-        check_skip_limit(self.nonfinite_skip_limit, "nonfinite_skip_limit")
-        trial = check_optimizer_settings(
-            self.optimizer, self.lr, self.weight_decay, self.betas, self.eps, self.optimizer_kwargs
-        )
-        if self.decay_timescale_epochs is not None:
-            _check_timescale(self.decay_timescale_epochs, self.weight_decay, trial)
-
-    @classmethod
-    def coerce(cls, value: DecaySettings | Mapping[str, Any] | str | None) -> DecaySettings:
-        """Settings from themselves, their :meth:`to_dict` form (unknown keys: ValueError naming them), a variant
-        name, or ``None`` (the defaults)."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            return cls(optimizer=value)
-        if isinstance(value, Mapping):
-            valid = [f.name for f in fields(cls)]
-            unknown = [key for key in value if key not in valid]
-            if unknown:
-                raise ValueError(f"DecaySettings: unknown setting(s) {unknown}; valid: {valid}")
-            return cls(**value)
-        raise TypeError(f"decay must be DecaySettings, a mapping, a variant name or None, got {type(value).__name__}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain (YAML- and ``torch.load(weights_only=True)``-safe) form, as stored in ``hparams["decay"]``."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["betas"] = list(self.betas) if self.betas is not None else None
-        out["optimizer_kwargs"] = dict(self.optimizer_kwargs)
-        out["groups"] = self.groups.to_dict()
-        return out
-
-    def replace(self, **changes: Any) -> DecaySettings:
-        """A copy with ``changes`` (validated)."""
-        return dataclasses.replace(self, **changes)
-
-
-def _check_timescale(tau_epochs: Any, weight_decay: float | None, optimizer: Optimizer) -> None:
-    """``decay_timescale_epochs`` is a finite number > 0, exclusive with ``weight_decay``, and the optimizer's
-    decay rule has a timescale (not L2 or elementwise)."""
-    if isinstance(tau_epochs, bool) or not isinstance(tau_epochs, (int, float)):
-        raise TypeError(f"decay_timescale_epochs must be a real number, got {type(tau_epochs).__name__}")
-    if not (math.isfinite(tau_epochs) and tau_epochs > 0):
-        raise ValueError(f"decay_timescale_epochs must be a finite number > 0 (epochs), got {tau_epochs!r}")
-    if weight_decay is not None:
-        raise ValueError(
-            f"give weight_decay or decay_timescale_epochs, not both (got {weight_decay} and {tau_epochs})"
-        )
-    try:
-        weight_decay_for_timescale(1e6, float(optimizer.defaults["lr"]), decay_rule_of(optimizer))
-    except ValueError as error:
-        raise ValueError(f"decay_timescale_epochs: {error}") from None
-
-
+#: Settings that describe the optimizer itself; with ``optimizer_callable`` they belong in the callable.
 def _init_accepts(cls: type, name: str) -> bool:
     parameters = inspect.signature(cls.__init__).parameters
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -232,9 +90,9 @@ class DecayMixin:
     callables as ``class_path``/``init_args`` and rebuilds them.
 
     **Reliability** (``docs/reliability.md``). Every optimizer step checks the gradients for NaN/inf
-    (``decay.nonfinite_grads``, :class:`~lightning_decay.integration.guards.GradientGuard`; skipped when the trainer has a
-    :class:`~lightning_decay.integration.guards.NonFiniteGradientGuard` callback, which then decides); a subclass that
-    overrides ``on_before_optimizer_step`` calls ``super().on_before_optimizer_step(optimizer)`` to keep it.
+    (``decay.nonfinite_grads``, :class:`~lightning_decay.integration.guards.GradientGuard`; skipped when the
+    trainer has a :class:`~lightning_decay.integration.guards.NonFiniteGradientGuard` callback, which then decides);
+    a subclass that overrides ``on_before_optimizer_step`` calls ``super().on_before_optimizer_step(optimizer)`` to keep it.
     Gradient clipping works under ``bf16-mixed`` and ``16-mixed`` for every variant, also with torch's fused
     kernels, for which Lightning alone refuses to clip (:meth:`configure_gradient_clipping`). The guard's counters
     are saved in checkpoints.
@@ -443,35 +301,38 @@ def _check_callables(
 ) -> None:
     """Callables are callable, build what they should, and do not fight with ``decay`` settings."""
     defaults = DecaySettings()
-    trial = None
     if optimizer_callable is not None:
         if not callable(optimizer_callable):
             raise TypeError(f"optimizer_callable must be callable (params -> Optimizer), got {optimizer_callable!r}")
-        changed = [name for name in _OPTIMIZER_FIELDS if getattr(settings, name) != getattr(defaults, name)]
+        changed = [name for name in OPTIMIZER_FIELDS if getattr(settings, name) != getattr(defaults, name)]
         if changed:
             raise ValueError(
                 f"decay.{', decay.'.join(changed)} would be ignored: with optimizer_callable, set the optimizer's "
                 "arguments in the callable (its init_args)"
             )
-        trial = check_optimizer_settings(optimizer_callable)
+        rule, peak_lr = check_optimizer_settings(optimizer_callable)
         if settings.decay_timescale_epochs is not None:
-            _check_timescale(settings.decay_timescale_epochs, None, trial)
+            check_timescale_settings(settings.decay_timescale_epochs, None, rule, peak_lr)
     if lr_scheduler_callable is not None:
         if not callable(lr_scheduler_callable):
             raise TypeError(
                 f"lr_scheduler_callable must be callable (optimizer -> scheduler), got {lr_scheduler_callable!r}"
             )
-        changed = [name for name in _SCHEDULE_FIELDS if getattr(settings, name) != getattr(defaults, name)]
+        changed = [name for name in SCHEDULE_FIELDS if getattr(settings, name) != getattr(defaults, name)]
         if changed:
             raise ValueError(
                 f"decay.{', decay.'.join(changed)} would be ignored: they set the built-in schedule, which "
                 "lr_scheduler_callable replaces"
             )
-        if trial is None:
-            trial = check_optimizer_settings(
-                settings.optimizer, settings.lr, settings.weight_decay, settings.betas, settings.eps,
-                settings.optimizer_kwargs,
-            )
+        # A scheduler callable can only be checked by calling it, on the optimizer it will get (one dummy tensor).
+        trial = build_optimizer(
+            [torch.zeros(1, requires_grad=True)],
+            optimizer_callable if optimizer_callable is not None else settings.optimizer,
+            *(() if optimizer_callable is not None else (settings.lr, settings.weight_decay)),
+            **({} if optimizer_callable is not None else {
+                "betas": settings.betas, "eps": settings.eps, "optimizer_kwargs": settings.optimizer_kwargs,
+            }),
+        )
         scheduler = lr_scheduler_callable(trial)
         if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
             raise TypeError(f"lr_scheduler_callable returned {type(scheduler).__name__}, not an LR scheduler")

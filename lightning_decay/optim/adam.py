@@ -3,7 +3,8 @@
 | variant | class | one step |
 |---|---|---|
 | ``adaml2`` | ``AdamL2`` | ``g <- g + wd*w``, then Adam (torch's ``Adam(weight_decay=wd)``) |
-| ``adamw``, ``adamw-paper`` | ``AdamW(convention="torch" / "paper")`` | ``w <- (1 - lr_t*wd | eta_t*wd) w - lr_t u_t`` |
+| ``adamw`` | ``AdamW(convention="torch")`` | ``w <- (1 - lr_t*wd) w - lr_t u_t`` |
+| ``adamw-paper`` | ``AdamW(convention="paper")`` | ``w <- (1 - eta_t*wd) w - lr_t u_t`` |
 | ``proxadam`` | ``ProxAdam`` | ``w <- (w - lr_t u_t) / (1 + eta_t*wd)`` |
 | ``adamc`` | ``AdamC`` | normalized groups ``w <- (1 - lr_t^2/lr_max*wd) w - lr_t u_t``, others as ``adamw`` |
 

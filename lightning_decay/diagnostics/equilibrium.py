@@ -1,0 +1,107 @@
+"""The rotation of a weight per step and its rotational equilibrium (Kosson et al. 2024), as plain math.
+
+A decoupled rule steps ``w <- f w - lr' u`` (``f`` the decay factor and ``lr'`` the lr of the rule's kernel
+settings, ``u`` the Adam direction). For a scale-invariant weight of ``C`` elements in the random-walk regime the
+norm and the angle per step settle at
+
+    |w|* = lr' sqrt(C / (1 - f^2)),    theta* = atan(sqrt(k (1 - f^2)) / f),    k = (1 - beta1) / (1 + beta1),
+
+which for torch-convention AdamW are ``sqrt(lr C / (2 wd))`` and ``sqrt(2 lr wd k)`` to first order in ``lr wd``
+(derivation: ``docs/monitoring.md``). Nothing here imports Lightning;
+:class:`~lightning_decay.callbacks.ScaleInvarianceMonitor` logs these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_decay.diagnostics.decay import initial_lr
+from lightning_decay.optim.registry import rule_of
+from lightning_decay.optim.rules import KernelDecayRule
+
+__all__ = [
+    "momentum_factor",
+    "equilibrium_of_step",
+    "EquilibriumPrediction",
+    "rotational_equilibrium",
+    "angular_update",
+    "effective_lr",
+]
+
+_TINY = 1e-30
+
+
+def momentum_factor(beta1: float) -> float:
+    """``k = (1 - beta1) / (1 + beta1)``: the variance of an EMA (coefficient ``beta1``) of i.i.d. unit-variance
+    inputs, so one Adam step has ``E|u|^2 = k C``."""
+    return (1.0 - beta1) / (1.0 + beta1)
+
+
+def equilibrium_of_step(factor: float, lr: float, beta1: float, numel: int) -> tuple[float, float]:
+    """``(theta*, |w|*)`` for the step ``w <- f w - lr' u`` with ``f = factor``, ``lr' = lr``: ``theta* =
+    atan(sqrt(k (1 - f^2)) / f)`` rad per step and ``|w|* = lr' sqrt(C / (1 - f^2))``, ``C = numel``. NaN without
+    decay (``f >= 1``) or for ``f <= 0``."""
+    shrink = 1.0 - factor * factor
+    if shrink <= 0.0 or factor <= 0.0:
+        return math.nan, math.nan
+    angle = math.atan(math.sqrt(momentum_factor(beta1) * shrink) / factor)
+    return angle, lr * math.sqrt(numel / shrink)
+
+
+@dataclass(frozen=True)
+class EquilibriumPrediction:
+    """The equilibrium of one layer: ``angular_update`` (``theta*``, rad per step) and ``weight_norm`` (``|w|*``),
+    NaN where not derived; ``lr``, the lr multiplying the update (``lr'``, or the group's lr where the rule has no
+    kernel settings); ``adam_like``, the group has Adam's ``betas`` (effective lr ``lr' / |w|``, else
+    ``lr / |w|^2``)."""
+
+    angular_update: float
+    weight_norm: float
+    lr: float
+    adam_like: bool
+
+
+def rotational_equilibrium(optimizer: Optimizer, group: Mapping[str, Any], numel: int) -> EquilibriumPrediction:
+    """The rotational equilibrium of a layer of ``numel`` elements in ``group``, with ``f`` and ``lr'`` from the
+    optimizer's rule (:func:`~lightning_decay.optim.registry.rule_of`) for this step.
+
+    Derived for Adam-family rules with one decay factor per step (AdamW both conventions, ProxAdam, AdamC,
+    ``torch.optim.AdamW``); NaN for AdamL2, AdamP, cautious decay, no decay, and optimizers without Adam's
+    ``betas``.
+    """
+    rule = rule_of(optimizer, group)
+    lr = float(group["lr"])
+    if rule is None or "betas" not in group:  # not an Adam-family step: the derivation does not apply
+        return EquilibriumPrediction(math.nan, math.nan, lr, adam_like=False)
+    alpha, weight_decay = initial_lr(optimizer, group), float(group.get("weight_decay", 0.0))
+    if not isinstance(rule, KernelDecayRule) or not rule.kernel_settings(lr, alpha, weight_decay).decoupled:
+        return EquilibriumPrediction(math.nan, math.nan, lr, adam_like=True)
+    kernel_lr = rule.kernel_settings(lr, alpha, weight_decay).lr
+    if callable(getattr(optimizer, "decay_factor", None)):
+        factor = float(optimizer.decay_factor(group))  # type: ignore[attr-defined]
+    else:
+        factor = float(rule.decay_factor(lr, alpha, weight_decay))
+    angle, norm = equilibrium_of_step(factor, kernel_lr, float(group["betas"][0]), numel)
+    return EquilibriumPrediction(angle, norm, kernel_lr, adam_like=True)
+
+
+def angular_update(weight_norm: Tensor, update_norm: Tensor, weight_dot_update: Tensor) -> Tensor:
+    """The angle between ``w`` and ``w + d`` (rad) from ``|w|``, ``|d|`` and ``<w, d>``:
+    ``atan2(sqrt(|w|^2 |d|^2 - <w, d>^2), |w|^2 + <w, d>)`` (Lagrange's identity; accurate for tiny angles, where
+    ``acos`` of a float32 cosine is not)."""
+    squared = weight_norm.square()
+    sine_part = (squared * update_norm.square() - weight_dot_update.square()).clamp_min(0.0).sqrt()
+    return torch.atan2(sine_part, squared + weight_dot_update)
+
+
+def effective_lr(lr: Tensor, weight_norm: Tensor, adam_like: Tensor) -> Tensor:
+    """The angular lr of a scale-invariant weight: ``lr' / |w|`` where ``adam_like`` (normalized updates), else
+    ``lr / |w|^2`` (SGD: the gradient itself scales as ``1 / |w|``)."""
+    return torch.where(adam_like, lr / weight_norm.clamp_min(_TINY), lr / weight_norm.square().clamp_min(_TINY))

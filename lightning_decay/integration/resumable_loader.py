@@ -1,0 +1,148 @@
+"""A training ``DataLoader`` that resumes mid-epoch exactly: :class:`ResumableSampler`, :class:`TrainProgress` and
+:class:`ResumableDataLoader`. Not tied to any data set.
+
+**The training order.** :class:`ResumableSampler` is torch's ``DistributedSampler`` (Lightning keeps it under DDP),
+shuffled from ``seed + epoch``; rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the (padded) epoch order, so
+``W`` ranks with batch ``B`` see the same global batches as one process with batch ``W * B``. It can start an epoch
+part-way, at a global sample position.
+
+**The position.** :class:`TrainProgress` counts the training batches consumed in the current epoch, where they are
+used (a data module's ``on_after_batch_transfer``), not where the loader yields them (prefetching runs ahead).
+:class:`ResumableDataLoader` reports it in :meth:`~ResumableDataLoader.state_dict` (with the batch size, world size
+and seed it was counted with) and :meth:`~ResumableDataLoader.load_state_dict` restarts the sampler after the
+consumed batches: exact with the same number of processes and batch size; with others the epoch continues from the
+same global sample position (with a warning).
+
+Lightning 2.6 saves and restores a stateful training loader by itself only when the loader is built after the
+checkpoint is read; ``configure_optimizers`` asking for ``trainer.estimated_stepping_batches`` (any schedule over the
+whole fit) builds it before. A data module should therefore also save the loader's state in its own ``state_dict``
+and apply it when the resumed fit builds the loader (as ``CIFAR10DataModule`` of the experiments does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = ["ResumableDataLoader", "ResumableSampler", "TrainProgress"]
+
+
+class ResumableSampler(DistributedSampler):
+    """torch's ``DistributedSampler`` (same order for the same ``seed``, epoch and world size) that can start an
+    epoch part-way: :meth:`resume` skips the first ``offset`` positions of that epoch's global order.
+
+    Works for one process (``num_replicas=1``, the default) as for many; being a ``DistributedSampler``, Lightning
+    does not replace it under DDP. ``len()`` is the full epoch's share of this rank, also in a resumed epoch (as
+    Lightning counts the batches of the epoch it resumes), while the iteration yields only the rest.
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.resume_epoch: int | None = None
+        self.resume_offset = 0
+
+    def global_order(self) -> list[int]:
+        """This epoch's order of all ranks (padded to a multiple of ``num_replicas`` as torch pads)."""
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(n, generator=generator).tolist()
+        else:
+            indices = list(range(n))
+        padding = self.total_size - len(indices)
+        if padding > 0:
+            indices += (indices * math.ceil(padding / max(1, len(indices))))[:padding]
+        return indices
+
+    def resume(self, epoch: int, offset: int) -> None:
+        """Start ``epoch`` at global position ``offset`` (samples all ranks consumed before the checkpoint)."""
+        self.resume_epoch, self.resume_offset = int(epoch), max(0, int(offset))
+        self.set_epoch(int(epoch))
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.global_order()
+        start = 0
+        if self.resume_epoch is not None and self.epoch == self.resume_epoch:
+            start = min(self.resume_offset, self.total_size)
+            self.resume_epoch = None  # once: a later pass over this epoch starts at its beginning
+        return iter(order[start + self.rank : self.total_size : self.num_replicas])
+
+
+@dataclass
+class TrainProgress:
+    """Training batches consumed in the current epoch (counted where they are used, after the transfer)."""
+
+    epoch: int = 0
+    batches: int = 0
+
+    def next_batch(self, epoch: int) -> int:
+        """The index in ``epoch`` of the batch being consumed now (counting restarts with each epoch)."""
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, 0
+        index = self.batches
+        self.batches += 1
+        return index
+
+
+class ResumableDataLoader(DataLoader):
+    """A training ``DataLoader`` whose :meth:`state_dict` is the epoch and the batches consumed in it (the counts of
+    ``progress``, which its user advances), so that Lightning checkpoints it and a fit resumed mid-epoch continues
+    with the next unseen batch. Give it a :class:`ResumableSampler`; with another sampler a resume starts the
+    epoch from its beginning."""
+
+    def __init__(self, dataset: Dataset, *args: Any, progress: TrainProgress | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        self.progress = progress if progress is not None else TrainProgress()
+
+    def _world(self) -> int:
+        return self.sampler.num_replicas if isinstance(self.sampler, ResumableSampler) else 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the epoch stands: ``epoch``, ``batches`` consumed, and the ``batch_size``/``world_size``/``seed``
+        they were counted with."""
+        seed = self.sampler.seed if isinstance(self.sampler, ResumableSampler) else None
+        return {
+            "epoch": self.progress.epoch,
+            "batches": self.progress.batches,
+            "batch_size": self.batch_size,
+            "world_size": self._world(),
+            "seed": seed,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the saved epoch after its consumed batches (Lightning calls this on a mid-epoch resume)."""
+        epoch, batches = int(state_dict.get("epoch", 0)), int(state_dict.get("batches", 0))
+        batch_size = int(state_dict.get("batch_size") or self.batch_size or 1)
+        world = int(state_dict.get("world_size") or 1)
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):
+            rank_zero_warn("the training sampler was replaced; the resumed epoch starts from its beginning")
+            return
+        changed = [
+            f"{name} {saved} -> {now}"
+            for name, saved, now in (
+                ("batch_size", batch_size, self.batch_size),
+                ("world_size", world, sampler.num_replicas),
+                ("seed", state_dict.get("seed", sampler.seed), sampler.seed),
+            )
+            if saved != now
+        ]
+        if changed:
+            rank_zero_warn(
+                f"resuming mid-epoch with changed data settings ({', '.join(changed)}): the epoch continues from "
+                "the same global sample position, but the run is not an exact continuation"
+            )
+        offset = batches * batch_size * world
+        if offset >= sampler.total_size:  # the checkpoint closed its epoch: the next one starts fresh
+            epoch, batches, offset = epoch + 1, 0, 0
+        self.progress.epoch, self.progress.batches = epoch, batches
+        sampler.resume(epoch, offset)

@@ -1,0 +1,265 @@
+"""Pictures of a sweep's results: accuracy and weight-norm heatmaps, norm-vs-epoch curves (PNG, Agg, no pyplot).
+
+* :func:`plot_accuracy_heatmaps`: one heatmap per variant side by side (x: lr, y: weight decay), one shared colour
+  scale, the value printed in every cell, the best cell framed in red, the good region of
+  :mod:`lightning_decay.sweep.decoupling` outlined (dashed) and its rectangularity in the title.
+* :func:`plot_norm_heatmaps`: the same layout for the final total weight norm (log colour scale when it spans
+  more than a factor 10), best-accuracy cell framed.
+* :func:`plot_norm_curves`: total weight norm vs. epoch of the runs whose accuracy clears a threshold, one panel
+  per variant with a shared y axis (the blog's AdamW-vs-AdamP norm comparison).
+
+Input is the rows of a sweep's ``results.json`` (:func:`lightning_decay.sweep.results.load_results`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_decay.sweep.decoupling import DEFAULT_TOLERANCE, good_region, measure_tables
+from lightning_decay.sweep.results import ResultTable, result_tables
+
+__all__ = ["plot_accuracy_heatmaps", "plot_norm_curves", "plot_norm_heatmaps", "plot_sweep"]
+
+_PANEL_SIZE = (3.6, 3.3)
+
+
+def _figure(
+    panels: int, width: float = _PANEL_SIZE[0], height: float = _PANEL_SIZE[1], sharey: bool = False
+) -> tuple[Any, list[Any]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * panels + 1.2, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, panels, squeeze=False, sharey=sharey)[0]
+    return figure, list(axes)
+
+
+def _tick(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e") if value != 0 else "0"
+    return str(value)
+
+
+def _as_percent(tables: Sequence[ResultTable]) -> bool:
+    finite = np.concatenate([t.values[np.isfinite(t.values)] for t in tables])
+    return finite.size > 0 and finite.min() >= 0.0 and finite.max() <= 1.0
+
+
+def _heatmaps(
+    tables: Sequence[ResultTable],
+    path: Path,
+    title: str,
+    colorbar_label: str,
+    cell_text: Any,
+    marks: Sequence[tuple[int, int] | None],
+    outlines: Sequence[np.ndarray | None],
+    subtitles: Sequence[str],
+    log_scale: bool = False,
+    cmap: str = "viridis",
+    scale: float = 1.0,
+) -> Path:
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.patches import Rectangle
+
+    shown = [t.values * scale for t in tables]
+    finite = np.concatenate([v[np.isfinite(v)] for v in shown])
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high == low:
+        low, high = low - 0.5, high + 0.5
+    if log_scale and low > 0 and high / low > 10:
+        norm: Any = LogNorm(low, high)
+    else:
+        norm = Normalize(low, high)
+    colours = colormaps[cmap].with_extremes(bad="0.85")
+    figure, axes = _figure(len(tables))
+    image = None
+    for ax, table, values, mark, outline, subtitle in zip(axes, tables, shown, marks, outlines, subtitles):
+        image = ax.imshow(np.ma.masked_invalid(values), origin="lower", cmap=colours, norm=norm, aspect="auto")
+        for i in range(len(table.y_values)):
+            for j in range(len(table.x_values)):
+                value = values[i, j]
+                shade = norm(value) if np.isfinite(value) else 1.0
+                ax.text(
+                    j, i, cell_text(value) if np.isfinite(value) else "-", ha="center", va="center", fontsize=8,
+                    color="black" if shade > 0.55 else "white",
+                )
+                if outline is not None and outline[i, j]:
+                    ax.add_patch(
+                        Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="white", lw=1.0, ls="--")
+                    )
+        if mark is not None:
+            i, j = mark
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
+        ax.set_xticks(range(len(table.x_values)), [_tick(v) for v in table.x_values], fontsize=8)
+        ax.set_yticks(range(len(table.y_values)), [_tick(v) for v in table.y_values], fontsize=8)
+        ax.set_xlabel(table.x_name)
+        ax.set_ylabel(table.y_name)
+        ax.set_title(f"{table.label}\n{subtitle}" if subtitle else table.label, fontsize=9)
+    figure.colorbar(image, ax=axes, label=colorbar_label, shrink=0.9)
+    figure.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def plot_accuracy_heatmaps(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    x: str = "lr",
+    y: str = "weight_decay",
+    value: str = "accuracy",
+    tolerance: float = DEFAULT_TOLERANCE,
+    title: str = "test accuracy",
+) -> Path:
+    """Accuracy heatmaps side by side (shared colour scale, values printed, best framed, good region dashed)."""
+    tables = result_tables(rows, x, y, value)
+    if not tables:
+        raise ValueError("no finished rows to plot")
+    percent = _as_percent(tables)
+    measures = measure_tables(tables, tolerance)
+    return _heatmaps(
+        tables,
+        Path(path),
+        title=f"{title} (red: best; dashed: good region, tolerance {tolerance:g})",
+        colorbar_label=f"{value} (%)" if percent else value,
+        cell_text=(lambda v: f"{v:.1f}") if percent else (lambda v: f"{v:.3g}"),
+        scale=100.0 if percent else 1.0,
+        marks=[m.best_cell for m in measures],
+        outlines=[np.array(m.good_mask) for m in measures],
+        subtitles=[f"rectangularity {m.rectangularity:.2f} ({m.good_cells}/{m.box_cells})" for m in measures],
+    )
+
+
+def plot_norm_heatmaps(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    x: str = "lr",
+    y: str = "weight_decay",
+    value: str = "weight_norm",
+    accuracy: str = "accuracy",
+) -> Path:
+    """Final total weight norm per cell, side by side with a shared (log when wide) scale; best-accuracy framed."""
+    tables = result_tables(rows, x, y, value)
+    if not tables:
+        raise ValueError("no finished rows to plot")
+    accuracy_tables = {t.label: t for t in result_tables(rows, x, y, accuracy)}
+    marks: list[tuple[int, int] | None] = []
+    for table in tables:
+        scores = accuracy_tables[table.label].values
+        if np.isfinite(scores).any():
+            flat = int(np.nanargmax(scores))
+            marks.append((flat // scores.shape[1], flat % scores.shape[1]))
+        else:
+            marks.append(None)
+    return _heatmaps(
+        tables,
+        Path(path),
+        title="final total weight norm (red: best accuracy)",
+        colorbar_label=value,
+        cell_text=lambda v: f"{v:.3g}",
+        marks=marks,
+        outlines=[None] * len(tables),
+        subtitles=[""] * len(tables),
+        log_scale=True,
+        cmap="magma",
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _default_norm_threshold(rows: Sequence[Mapping[str, Any]], accuracy: str, tolerance: float) -> float | None:
+    scores = [float(r[accuracy]) for r in rows if _is_number(r.get(accuracy))]
+    if not scores:
+        return None
+    return good_region(np.array([scores]), tolerance)[1]
+
+
+def plot_norm_curves(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    x: str = "lr",
+    y: str = "weight_decay",
+    min_accuracy: float | None = None,
+    accuracy: str = "accuracy",
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Path:
+    """Total weight norm vs. epoch of the runs with ``accuracy >= min_accuracy``, one panel per variant.
+
+    ``min_accuracy=None``: the good-region threshold of all finished rows pooled (best - tolerance * (best -
+    median)), the same for every panel so that the variants are compared on equal terms.
+    """
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    tables = result_tables(rows, x, y, accuracy)
+    if not tables:
+        raise ValueError("no finished rows to plot")
+    ok = [row for table in tables for row in table.rows]
+    threshold = min_accuracy if min_accuracy is not None else _default_norm_threshold(ok, accuracy, tolerance)
+    figure, axes = _figure(len(tables), height=3.6, sharey=True)
+    low, high = math.inf, 0.0
+    for ax, table in zip(axes, tables):
+        chosen = [
+            row for row in table.rows
+            if _is_number(row.get(accuracy)) and threshold is not None and row[accuracy] >= threshold
+        ]
+        chosen.sort(key=lambda r: -r[accuracy])
+        palette = colormaps["tab10"]
+        for index, row in enumerate(chosen):
+            points = [(h["epoch"], h["weight_norm"]) for h in row.get("norm_history", []) if h.get("weight_norm")]
+            if not points:
+                continue
+            epochs, norms = zip(*points)
+            low, high = min(low, *norms), max(high, *norms)
+            seed = f", seed {row['seed']}" if "seed" in row.get("axes", ()) else ""
+            ax.plot(
+                epochs, norms, marker="o", ms=3, color=palette(index % 10),
+                label=f"{x}={_tick(row[x])}, {y}={_tick(row[y])}{seed}: {row[accuracy]:.3g}",
+            )
+        if chosen:
+            ax.legend(fontsize=6, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no run above the threshold", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(table.label, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("total weight norm")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if 0 < low and high / low > 10:
+        axes[0].set_yscale("log")
+    figure.suptitle(
+        f"weight norm during training, runs with {accuracy} >= {threshold:.3g}" if threshold is not None else "",
+        fontsize=10,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def plot_sweep(
+    rows: Sequence[Mapping[str, Any]],
+    output: str | Path,
+    x: str = "lr",
+    y: str = "weight_decay",
+    tolerance: float = DEFAULT_TOLERANCE,
+    norm_min_accuracy: float | None = None,
+) -> dict[str, Path]:
+    """All three pictures into ``output``: ``heatmap_accuracy.png``, ``heatmap_norm.png``, ``norm_curves.png``."""
+    output = Path(output)
+    return {
+        "heatmap_accuracy": plot_accuracy_heatmaps(rows, output / "heatmap_accuracy.png", x, y, tolerance=tolerance),
+        "heatmap_norm": plot_norm_heatmaps(rows, output / "heatmap_norm.png", x, y),
+        "norm_curves": plot_norm_curves(
+            rows, output / "norm_curves.png", x, y, min_accuracy=norm_min_accuracy, tolerance=tolerance
+        ),
+    }
