@@ -34,9 +34,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_decay import AdamW
-from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor, scale_check
+from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
+from lightning_decay.diagnostics import scale_check
 from lightning_decay.experiments import ResNet20
+from lightning_decay.optim import AdamW
 
 
 class Classifier(pl.LightningModule):

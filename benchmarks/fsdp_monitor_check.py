@@ -53,8 +53,8 @@ def train(mode: str, root: Path, devices: int, accelerator: str) -> None:
     from torch import nn
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-    from lightning_decay import AdamW
     from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
+    from lightning_decay.optim import AdamW
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

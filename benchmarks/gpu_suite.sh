@@ -16,7 +16,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 LOG="${1:-gpu_suite_$(date +%Y%m%d_%H%M%S).txt}"
-ADAM=(adaml2 adamw adamw-paper proxadam adamp adamc adamw-cautious adamw-paper-cautious)
+# The Adam variants, from the registry.
+read -r -a ADAM <<< "$(python -c "from lightning_decay.optim.registry import variant_names; print(*variant_names('adam'))")"
 export PYTHONUNBUFFERED=1
 
 section() { printf '\n===== %s (%s) =====\n' "$1" "$(date -u +%H:%M:%S)"; }

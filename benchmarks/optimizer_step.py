@@ -48,14 +48,18 @@ from typing import Any
 
 import torch
 
-from lightning_decay import VARIANTS
+from lightning_decay.optim.registry import REGISTRY, VARIANTS, variant_names
 
 ADAM_BASELINE = "torch AdamW fused"
 #: Variants that run a torch kernel exactly (goal 1.05x) when they have momentum; the rest are compiled (1.2x).
-EXACT_REUSE = {"adaml2", "adamw", "adamw-paper", "proxadam", "adamc", "sgd-l2"}
-SGD_VARIANTS = {"sgd-l2", "sgdw", "sgdw-paper", "proxsgd"}
-# Same decay at the initial lr for every convention: per-unit-lr rules get wd * lr.
-PER_UNIT_LR = {"adamw-paper", "proxadam", "adamw-paper-cautious", "sgdw-paper", "proxsgd"}
+# Everything about the variants comes from the registry: which reuse a torch kernel exactly, which are SGD, and
+# which rules scale the decay by eta_t (they get wd * lr: the same decay at the initial lr for every convention).
+EXACT_REUSE = {name for name, info in REGISTRY.items() if info.kernel == "torch"}
+SGD_VARIANTS = set(variant_names("sgd"))
+PER_UNIT_LR = {name for name, info in REGISTRY.items() if info.rule.per_unit_lr}
+# One variant per compiled Adam optimizer class gets an eager-fallback row (the same kernel serves its conventions).
+EAGER_FALLBACK_ROWS = list({info.optimizer: name for name, info in reversed(REGISTRY.items())
+                            if info.family == "adam" and info.kernel == "compiled"}.values())
 
 
 @dataclass
@@ -157,7 +161,7 @@ def optimizer_rows(names: list[str], momentum: float) -> dict[str, Row]:
 
     for name in adam:
         rows[name] = Row(variant(name), ADAM_BASELINE, 7, 1.05 if name in EXACT_REUSE else 1.2)
-    for name in ("adamp", "adamw-cautious"):
+    for name in EAGER_FALLBACK_ROWS:
         if name in adam:
             rows[f"{name} (eager fallback)"] = Row(variant(name, fused=False), ADAM_BASELINE, 7)
     for name in sgd:

@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=root / "factory_only", help="logs go here")
     arguments = parser.parse_args()
     torch.manual_seed(0)
-    train, validation = gaussian_clusters(256 if arguments.tiny else 20_000), gaussian_clusters(512)
+    train, validation = gaussian_clusters(256 if arguments.tiny else 10_000), gaussian_clusters(512)
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=5,

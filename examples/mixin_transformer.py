@@ -111,19 +111,20 @@ def main() -> None:
     root = Path(os.environ.get("LIGHTNING_DECAY_EXAMPLE_OUTPUT", "outputs/examples"))
     parser.add_argument("--output", type=Path, default=root / "mixin_transformer", help="logs go here")
     arguments = parser.parse_args()
-    steps, sequences = (8, 64) if arguments.tiny else (300, 4096)
+    steps, sequences = (8, 64) if arguments.tiny else (200, 4096)
     torch.manual_seed(0)
     model = DecayCharTransformer(
         vocab_size=16,
         decay=DecaySettings(optimizer="adamw", lr=3e-3, weight_decay=0.1, warmup_ratio=0.1, schedule="cosine"),
     )
     data = DataLoader(TensorDataset(markov_sequences(sequences, 33, 16)), batch_size=32, shuffle=True)
-    monitors = [WeightNormMonitor(), EffectiveDecayMonitor(), ScaleInvarianceMonitor(check_every_n_steps=200)]
+    scale_invariance = ScaleInvarianceMonitor(check_every_n_steps=100)  # after the first step, then every 100
+    monitors = (WeightNormMonitor(), EffectiveDecayMonitor(), scale_invariance)
     trainer = Trainer(
         accelerator="cpu",
         max_steps=steps,
         log_every_n_steps=2 if arguments.tiny else 50,
-        callbacks=monitors,
+        callbacks=list(monitors),  # a copy: the Trainer adds its own callbacks to the list
         logger=CSVLogger(arguments.output, name="csv"),
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -151,7 +152,7 @@ def main() -> None:
     print(f"a few of the {len(metrics)} metrics logged at step {trainer.global_step}:")
     for key in shown:
         print(f"  {key:<62} {metrics[key]:.6g}")
-    labels = monitors[2].labels  # the numerical check: is the loss unchanged when a layer's weights are scaled?
+    labels = scale_invariance.labels  # the numerical check: is the loss unchanged when a layer's weights are scaled?
     invariant = [name for name, is_invariant in labels.items() if is_invariant]
     print(f"scale-invariant layers (numerical check): {len(invariant)} of {len(labels)} {invariant}")
     print(f"all metrics: {Path(trainer.logger.log_dir) / 'metrics.csv'}")

@@ -68,9 +68,9 @@ def train(model: nn.Module, optimizer: Optimizer, inputs: Tensor, labels: Tensor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", default=os.environ.get("LIGHTNING_DECAY_EXAMPLE_TINY") == "1")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 1000, tiny 30)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 300, tiny 30)")
     arguments = parser.parse_args()
-    steps = arguments.steps or (30 if arguments.tiny else 1000)
+    steps = arguments.steps or (30 if arguments.tiny else 300)
     lr = 1e-2
     # The paper convention and ProxAdam decay by about eta_t * wd per step: wd = 1e-3 is a timescale of
     # 1000 steps. AdamP's decay lr_t * wd / D is elementwise and depends on the gradients' size D.

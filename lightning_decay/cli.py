@@ -7,8 +7,8 @@
     lightning-decay sweep --config configs/blog/adamw-vs-adamp.yaml
 
 Models and data modules are chosen by ``class_path`` (any LightningModule / LightningDataModule, e.g. a user's
-model with :class:`~lightning_decay.integration.mixin.DecayMixin`). Settings that are invalid (negative lr, unknown variant,
-missing data folder, ...) stop the command before training, with the offending key in the message.
+model with :class:`~lightning_decay.integration.mixin.DecayMixin`). Settings that are invalid (negative lr, unknown
+variant, missing data folder, ...) stop the command before training, with the offending key in the message.
 """
 
 from __future__ import annotations

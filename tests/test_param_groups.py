@@ -330,10 +330,10 @@ def test_custom_norm_classes_by_name() -> None:
         (lambda: GroupOverride("x"), "give patterns or modules"),
         (lambda: GroupOverride("x", patterns=["a"], lr=0.1, lr_scale=2.0), "lr and lr_scale are exclusive"),
         (lambda: GroupOverride("x", patterns=["a"], weight_decay=-1.0), "weight_decay must be a finite number >= 0"),
-        (lambda: GroupOverride("x", patterns=["a"], lr=0.0), "lr must be a finite number > 0"),
+        (lambda: GroupOverride("x", patterns=["a"], lr=-1.0), "lr must be a finite number >= 0"),
         (lambda: GroupOverride("decay", patterns=["a"], lr=0.1), "built-in group 'decay' takes no"),
         (lambda: GroupOverride("", patterns=["a"]), "name must be a non-empty string"),
-        (lambda: ParamGroupSettings(no_decay_bias="yes"), "no_decay_bias must be a bool"),
+        (lambda: ParamGroupSettings(no_decay_bias="yes"), "no_decay_bias must be True or False"),
         (lambda: ParamGroupSettings.coerce({"no_decay_bias": True, "no_decay_bais": False}), "no_decay_bais"),
         (lambda: GroupOverride.coerce({"name": "x", "pattern": ["a"]}), r"unknown GroupOverride setting\(s\)"),
         (

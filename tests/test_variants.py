@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import runpy
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from lightning_decay.optim import REGISTRY, KernelAdam, KernelSGD
 from lightning_decay.optim.compiled import CompiledKernelOptimizer
@@ -23,6 +26,7 @@ from tests import trajectory
 from tests.reference import ReferenceState, SGDReferenceState, reference_sgd_step, reference_step
 from tests.trajectory import max_relative_error
 
+ROOT = Path(__file__).resolve().parents[1]
 STEPS = 120
 # Three groups with different lr and weight decay (one without decay); shapes include a matrix and a scalar.
 GROUPS = {
@@ -201,3 +205,20 @@ def test_a_scheduler_pushing_the_decay_past_its_limit_fails_before_any_update(na
     else:
         optimizer.step()
         assert all(torch.isfinite(p).all() and not torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_docs_tables_are_the_registry() -> None:
+    """README.md and docs/variants.md embed the registry's table as ``tools/variants_table.py`` writes it."""
+    tool = runpy.run_path(str(ROOT / "tools" / "variants_table.py"))
+    for path in tool["FILES"]:
+        text = path.read_text()
+        assert tool["with_table"](text) == text, f"{path.name}: run python tools/variants_table.py"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_variant_has_its_config_file(name: str) -> None:
+    """``configs/<name>.yaml`` selects the variant (test_cli trains every config for two steps)."""
+    path = ROOT / "configs" / f"{name}.yaml"
+    assert path.is_file(), f"add {path.relative_to(ROOT)} (see docs/contributing.md)"
+    decay = yaml.safe_load(path.read_text())["model"]["init_args"]["decay"]
+    assert REGISTRY[decay["optimizer"]] is REGISTRY[name]

@@ -70,7 +70,9 @@ class TrainingReport(Callback):
     a ``WandbLogger`` is present, and print where logs and picture are (and the final ``val/acc``)."""
 
     def __init__(self, filename: str = "diagnostics.png", max_layers: int = 12) -> None:
-        if not isinstance(filename, str) or not filename.endswith(".png"):
+        if not isinstance(filename, str):
+            raise TypeError(f"filename must be a string, got {type(filename).__name__} {filename!r}")
+        if not filename.endswith(".png"):
             raise ValueError(f"filename must end with .png, got {filename!r}")
         self.filename = filename
         self.max_layers = check_int("max_layers", max_layers, low=1)

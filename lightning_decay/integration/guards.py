@@ -7,9 +7,9 @@ the DDP all-reduce, before clipping and the step), not inside the optimizers, wh
 torch's fused kernels. One policy decides what a non-finite gradient does:
 
 * ``"raise"`` (the default of :class:`~lightning_decay.integration.settings.DecaySettings`):
-  :class:`NonFiniteGradientError` (a ``FloatingPointError``) naming the first offending parameter by its module path, the step, and how many
-  parameters are affected; the weights and optimizer state are still those of the last good step, so the last
-  checkpoint is good.
+  :class:`NonFiniteGradientError` (a ``FloatingPointError``) naming the first offending parameter by its module path,
+  the step, and how many parameters are affected; the weights and optimizer state are still those of the last good step,
+  so the last checkpoint is good.
 * ``"skip"``: every gradient of the optimizer is set to ``None``, so the optimizer skips the step and leaves the
   weights and its state (moments, step counts) unchanged -- torch's optimizers and this package's skip parameters
   without gradients. The LR scheduler still advances (as it does for steps a ``GradScaler`` skips). Skipped steps
@@ -30,7 +30,8 @@ raises or skips together; plain DDP needs no collective (its gradients are ident
 all-reduce).
 
 Use it through :class:`~lightning_decay.integration.mixin.DecayMixin`
-(``DecaySettings(nonfinite_grads=..., nonfinite_skip_limit=...)``, on by default), or with any ``LightningModule`` as the callback :class:`NonFiniteGradientGuard`.
+(``DecaySettings(nonfinite_grads=..., nonfinite_skip_limit=...)``, on by default), or with any ``LightningModule``
+as the callback :class:`NonFiniteGradientGuard`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from lightning_decay.validation import check_int
 
 __all__ = [
     "NONFINITE_POLICIES",
@@ -83,13 +86,7 @@ def check_nonfinite_policy(policy: Any, name: str = "nonfinite_grads") -> str:
 
 def check_skip_limit(limit: Any, name: str = "nonfinite_skip_limit") -> int | None:
     """The limit of consecutive skipped steps, validated: an int >= 1 or None (never raise)."""
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"{name} must be an int >= 1 or None, got {type(limit).__name__} {limit!r}")
-    if limit < 1:
-        raise ValueError(f"{name} must be an int >= 1 or None, got {limit!r}")
-    return limit
+    return None if limit is None else check_int(name, limit, low=1)
 
 
 def _local(tensor: Tensor) -> Tensor:

@@ -92,7 +92,8 @@ class DecayMixin:
     **Reliability** (``docs/reliability.md``). Every optimizer step checks the gradients for NaN/inf
     (``decay.nonfinite_grads``, :class:`~lightning_decay.integration.guards.GradientGuard`; skipped when the
     trainer has a :class:`~lightning_decay.integration.guards.NonFiniteGradientGuard` callback, which then decides);
-    a subclass that overrides ``on_before_optimizer_step`` calls ``super().on_before_optimizer_step(optimizer)`` to keep it.
+    a subclass that overrides ``on_before_optimizer_step`` calls ``super().on_before_optimizer_step(optimizer)`` to
+    keep it.
     Gradient clipping works under ``bf16-mixed`` and ``16-mixed`` for every variant, also with torch's fused
     kernels, for which Lightning alone refuses to clip (:meth:`configure_gradient_clipping`). The guard's counters
     are saved in checkpoints.

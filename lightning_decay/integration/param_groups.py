@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import math
-import numbers
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +41,8 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parameter import UninitializedParameter
+
+from lightning_decay.validation import check_bool, check_optional_real
 
 __all__ = [
     "DECAY",
@@ -88,16 +88,6 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _optional_number(value: Any, what: str, positive: bool) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a real number or None, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{what} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class GroupOverride:
     """A named parameter group for the parameters matched by name ``patterns`` or by ``modules`` type.
@@ -124,11 +114,10 @@ class GroupOverride:
         object.__setattr__(self, "name", self.name.strip())
         object.__setattr__(self, "patterns", _strings(self.patterns, f"{where}: patterns"))
         object.__setattr__(self, "modules", _strings(self.modules, f"{where}: modules"))
-        object.__setattr__(self, "weight_decay", _optional_number(self.weight_decay, f"{where}: weight_decay", False))
-        object.__setattr__(self, "lr", _optional_number(self.lr, f"{where}: lr", True))
-        object.__setattr__(self, "lr_scale", _optional_number(self.lr_scale, f"{where}: lr_scale", True))
-        if self.normalized is not None and not isinstance(self.normalized, bool):
-            raise TypeError(f"{where}: normalized must be true, false or null, got {self.normalized!r}")
+        object.__setattr__(self, "weight_decay", check_optional_real(f"{where}: weight_decay", self.weight_decay))
+        object.__setattr__(self, "lr", check_optional_real(f"{where}: lr", self.lr))  # lr >= 0, as torch
+        object.__setattr__(self, "lr_scale", check_optional_real(f"{where}: lr_scale", self.lr_scale, positive=True))
+        check_bool(f"{where}: normalized", self.normalized, allow_none=True)
         if not self.patterns and not self.modules:
             raise ValueError(f"{where}: give patterns or modules (it matches nothing)")
         if self.lr is not None and self.lr_scale is not None:
@@ -199,8 +188,7 @@ class ParamGroupSettings:
 
     def __post_init__(self) -> None:
         for name in ("no_decay_bias", "no_decay_norm", "no_decay_1d", "no_decay_embeddings", "model_no_weight_decay"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"ParamGroupSettings.{name} must be a bool, got {getattr(self, name)!r}")
+            check_bool(f"ParamGroupSettings.{name}", getattr(self, name))
         object.__setattr__(self, "no_decay", _strings(self.no_decay, "ParamGroupSettings.no_decay"))
         overrides = self.overrides
         if isinstance(overrides, (GroupOverride, Mapping)):

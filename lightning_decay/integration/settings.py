@@ -50,10 +50,10 @@ class DecaySettings:
     * ``groups``: the parameter groups (:class:`~lightning_decay.integration.param_groups.ParamGroupSettings`).
     * ``lr_scheduler_interval`` / ``lr_scheduler_monitor``: only for a ``lr_scheduler_callable`` (how often to
       step it; the metric of a ``ReduceLROnPlateau``).
-    * ``nonfinite_grads``: what a NaN/inf gradient does (:mod:`lightning_decay.integration.guards`): ``raise``
-      (default, a ``FloatingPointError`` naming the parameter), ``skip`` the step (weights and optimizer state unchanged,
-      counted and logged), or ``off``; ``nonfinite_skip_limit``: with ``skip``, raise after that many consecutive
-      skipped steps (None: never). Under a ``GradScaler`` (16-mixed) the scaler handles overflow instead.
+    * ``nonfinite_grads``: what a NaN/inf gradient does (:mod:`lightning_decay.integration.guards`): ``raise`` (default,
+      a ``FloatingPointError`` naming the parameter), ``skip`` the step (weights and optimizer state unchanged, counted
+      and logged), or ``off``; ``nonfinite_skip_limit``: with ``skip``, raise after that many consecutive skipped steps
+      (None: never). Under a ``GradScaler`` (16-mixed) the scaler handles overflow instead.
 
     :meth:`to_dict` gives the plain form stored in ``hparams``; :meth:`coerce` reads it back.
     """

@@ -9,6 +9,7 @@ float64 reference formula in ``tests/reference.py`` (see ``docs/contributing.md`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,6 +46,7 @@ __all__ = [
     "KERNELS",
     "DECAY_METRICS",
     "variant_names",
+    "variants_markdown",
     "get_variant",
     "resolve_variant",
     "rule_of",
@@ -54,11 +56,14 @@ __all__ = [
 FAMILIES = ("adam", "sgd")
 #: How a variant's step runs: torch's own kernel with per-step ``(lr', wd')``, or a compiled multi-tensor step.
 KERNELS = ("torch", "compiled")
-#: What ``EffectiveDecayMonitor`` can log for a variant (key prefixes, ``<prefix>/<group or layer>``):
-#: ``decay_factor`` (one factor per group and step, with ``decay_timescale_steps`` / ``_epochs``),
-#: ``elementwise_factor`` (AdamP: the factor's min / mean / max per layer under ``decay_factor/``),
-#: ``decayed_fraction`` (cautious decay: the share of coordinates the mask decays),
-#: ``preconditioned_decay`` (Adam + L2: ``lr_t * wd / D`` per layer) and ``l2_grad_ratio`` (L2: ``wd |w| / |g|``).
+#: What ``EffectiveDecayMonitor`` logs for a variant besides ``lr/<group>`` and ``eta/<group>``, and the keys:
+#: ``decay_factor`` (one factor per group and step): ``decay_factor/<group>``, ``decay_timescale_steps/<group>``,
+#: ``decay_timescale_epochs/<group>``; ``elementwise_factor`` (AdamP, ``1 / (1 + lr_t * wd / D)``):
+#: ``decay_factor_min|mean|max/<layer>`` and the group mean ``decay_factor/<group>``; ``decayed_fraction`` (cautious
+#: decay: the share of coordinates the mask decays): ``decayed_fraction/<group>`` and ``decayed_fraction/<layer>``;
+#: ``preconditioned_decay`` (Adam + L2, ``lr_t * wd / D``): ``preconditioned_decay_min|mean|max/<layer>`` and
+#: ``preconditioned_decay/<group>``; ``l2_grad_ratio`` (L2 rules, ``wd |w| / |g|``): ``l2_grad_ratio/<layer>``.
+#: ``tests/test_callbacks.py`` trains every variant and checks that its record lists exactly what is logged.
 DECAY_METRICS = ("decay_factor", "elementwise_factor", "decayed_fraction", "preconditioned_decay", "l2_grad_ratio")
 
 
@@ -66,7 +71,8 @@ DECAY_METRICS = ("decay_factor", "elementwise_factor", "decayed_fraction", "prec
 class VariantInfo:
     """One decay variant: how to build it and what it is.
 
-    ``optimizer(params, **kwargs, **user_kwargs)`` builds it; ``rule`` is the decay rule it applies (AdamC: to its
+    ``optimizer(params, **kwargs, **user_kwargs)`` builds it (an optimizer that takes ``rule=``, such as
+    ``KernelAdam`` and ``KernelSGD``, gets ``rule`` there); ``rule`` is the decay rule it applies (AdamC: to its
     normalized groups); ``step`` the one-step formula in the blog's notation (docs tables); ``source`` whom it is from.
     """
 
@@ -88,7 +94,10 @@ class VariantInfo:
         unknown = set(self.decay_metrics) - set(DECAY_METRICS)
         if unknown:
             raise ValueError(f"{self.name}: unknown decay_metrics {sorted(unknown)}; known: {DECAY_METRICS}")
-        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        kwargs = dict(self.kwargs)
+        if "rule" in inspect.signature(self.optimizer).parameters:  # KernelAdam / KernelSGD: any scalar rule
+            kwargs.setdefault("rule", self.rule)
+        object.__setattr__(self, "kwargs", MappingProxyType(kwargs))
 
     @property
     def scale_free(self) -> bool:
@@ -150,13 +159,27 @@ REGISTRY: Mapping[str, VariantInfo] = MappingProxyType({info.name: info for info
     VariantInfo("sgdw-paper", SGDW, SGDWPaperRule(), "sgd", "compiled", "w <- (1 - eta_t*wd) w - lr_t d_t", _SCALAR,
                 {"convention": "paper"}, "Loshchilov & Hutter 2019"),
     VariantInfo("proxsgd", ProxSGD, ProxSGDRule(), "sgd", "compiled", "w <- (w - lr_t d_t) / (1 + eta_t*wd)",
-                _SCALAR, source="proximal step of wd/(2 alpha) |w|^2"),
+                _SCALAR, source="the SGD counterpart of ProxAdam"),
 )})
 
 #: ``name -> (optimizer class, fixed keyword arguments)``: the registry's build recipes (read-only view).
 VARIANTS: Mapping[str, tuple[type[Optimizer], dict[str, Any]]] = MappingProxyType(
     {name: (info.optimizer, dict(info.kwargs)) for name, info in REGISTRY.items()}
 )
+
+
+def variants_markdown(family: str | None = None) -> str:
+    """The registry as a markdown table (README and ``docs/variants.md`` embed it; a test keeps them current)."""
+    lines = ["| name | class | one step | kernel | scale-free | source |", "|---|---|---|---|---|---|"]
+    for info in REGISTRY.values():
+        if family is not None and info.family != family:
+            continue
+        arguments = ", ".join(f"{key}={value!r}" for key, value in info.kwargs.items())
+        cls = f"{info.optimizer.__name__}({arguments})" if arguments else info.optimizer.__name__
+        kernel = "torch's kernel" if info.kernel == "torch" else "compiled"
+        scale_free = "yes" if info.scale_free else "no"
+        lines.append(f"| `{info.name}` | `{cls}` | `{info.step}` | {kernel} | {scale_free} | {info.source} |")
+    return "\n".join(lines) + "\n"
 
 
 def variant_names(family: str | None = None) -> list[str]:
@@ -195,8 +218,6 @@ def _record_of_class(cls: type, kwargs: Mapping[str, Any]) -> VariantInfo | None
 
 
 def _default_of(cls: type, name: str) -> Any:
-    import inspect
-
     parameter = inspect.signature(cls).parameters.get(name)
     return None if parameter is None else parameter.default
 
