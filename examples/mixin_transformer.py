@@ -115,7 +115,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = DecayCharTransformer(
         vocab_size=16,
-        decay=DecaySettings(optimizer="adamw", lr=3e-3, weight_decay=0.1, warmup_ratio=0.1, schedule="cosine"),
+        decay=DecaySettings(optimizer="adamw", lr=3e-3, weight_decay=0.1, warmup_ratio=0.1, min_lr_ratio=0.1),
     )
     data = DataLoader(TensorDataset(markov_sequences(sequences, 33, 16)), batch_size=32, shuffle=True)
     scale_invariance = ScaleInvarianceMonitor(check_every_n_steps=100)  # after the first step, then every 100
@@ -151,7 +151,7 @@ def main() -> None:
     ]
     print(f"a few of the {len(metrics)} metrics logged at step {trainer.global_step}:")
     for key in shown:
-        print(f"  {key:<62} {metrics[key]:.6g}")
+        print(f"  {key:<62} {metrics[key]:.8g}")
     labels = scale_invariance.labels  # the numerical check: is the loss unchanged when a layer's weights are scaled?
     invariant = [name for name, is_invariant in labels.items() if is_invariant]
     print(f"scale-invariant layers (numerical check): {len(invariant)} of {len(labels)} {invariant}")

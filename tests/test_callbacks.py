@@ -28,7 +28,7 @@ from lightning_decay.diagnostics import check_scale_freeness, param_group_names,
 from lightning_decay.diagnostics.decay import infer_decay_metrics
 from lightning_decay.optim import AdamL2, AdamP, AdamW, KernelAdam, ProxAdam
 from lightning_decay.optim.registry import DECAY_METRICS, REGISTRY
-from lightning_decay.optim.rules import AdamL2Rule, KernelSettings, TorchConventionRule
+from lightning_decay.optim.rules import AdamL2Rule, KernelDecayRule, KernelSettings, TorchConventionRule
 
 LR0, WD = 0.05, 0.2
 BATCH, STEPS = 8, 6
@@ -714,7 +714,9 @@ def test_every_registered_variant_logs_what_its_record_lists(tmp_path: Path, var
     assert math.isfinite(row["weight_norm/total"])
     assert monitors[0].last_metrics["weight_norm/total"] == row["weight_norm/total"]
     assert all(math.isfinite(row[f"scale_invariance/angular_update/{n}"]) for n in MATRICES)
-    adam_decoupled = variant in ("adamw", "adamw-paper", "proxadam", "adamc")
+    # The rotational-equilibrium prediction needs Adam's update with one scalar decoupled decay per step.
+    info = REGISTRY[variant]
+    adam_decoupled = info.family == "adam" and isinstance(info.rule, KernelDecayRule) and info.decoupled
     assert ("scale_invariance/angular_update_equilibrium/net.0.weight" in row) == adam_decoupled
 
 

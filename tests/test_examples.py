@@ -7,7 +7,8 @@ arguments in :data:`ARGUMENTS`, if it needs some). Outputs go under pytest's ``t
 function in :data:`CHECKS`.
 
 The examples are mostly process start-up (importing torch and Lightning takes seconds), so all of them are started
-at once when the module starts and overlap on the cores; under pytest-xdist each test starts its own.
+at once, one thread each, when the first test needs them and overlap on the cores; under pytest-xdist each test
+starts its own.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def start(script: Path, folder: Path) -> Run:
         "WANDB_MODE": "offline",
         "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ inside examples/
         "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",  # tiny models: one thread each is fastest, and the examples share the cores
     }
     arguments = ARGUMENTS.get(script.name, lambda _: [])(output)
     log = folder / f"{script.stem}.log"

@@ -73,9 +73,9 @@ def test_every_variant_by_name(variant: str) -> None:
         model, variant, lr=0.01, weight_decay=0.001, optimizer_kwargs=no_compile(cls), total_steps=10
     )
     optimizer = config["optimizer"]
-    assert type(optimizer) is cls
+    assert type(optimizer) is cls and optimizer.decay_rule.name == variant
     for key, value in fixed.items():
-        assert getattr(optimizer, key) == value
+        assert getattr(optimizer, "decay_rule" if key == "rule" else key) == value
     assert [(g["name"], g["weight_decay"], g["initial_lr"]) for g in optimizer.param_groups] == [
         ("decay", 0.001, 0.01),
         ("no_decay", 0.0, 0.01),

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 
 from torch.optim import Optimizer
 
+from lightning_decay.integration.parameter_names import clean_parameter_name
+
 __all__ = ["clean_parameter_name", "param_group_names"]
-
-_WRAPPER_PARTS = re.compile(r"(?:^|(?<=\.))(?:_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
-
-
-def clean_parameter_name(name: str) -> str:
-    """A parameter name without the parts FSDP1, activation checkpointing and ``torch.compile`` insert
-    (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``, ``_orig_mod.``)."""
-    return _WRAPPER_PARTS.sub("", name)
-
 
 def param_group_names(optimizers: Sequence[Optimizer]) -> list[list[str]]:
     """Names of every param group, matching Lightning's ``LearningRateMonitor``.

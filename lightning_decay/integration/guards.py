@@ -37,7 +37,6 @@ as the callback :class:`NonFiniteGradientGuard`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -48,6 +47,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_decay.integration.parameter_names import clean_parameter_name
 from lightning_decay.validation import check_int
 
 __all__ = [
@@ -65,10 +65,6 @@ NONFINITE_POLICIES: tuple[str, ...] = ("raise", "skip", "off")
 
 #: Metric logged (cumulative count) each time the ``skip`` policy skips a step.
 SKIPPED_STEPS_KEY = "nonfinite/skipped_steps"
-
-_WRAPPER_PARTS = re.compile(
-    r"(?:^|(?<=\.))(?:_forward_module|_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\."
-)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -163,10 +159,6 @@ def first_nonfinite_gradient(params: Iterable[Tensor]) -> tuple[int, int] | None
     return bad_positions[0], len(bad_positions)
 
 
-def _clean_name(name: str) -> str:
-    return _WRAPPER_PARTS.sub("", name)
-
-
 def _optimizer_params(optimizer: Optimizer) -> list[Tensor]:
     optimizer = getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer
     seen: set[int] = set()
@@ -201,7 +193,7 @@ class GradientGuard:
 
     def _name(self, module: nn.Module, param: Tensor) -> str:
         if self._names_of != id(module) or id(param) not in self._names:
-            self._names = {id(p): _clean_name(n) for n, p in module.named_parameters()}
+            self._names = {id(p): clean_parameter_name(n) for n, p in module.named_parameters()}
             self._names_of = id(module)
         return self._names.get(id(param), f"<unnamed parameter of shape {tuple(param.shape)}>")
 

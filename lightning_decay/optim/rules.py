@@ -98,6 +98,9 @@ class DecayRule(ABC):
     #: same decay as torch's ``wd`` at the initial lr is ``wd * alpha`` (defaults scale with the lr).
     per_unit_lr: bool = False
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
     def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
         """Raise ValueError naming the argument when the settings are outside the rule's domain."""
         check_lr("lr", lr)
@@ -275,6 +278,9 @@ class AdamCRule(KernelDecayRule):
             check_positive("lr_max", lr_max)
         self.lr_max = lr_max
 
+    def __repr__(self) -> str:
+        return f"AdamCRule(lr_max={self.lr_max!r})" if self.lr_max is not None else "AdamCRule()"
+
     def peak_lr(self, initial_lr: float) -> float:
         """``lr_max``, or alpha when it was not given."""
         return float(self.lr_max) if self.lr_max is not None else initial_lr
@@ -314,6 +320,9 @@ class CautiousRule(DecayRule):
         self.name = f"{base.name}-cautious"
         self.scale_free = base.scale_free
         self.per_unit_lr = base.per_unit_lr
+
+    def __repr__(self) -> str:
+        return f"CautiousRule({self.base!r})"
 
     def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
         self.base.check(lr, initial_lr, weight_decay)
