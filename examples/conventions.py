@@ -9,7 +9,7 @@ timescale, in steps or epochs. The script converts a few published settings both
    reading the same number in the paper convention;
 2. a timescale in epochs -> the weight decay of each variant that has it (and back, as a check).
 
-Run (instant: formulas only, nothing to shrink for a tiny mode):
+Run (formulas only, no training: the import of torch and Lightning is most of its ~7 s; no tiny mode needed):
 
     python examples/conventions.py
 """

@@ -9,10 +9,10 @@ every token has two possible successors, so the best loss is log 2 = 0.69) with 
 ``lightning_decay.callbacks``. The script prints the parameter groups the mixin chose and a few logged metrics; all
 metrics land in ``<output>/csv/version_*/metrics.csv``.
 
-Run (about a minute on 2 CPU cores):
+Run (200 steps: 15 s to a minute on 2 CPU cores, depending on what else runs there):
 
     python examples/mixin_transformer.py [--output outputs/examples/mixin_transformer]
-    python examples/mixin_transformer.py --tiny      # 8 steps: seconds
+    python examples/mixin_transformer.py --tiny      # 8 steps: ~10 s
 
 ``LIGHTNING_DECAY_EXAMPLE_TINY=1`` has the effect of ``--tiny``; ``LIGHTNING_DECAY_EXAMPLE_OUTPUT=<folder>``
 changes the default output folder to ``<folder>/mixin_transformer``.

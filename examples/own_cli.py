@@ -5,7 +5,7 @@ setting of the block (``--print_config``, ``--help``); a misspelt key or an unkn
 training. ``ClassifierCLI`` is the package's ``DecayCLI`` (a LightningCLI whose configuration errors name the key) with
 one addition of your own: the data's sizes are linked to the model's. The data are synthetic Gaussian clusters.
 
-Run (about 30 s on 2 CPU cores; settings in ``examples/own_cli.yaml``):
+Run (about 25 s on 2 CPU cores; settings in ``examples/own_cli.yaml``):
 
     python examples/own_cli.py fit --config examples/own_cli.yaml
     python examples/own_cli.py fit --config examples/own_cli.yaml --model.decay.optimizer proxadam

@@ -5,10 +5,10 @@ optimizer (and once without weight decay, for reference); the script prints ever
 No Lightning anywhere: the optimizers are ordinary ``torch.optim.Optimizer``s, built on two parameter groups
 (weights decay, biases do not).
 
-Run (about 15 s on 2 CPU cores; the first AdamP step compiles its kernel):
+Run (under a minute on 2 CPU cores, ~15 s of it the compilation of AdamP's kernel at its first step):
 
     python examples/plain_pytorch.py
-    python examples/plain_pytorch.py --tiny      # 30 steps, AdamP run eagerly (no compilation): seconds
+    python examples/plain_pytorch.py --tiny      # 30 steps, AdamP run eagerly (no compilation): ~10 s
 
 ``LIGHTNING_DECAY_EXAMPLE_TINY=1`` has the effect of ``--tiny``.
 """

@@ -10,7 +10,7 @@ norm-vs-epoch curves, and a decoupling report (does the best lr move with the we
 with ``examples/sweep`` on ``PYTHONPATH`` (the grid names its model by class path, ``sweep_task.MLPClassifier``),
 then prints where the pictures are. Re-running resumes: finished cells are skipped.
 
-Run (24 cells, about 5 minutes on 2 CPU cores):
+Run (24 cells, 4 to 5 minutes on 2 CPU cores):
 
     python examples/small_sweep.py [--output outputs/examples/small_sweep] [--jobs 2]
     python examples/small_sweep.py --tiny      # examples/sweep/grid_tiny.yaml: 2 x 2 cells of 8 steps, ~30 s

@@ -17,6 +17,7 @@ import ast
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -52,9 +53,15 @@ class Run:
         try:
             code = self.process.wait(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.stop()
             code = self.process.wait()
         return code, self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Kill the example and what it started (its own process group), if it still runs."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
 def start(script: Path, folder: Path) -> Run:
@@ -74,7 +81,7 @@ def start(script: Path, folder: Path) -> Run:
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, str(script.relative_to(REPO)), *arguments], cwd=REPO, env=environment, stdout=sink,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
     return Run(process, log, output)
 
@@ -107,9 +114,7 @@ def examples(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
                 started.run(item.callspec.params["script"])
     yield started
     for run in started.runs.values():
-        if run.process.poll() is None:
-            run.process.kill()
-            run.process.wait()
+        run.stop()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 The factory and ``DecaySettings`` resolve names here, the CLI validates them here, the monitors ask a record what
 they can log, the conventions take its rule, the benchmarks and the docs tables iterate over it, and the tests are
 parametrized over it. Adding a scalar variant is its rule (:mod:`lightning_decay.optim.rules`), one
-:class:`VariantInfo` below (``optimizer=KernelAdam`` or ``KernelSGD`` with ``kwargs={"rule": TheRule()}``) and its
-float64 reference formula in ``tests/reference.py`` (see ``docs/contributing.md``).
+:class:`VariantInfo` below (``optimizer=KernelAdam`` or ``KernelSGD``, which run any scalar rule they are given) and
+its float64 reference formula in ``tests/reference.py`` (see ``docs/contributing.md``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ __all__ = [
     "variants_markdown",
     "get_variant",
     "resolve_variant",
+    "record_of_class",
     "rule_of",
 ]
 
@@ -207,8 +208,8 @@ def resolve_variant(name: str) -> tuple[type[Optimizer], dict[str, Any]]:
     return info.optimizer, dict(info.kwargs)
 
 
-def _record_of_class(cls: type, kwargs: Mapping[str, Any]) -> VariantInfo | None:
-    """The record built by ``cls(**kwargs)`` (kwargs beyond the record's fixed ones are ignored)."""
+def record_of_class(cls: type, kwargs: Mapping[str, Any]) -> VariantInfo | None:
+    """The record that ``cls(**kwargs)`` builds, or None (kwargs beyond the record's fixed ones are ignored)."""
     matches = [
         info for info in REGISTRY.values()
         if info.optimizer is cls and all(kwargs.get(key, _default_of(cls, key)) == value
@@ -237,7 +238,7 @@ def rule_of(
     if isinstance(optimizer, str):
         return get_variant(optimizer).rule
     if isinstance(optimizer, type):
-        record = _record_of_class(optimizer, {})
+        record = record_of_class(optimizer, {})
         if record is not None:
             return record.rule
         if issubclass(optimizer, DecayOptimizer):  # a class outside the registry: its instances know their rule
