@@ -3,7 +3,9 @@
 Every check returns the value (as ``float`` / ``int`` / ``bool``) or raises ``TypeError`` (wrong type) or
 ``ValueError`` (out of range), naming the setting — ``name`` plus ``where`` (e.g. ``" (param group 1 'decay')"``).
 
-Learning rates follow torch: ``lr >= 0`` (an lr of 0 freezes a group). Every real setting is at most
+Learning rates follow torch: ``lr >= 0`` (an lr of 0 freezes a group), a real number or, as torch's optimizers take
+it, a 0-dim floating-point tensor (capturable and compiled training loops fill it in place; :func:`check_lr` returns
+it as is). Every real setting is at most
 :data:`MAX_SETTING`, float32's largest value, since the kernels compute in float32 (an lr of 1e40 would be inf there
 and turn every weight it touches into inf in one step).
 """
@@ -27,6 +29,7 @@ __all__ = [
     "check_bool",
     "check_lr",
     "check_betas",
+    "tensor_value_readable",
 ]
 
 #: The largest value a real setting (lr, weight decay, eps, ...) may take: float32's largest.
@@ -85,9 +88,28 @@ def check_optional_real(name: str, value: Any, *, positive: bool = False, where:
     return check_positive(name, value, where) if positive else check_nonnegative(name, value, where)
 
 
-def check_lr(name: str, value: Any, where: str = "") -> float:
-    """A learning rate: as torch, a finite real ``>= 0``."""
-    return check_nonnegative(name, value, where)
+def tensor_value_readable(tensor: torch.Tensor) -> bool:
+    """False where reading a tensor's value is impossible: while torch.compile traces, during a CUDA graph capture
+    (no device sync allowed), on the meta device. Checks of a tensor's value are skipped there."""
+    if tensor.device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    return not (tensor.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def check_lr(name: str, value: Any, where: str = "") -> float | torch.Tensor:
+    """A learning rate: as torch, a finite real ``>= 0``, or a 0-dim real floating-point tensor holding one (returned
+    as is, not copied: schedulers fill it in place). Its value is checked where it can be read
+    (:func:`tensor_value_readable`)."""
+    if not isinstance(value, torch.Tensor):
+        return check_nonnegative(name, value, where)
+    kind = "a real number or a 0-dim real floating-point tensor"
+    if value.dim() != 0:
+        raise TypeError(f"{name}{where} must be {kind}, got a tensor of shape {tuple(value.shape)}")
+    if not torch.is_floating_point(value):
+        raise TypeError(f"{name}{where} must be {kind}, got a tensor of dtype {value.dtype}")
+    if tensor_value_readable(value):
+        check_nonnegative(name, value.item(), where)
+    return value
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, where: str = "") -> int:

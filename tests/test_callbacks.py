@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -638,10 +639,23 @@ def test_wandb_offline_run_receives_the_metrics(tmp_path: Path, monkeypatch: pyt
             assert by_step[step][key] == pytest.approx(expected[key], rel=1e-9), (step, key)
     keys = {key for row in rows for key in row}
     assert "histograms/weight_norm/_type" in keys or "histograms/weight_norm" in keys
-    for name in ("weight_norm", "decay", "scale_invariance"):
-        assert any(k.startswith(f"tables/{name}") for k in keys), name
-    assert any(k.startswith("plots/weight_norm") for k in keys)
+    # The media keys are exactly the ones docs/monitoring.md lists for the monitors (tables/<monitor> with the
+    # monitor's module name: weight_norm, effective_decay, scale_invariance).
+    media = {"/".join(key.split("/")[:2]) for key in keys if key.startswith(("tables/", "plots/", "histograms/"))}
+    assert media == documented_wandb_keys() - {"diagnostics"}
+    assert media >= {"tables/weight_norm", "tables/effective_decay", "tables/scale_invariance"}
+    # One W&B history row per logging step holds all three monitors' values (and the norm histogram).
+    monitor_rows = [row for row in rows if "weight_norm/total" in row or "decay_factor/decay" in row]
+    assert sorted(int(row["trainer/global_step"]) for row in monitor_rows) == sorted(csv_metrics)
+    assert all("decay_factor/decay" in row and "scale_invariance/cos/net.3.weight" in row for row in monitor_rows)
     assert not os.environ.get("WANDB_API_KEY")
+
+
+def documented_wandb_keys() -> set[str]:
+    """The keys of the W&B table in docs/monitoring.md ("What every monitor shares")."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "monitoring.md").read_text()
+    section = text.split("* **W&B.**", 1)[1].split("\n* **", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^\s*\| `([^`]+)` \| `\w+(?:Monitor|Report)`", section, re.M)}
 
 
 class RegistryNet(Net):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -103,11 +104,25 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, floa
     return run_fit(tmp_path_factory.mktemp("single"))
 
 
+def monitor_rows_per_step(root: Path) -> dict[int, int]:
+    """``step -> number of metrics.csv rows holding any monitor key`` (rank 0's file, as written)."""
+    (path,) = root.rglob("metrics.csv")
+    counts: dict[int, int] = {}
+    with open(path) as handle:
+        for row in csv.DictReader(handle):
+            if any(value and key.startswith(("weight_norm", "decay_factor", "scale_invariance/")) for key, value
+                   in row.items()):
+                counts[int(row["step"])] = counts.get(int(row["step"]), 0) + 1
+    return counts
+
+
 def test_ddp_matches_single_process(tmp_path: Path, single: dict[int, dict[str, float]]) -> None:
     ddp = run_fit(tmp_path / "ddp", accelerator="cpu", devices=2, strategy=SpawnDDP())
     compared = assert_same_metrics(single, ddp)
     assert compared > 30 * STEPS
     assert ddp[0]["scale_invariance/invariant/net.0.weight"] == 1.0
+    # Rank 0 writes each step's values of the three monitors as one row (rank 1 writes nothing).
+    assert monitor_rows_per_step(tmp_path / "ddp") == dict.fromkeys(range(STEPS), 1)
 
 
 FSDP_SCRIPT = textwrap.dedent(

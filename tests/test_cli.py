@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,114 @@ def test_bad_configs_fail_before_training_naming_the_key(override, named, tmp_pa
     assert named in err
     assert "Epoch 0" not in out + err  # nothing trained
     assert not list(tmp_path.rglob("metrics.csv")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+# --- the help, parse-time errors, the user's own modules -------------------------------------------------------------
+
+
+def test_help_documents_every_decay_setting_and_lists_the_variants(monkeypatch, capsys):
+    from dataclasses import fields
+
+    from lightning_decay.integration import DecaySettings
+    from lightning_decay.optim.registry import variant_names
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per key: no wrapping inside a variant name
+    code, out, _ = run_cli_expecting_exit(capsys, "fit", "--model.help", "lightning_decay.experiments.ImageClassifier")
+    assert code == 0
+    lines = out.splitlines()
+    helps = {}
+    for index, line in enumerate(lines):
+        if line.strip().startswith("--model.decay."):
+            key = line.split()[0].removeprefix("--model.decay.")
+            rest = " ".join(line.split()[2:]) if len(line.split()) > 2 else lines[index + 1].strip()
+            helps[key] = rest
+    for field in fields(DecaySettings):
+        if field.name == "groups":  # a nested group: its own keys, under ParamGroupSettings' header
+            continue
+        assert not helps[field.name].startswith("(type:"), f"--model.decay.{field.name} has no help line"
+    for name in variant_names():
+        assert name in helps["optimizer"]
+    assert "(type: str, default: step)" in helps["lr_scheduler_interval"]
+    assert "see the module docstring" not in out.split("--model.decay.optimizer")[0].splitlines()[-1]
+
+
+def test_misspelt_variant_is_a_short_parse_error(tmp_path, monkeypatch, capsys):
+    """Before: a 59-line report (the whole usage, the union's subtypes, the parsed config dumped)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lightning-decay"])  # the program name in the usage line
+    (tmp_path / "typo.yaml").write_text("model:\n  init_args:\n    decay:\n      optimizer: adam-p\n")
+    code, out, err = run_cli_expecting_exit(capsys, "fit", "--config", str(QUICKSTART), "--config", "typo.yaml")
+    assert code == 2
+    from lightning_decay.optim.registry import variant_names
+
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("Seed set")]
+    assert lines == [
+        "usage: lightning-decay fit [-h] [-c CONFIG] [--print_config] [--KEY VALUE ...]",
+        "tip: For details of accepted options run: lightning-decay fit --help",
+        "error: model.init_args.decay.optimizer: unknown variant 'adam-p' (did you mean 'adamp'?); valid variants: "
+        f"{', '.join(variant_names())}; or a dotted torch.optim.Optimizer class path",
+    ]
+    assert "Traceback" not in out + err and not list(tmp_path.rglob("metrics.csv"))
+
+
+CONSOLE_SCRIPT = """import re
+import sys
+
+from lightning_decay.command import main
+
+if __name__ == "__main__":  # what pip writes for [project.scripts] lightning-decay = "lightning_decay.command:main"
+    sys.argv[0] = re.sub(r"(-script\\\\.pyw|\\\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+USER_MODULE = """import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_decay import DecayMixin
+
+
+class MyMLP(DecayMixin, LightningModule):
+    def __init__(self, hidden: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.LayerNorm(hidden), nn.Linear(hidden, 2))
+
+    def training_step(self, batch, batch_idx):
+        inputs, labels = batch
+        return nn.functional.cross_entropy(self.net(inputs), labels)
+
+
+class MyData(LightningDataModule):
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(0)
+        inputs, labels = torch.randn(16, 4, generator=generator), torch.randint(0, 2, (16,), generator=generator)
+        return DataLoader(TensorDataset(inputs, labels), batch_size=4)
+"""
+
+
+def test_console_script_finds_class_paths_in_the_current_folder(tmp_path):
+    """The sweep's dry run prints ``lightning-decay fit --config base.yaml``: run as printed from the folder of the
+    user's module it trains (before: ``No module named 'mymodel'``; ``python -m lightning_decay`` worked)."""
+    import os
+    import subprocess
+
+    work, scripts = tmp_path / "work", tmp_path / "bin"
+    work.mkdir()
+    scripts.mkdir()
+    (work / "mymodel.py").write_text(USER_MODULE)
+    (work / "base.yaml").write_text(yaml.safe_dump({
+        "model": {"class_path": "mymodel.MyMLP", "init_args": {"decay": {"optimizer": "proxadam", "lr": 0.01}}},
+        "data": {"class_path": "mymodel.MyData"},
+        "trainer": {"max_steps": 2, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                    "enable_model_summary": False},
+    }))
+    (scripts / "lightning-decay").write_text(CONSOLE_SCRIPT)  # sys.path[0] is the script's folder, not the cwd
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, str(scripts / "lightning-decay"), "fit", "--config", "base.yaml"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "MyMLP: ProxAdam (proxadam), paper convention" in output

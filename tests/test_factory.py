@@ -128,7 +128,7 @@ def test_adamc_groups_marked_not_normalized_keep_adamw_decay() -> None:
             torch.testing.assert_close(p.detach(), before[id(p)] * factor, rtol=1e-14, atol=0)
     with pytest.warns(UserWarning, match=r"normalized on group\(s\) \['head', 'head_no_decay'\].*AdamW ignores"):
         build_optimizer(SmallCNN(), "adamw", groups={"overrides": [head]})
-    with pytest.raises(TypeError, match="GroupOverride 'head': normalized must be true, false or null"):
+    with pytest.raises(TypeError, match="GroupOverride 'head': normalized must be True, False or None"):
         GroupOverride("head", patterns=["head"], normalized="no")  # type: ignore[arg-type]
 
 

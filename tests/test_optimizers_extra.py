@@ -153,7 +153,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
         return fail
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(CompiledStep, "_warned", False)
+    monkeypatch.setattr(CompiledStep, "_warned", set())
     expected = run_reference("adamw-cautious", True, steps=20)
     with pytest.warns(UserWarning, match="CautiousAdamW: torch.compile .* failed"):
         actual, optimizer = run_optimizer("adamw-cautious", True, steps=20)

@@ -27,7 +27,12 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMonitor, WeightNormMonitor
 from lightning_decay.experiments import CIFAR10DataModule, ImageClassifier
 from lightning_decay.integration import DecaySettings
-from lightning_decay.integration.resumable_loader import ResumableDataLoader, ResumableSampler, TrainProgress
+from lightning_decay.integration.resumable_loader import (
+    ResumableDataLoader,
+    ResumableSampler,
+    TrainProgress,
+    continue_stopped_epoch,
+)
 from lightning_decay.optim import VARIANTS
 
 BATCH = 8  # 40 training images: 5 batches per epoch
@@ -174,19 +179,19 @@ def datamodule(data_dir: Path) -> CIFAR10DataModule:
 
 def run(
     root: Path, data_dir: Path, variant: str, *, ckpt_path: Path | None = None, stop: int | None = None,
-    save_every: int = STOP, extra: list[Callback] | None = None,
+    save_every: int = STOP, extra: list[Callback] | None = None, max_steps: int = -1,
+    checkpoint: ModelCheckpoint | None = None, **settings: Any,
 ) -> tuple[Trainer, list[Callback]]:
-    """One fit of ``EPOCHS`` epochs, saving a checkpoint every ``save_every`` steps; resumed from ``ckpt_path``."""
+    """One fit of ``EPOCHS`` epochs (or ``max_steps``), saving a checkpoint every ``save_every`` steps (or as
+    ``checkpoint`` saves); resumed from ``ckpt_path``. ``settings`` change the decay settings."""
     callbacks = monitors()
+    saving = checkpoint or ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=save_every, save_top_k=-1)
     trainer = quiet_trainer(
-        max_epochs=EPOCHS, deterministic=True, logger=CSVLogger(root, name="csv", version=0), log_every_n_steps=1,
-        limit_val_batches=1, enable_checkpointing=True,
-        callbacks=[
-            ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=save_every, save_top_k=-1), *callbacks,
-            *([Interrupt(stop)] if stop is not None else []), *(extra or []),
-        ],
+        max_epochs=EPOCHS, max_steps=max_steps, deterministic=True, logger=CSVLogger(root, name="csv", version=0),
+        log_every_n_steps=1, limit_val_batches=1, enable_checkpointing=True,
+        callbacks=[saving, *callbacks, *([Interrupt(stop)] if stop is not None else []), *(extra or [])],
     )
-    fit_quietly(trainer, classifier(variant), datamodule=datamodule(data_dir), ckpt_path=ckpt_path)
+    fit_quietly(trainer, classifier(variant, **settings), datamodule=datamodule(data_dir), ckpt_path=ckpt_path)
     return trainer, callbacks
 
 
@@ -340,6 +345,100 @@ def test_resume_from_an_epoch_end_checkpoint(tmp_path: Path, cifar_jpeg_dir: Pat
 
 
 # --------------------------------------------------------------------------------------------------------------
+# A finished fit continued with a larger max_steps
+# --------------------------------------------------------------------------------------------------------------
+
+
+def stopped_and_continued(
+    root: Path, data_dir: Path, variant: str, stop: int
+) -> tuple[Path, dict[str, Any], Trainer]:
+    """A fit with ``max_steps=stop`` (its last checkpoint written as it stops, ``ModelCheckpoint``'s default), then a
+    fit of ``EPOCHS`` epochs from that checkpoint. The schedule's length is fixed (``total_steps``), as in the
+    uninterrupted fit. Returns the last checkpoint, its contents as written, and the continued trainer."""
+    total = EPOCHS * 5
+    run(root / "first", data_dir, variant, max_steps=stop, total_steps=total,
+        checkpoint=ModelCheckpoint(dirpath=root / "first" / "ckpt", save_last=True))
+    last = root / "first" / "ckpt" / "last.ckpt"
+    saved = torch.load(last, weights_only=False)
+    continued, _ = run(root / "continued", data_dir, variant, ckpt_path=last, total_steps=total)
+    return last, saved, continued
+
+
+@pytest.mark.parametrize("stop", [4, STOP], ids=["in-epoch-0", "in-epoch-1"])
+def test_a_stopped_fit_continued_with_more_steps_is_the_uninterrupted_fit(
+    stop: int, tmp_path: Path, runs_root: Path, cifar_jpeg_dir: Path
+) -> None:
+    """``fit(max_steps=k)`` and then ``fit(ckpt_path=<its last checkpoint>)`` with a larger limit is the
+    uninterrupted fit: Lightning counts the epoch that ``max_steps`` cut short as processed, so its checkpoint would
+    resume at the next epoch's first batch (the rest of the epoch never seen). The data module makes the resume
+    continue the epoch: the loop state becomes that of a checkpoint saved after step k's batch
+    (``ModelCheckpoint(every_n_train_steps=k)``), and the weights, optimizer and scheduler state end bitwise where
+    the uninterrupted fit ends, every loss and monitor value after k logged identically."""
+    variant = "adamw-paper"
+    full = uninterrupted_and_resumed(variant, runs_root, cifar_jpeg_dir)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        last, saved, continued = stopped_and_continued(tmp_path, cifar_jpeg_dir, variant, stop)
+    assert not [w for w in caught if "not an exact continuation" in str(w.message)]
+    epochs = saved["loops"]["fit_loop"]["epoch_progress"]["total"]
+    assert saved["global_step"] == stop and epochs["processed"] == epochs["completed"] + 1  # closed by Lightning
+    assert saved["CIFAR10DataModule"]["train_loader"]["batches"] == stop % 5  # ... but not by the data
+    assert_identical(full.state, final_state(continued), f"stopped at {stop} and continued")
+    # the train/acc of the cut-short epoch: the first fit logged its first batches' accuracy as it stopped (and
+    # ImageClassifier's epoch counts restarted), so the continued fit's value covers the epoch's rest only
+    assert assert_same_run_after(full.root, tmp_path / "continued", after=stop, skip=("train/acc",)) > 40
+
+    if stop == STOP:  # the rewritten loop state is the preemption checkpoint's at the same step
+        rewritten = torch.load(last, weights_only=False)
+        assert continue_stopped_epoch(rewritten, rewritten["CIFAR10DataModule"]["train_loader"])
+        preempted = torch.load(checkpoint_at(full.root, STOP), weights_only=False)
+        assert_identical(preempted["loops"], rewritten["loops"], "loops")
+        assert not continue_stopped_epoch(preempted, preempted["CIFAR10DataModule"]["train_loader"])
+
+
+def test_continuing_a_stopped_fit_without_the_loop_fix_warns(
+    tmp_path: Path, runs_root: Path, cifar_jpeg_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the loop state is not rewritten (a data module that does not call continue_stopped_epoch), Lightning
+    starts the next epoch and the sampler warns that the rest of the checkpoint's epoch is skipped -- and the fit
+    is indeed not the uninterrupted one (the comparison sees it)."""
+    monkeypatch.setattr(CIFAR10DataModule, "_continue_stopped_epoch", lambda self, position: None)
+    full = uninterrupted_and_resumed("adamw-paper", runs_root, cifar_jpeg_dir)[0]
+    with pytest.warns(UserWarning, match=r"the rest of epoch 0 is skipped and the run is not an exact continuation"):
+        _, _, continued = stopped_and_continued(tmp_path, cifar_jpeg_dir, "adamw-paper", 4)
+    weights = [k for k in full.state["module"] if k.endswith("weight")]
+    assert any(not torch.equal(full.state["module"][k], final_state(continued)["module"][k]) for k in weights)
+
+
+def test_continue_stopped_epoch_leaves_other_checkpoints_alone() -> None:
+    """Only a checkpoint whose epoch Lightning closed before its last batch, with the data position at the same
+    batch of the same epoch, is rewritten."""
+
+    def checkpoint(processed: int, completed: int, batches: int, last: bool) -> dict[str, Any]:
+        epoch = {"ready": 1, "started": 1, "processed": processed, "completed": completed}
+        batch = {"ready": batches, "started": batches, "processed": batches, "completed": batches}
+        return {"loops": {"fit_loop": {
+            "epoch_progress": {"total": dict(epoch), "current": dict(epoch)},
+            "epoch_loop.batch_progress": {"total": dict(batch), "current": dict(batch), "is_last_batch": last},
+            "epoch_loop.state_dict": {"_batches_that_stepped": batches},
+        }}}
+
+    position = {"epoch": 0, "batches": 3}
+    stopped = checkpoint(1, 0, 3, last=False)
+    assert continue_stopped_epoch(stopped, position)
+    fit = stopped["loops"]["fit_loop"]
+    assert fit["epoch_progress"]["current"] == {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    assert fit["epoch_loop.batch_progress"]["total"]["completed"] == 2
+    assert fit["epoch_loop.state_dict"] == {"_batches_that_stepped": 2}
+    assert not continue_stopped_epoch(stopped, position)  # once
+    assert not continue_stopped_epoch(checkpoint(1, 0, 3, last=True), position)  # the epoch's last batch
+    assert not continue_stopped_epoch(checkpoint(1, 1, 3, last=False), position)  # a completed epoch
+    assert not continue_stopped_epoch(checkpoint(1, 0, 3, last=False), {"epoch": 0, "batches": 2})  # elsewhere
+    assert not continue_stopped_epoch(checkpoint(1, 0, 3, last=False), {"epoch": 1, "batches": 3})
+    assert not continue_stopped_epoch({"state_dict": {}}, position)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The resumable training order
 # --------------------------------------------------------------------------------------------------------------
 
@@ -376,8 +475,15 @@ def test_sampler_resume_skips_exactly_the_consumed_prefix() -> None:
             assert list(resumed) == expected[6:]
             assert list(resumed) == expected  # the resume applies once
             resumed.resume(epoch=2, offset=6 * world)
-            resumed.set_epoch(3)  # a different epoch is not skipped
+            with pytest.warns(UserWarning, match="the rest of epoch 2 is skipped"):
+                resumed.set_epoch(3)  # passing over the unfinished epoch warns; the next epoch is not skipped
             assert len(list(resumed)) == len(expected)
+            resumed.resume(epoch=3, offset=6 * world)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                resumed.set_epoch(3)  # Lightning setting the resumed epoch itself: no warning
+                assert len(list(resumed)) == len(expected) - 6
+                resumed.set_epoch(4)  # after the resumed epoch ran: no warning
 
 
 def test_loader_state_round_trip_and_changed_settings(cifar_jpeg_dir: Path) -> None:

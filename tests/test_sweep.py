@@ -32,7 +32,7 @@ from lightning_decay.sweep import (
     write_wandb_sweeps,
 )
 from lightning_decay.sweep.cell import cell_spec
-from lightning_decay.sweep.heatmaps import plot_sweep
+from lightning_decay.sweep.heatmaps import accuracy_metric, metric_title, plot_accuracy_heatmaps, plot_sweep
 from lightning_decay.sweep.results import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,6 +324,80 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert set(plots) == {"heatmap_accuracy", "heatmap_norm", "norm_curves"}
     for path in plots.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert png_title(plots["heatmap_accuracy"]).startswith("test accuracy (test/acc) (red: best;")
+
+
+def png_title(path: Path) -> str:
+    """The ``Title`` a picture of the sweep carries in its PNG metadata (the title drawn above it)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.info["Title"]
+
+
+def test_heatmap_titles_name_the_metric_plotted(tmp_path: Path) -> None:
+    """Rows of a sweep with ``test: false`` and ``accuracy: val/acc`` (no test/acc logged): every title names
+    val/acc, none says test accuracy; an explicit metric name wins; where val/acc and test/acc are equal in every
+    row, the name the cells recorded decides."""
+    rows = []
+    for row in synthetic_rows():
+        if row["variant"] == "adamw" and row["loss_scale"] == 1:  # one panel is enough here
+            row = {key: value for key, value in row.items() if key != "test/acc"}
+            rows.append({**row, "val/acc": row["accuracy"]})
+    plots = plot_sweep(rows, tmp_path / "val")
+    titles = {name: png_title(path) for name, path in plots.items()}
+    assert titles["heatmap_accuracy"].startswith("validation accuracy (val/acc) (red: best;")
+    assert titles["heatmap_norm"] == "final total weight norm (red: best val/acc)"
+    assert titles["norm_curves"].startswith("weight norm during training, runs with val/acc >= ")
+    assert not any("test" in title for title in titles.values())
+    assert accuracy_metric(rows) == "val/acc" and metric_title("test/acc") == "test accuracy (test/acc)"
+
+    explicit = plot_accuracy_heatmaps(rows, tmp_path / "explicit.png", metric="top1")
+    assert png_title(explicit).startswith("top1 (red: best;")
+
+    both = [{**row, "test/acc": row["accuracy"]} for row in rows]  # the test set is the validation set
+    assert accuracy_metric(both) == "val/acc = test/acc"
+    for row in both:
+        if row["status"] == "ok":
+            write_json_atomic(
+                tmp_path / "both" / "cells" / row["cell"] / "result.json",
+                {"metric_names": {"accuracy": "test/acc", "train_loss": "train/loss"}},
+            )
+    assert accuracy_metric(both, tmp_path / "both") == "test/acc"
+
+
+GRID_VALIDATION_ONLY = """
+name: val_only
+configs: base.yaml
+variant_key: model.init_args.variant
+variants: [adamw]
+axes:
+  lr: {key: model.init_args.lr, values: [1e-3]}
+  weight_decay: {key: model.init_args.weight_decay, values: [0.0]}
+overrides:
+  trainer.max_epochs: 1
+metrics: {accuracy: val/acc}
+test: false
+output: OUTPUT
+"""
+
+
+def test_sweep_without_test_titles_its_heatmap_with_the_validation_metric(
+    tmp_path: Path, cifar_jpeg_tar: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real one-cell sweep with ``test: false`` and ``metrics: {accuracy: val/acc}``: its accuracy heatmap is
+    titled with val/acc (it said "test accuracy")."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    write_base_config(tmp_path, cifar_jpeg_tar)
+    output = tmp_path / "out"
+    grid = GridSpec.load(write_grid(tmp_path, GRID_VALIDATION_ONLY.replace("OUTPUT", str(output))))
+    summary = run_sweep(grid, jobs=1, validate=False, log=lambda line: None)
+    assert summary.exit_code == 0, summary
+    (row,) = load_results(output)
+    assert row["accuracy"] == row["val/acc"] and "test/acc" not in row
+    title = png_title(output / "heatmap_accuracy.png")
+    assert title.startswith("validation accuracy (val/acc) (red: best;") and "test" not in title
+    assert png_title(output / "heatmap_norm.png") == "final total weight norm (red: best val/acc)"
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Parametrized over ``REGISTRY``: a new variant is covered by these tests as soon 
 formula (a variant without one fails here, naming the file to edit). Per variant: the trajectory on every kernel
 path it has (torch's single / foreach / fused kernels, or the compiled and eager multi-tensor steps) over 120 steps
 of warmup + cosine with three parameter groups; the decay factor it reports against the reference's zero-gradient
-step; scale-freeness as the record states it; and the sign-flip guard against the reference's factor.
+step; scale-freeness as the record states it; and the sign-flip guard against the reference's factor. The trajectory
+tests also run with a 0-dim tensor lr (filled in place by the scheduler, as torch's schedulers do) and with a complex
+parameter, which every variant must step as its real pair (as torch's Adam and SGD do).
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ KERNEL_PATHS = {
     "compiled": [{"fused": False}, {"foreach": True}],  # eager; the compiled kernel: test_compiled_step_...
 }
 NAMES = list(REGISTRY)
+LR_KINDS = [(True, "float"), (False, "float"), (True, "tensor")]
+
+
+def accepts_tensor_lr(info: VariantInfo, options: dict[str, Any]) -> bool:
+    """torch's restriction, kept by the variants running torch's Adam kernel: no tensor lr on the foreach path
+    unless capturable. torch's SGD and the compiled kernels take one everywhere."""
+    return not (info.family == "adam" and info.kernel == "torch" and options.get("foreach"))
+
+
+def accepts_complex(info: VariantInfo, options: dict[str, Any]) -> bool:
+    """torch's fused Adam kernel has no complex version; every other path steps a complex parameter."""
+    return not (info.family == "adam" and info.kernel == "torch" and options.get("fused"))
 
 
 def reference_step_of(info: VariantInfo) -> Any:
@@ -82,40 +96,94 @@ def run_reference(info: VariantInfo, scheduled: bool = True, steps: int = STEPS,
     return trajectory.run_reference(lambda w: new_reference_state(info, w), step, groups, scheduled, steps, scale)
 
 
-def run_variant(info: VariantInfo, scheduled: bool = True, steps: int = STEPS, scale: float = 1.0, **options):
+def run_variant(
+    info: VariantInfo,
+    scheduled: bool = True,
+    steps: int = STEPS,
+    scale: float = 1.0,
+    *,
+    tensor_lr: bool = False,
+    complex_params: bool = False,
+    **options,
+):
+    """The variant on the family's problem; ``tensor_lr``: each group's lr a float64 0-dim tensor (the scheduler
+    fills it in place); ``complex_params``: the (4, 3, 2) tensor is a complex (4, 3) parameter."""
     groups = GROUPS[info.family]
 
     def make(params):
         param_groups = [
-            {"params": p, "lr": g["lr"], "weight_decay": g["weight_decay"], **extra}
+            {"params": p, "lr": torch.tensor(g["lr"], dtype=torch.float64) if tensor_lr else g["lr"],
+             "weight_decay": g["weight_decay"], **extra}
             for p, g, extra in zip(params, groups, FAMILY_GROUP_SETTINGS[info.family])
         ]
-        return info.build(param_groups, **options)
+        optimizer = info.build(param_groups, **options)
+        if tensor_lr:
+            assert all(isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups)
+        return optimizer
 
-    return trajectory.run_optimizer(make, groups, scheduled, steps, scale)
+    weights, optimizer = trajectory.run_optimizer(make, groups, scheduled, steps, scale, complex_params)
+    if tensor_lr:  # still the tensors given, filled in place by the scheduler
+        assert all(isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups)
+    return weights, optimizer
 
 
-@pytest.mark.parametrize("scheduled", [True, False], ids=["warmup-cosine", "constant"])
+@pytest.mark.parametrize(("scheduled", "lr_kind"), LR_KINDS, ids=["warmup-cosine", "constant", "tensor-lr"])
 @pytest.mark.parametrize("name", NAMES)
-def test_every_kernel_path_matches_the_float64_reference(name: str, scheduled: bool) -> None:
+def test_every_kernel_path_matches_the_float64_reference(name: str, scheduled: bool, lr_kind: str) -> None:
+    """Every kernel path, with a float lr (scheduled or constant) and with a 0-dim tensor lr that the scheduler
+    fills in place; where torch refuses a tensor lr (its foreach Adam kernel), the error names lr."""
     info = REGISTRY[name]
+    tensor_lr = lr_kind == "tensor"
     expected = run_reference(info, scheduled)
     for options in KERNEL_PATHS[info.kernel]:
-        actual, _ = run_variant(info, scheduled, **options)
+        if tensor_lr and not accepts_tensor_lr(info, options):
+            with pytest.raises(ValueError, match=r"^lr .*Tensor.*foreach"):
+                run_variant(info, scheduled, steps=1, tensor_lr=True, **options)
+            continue
+        actual, _ = run_variant(info, scheduled, tensor_lr=tensor_lr, **options)
         assert max_relative_error(actual, expected) < 1e-12, options
     # The trajectory really moved and the decay mattered: not a vacuous comparison.
     assert max_relative_error(expected, trajectory.initial_weights(GROUPS[info.family])) > 0.1
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_complex_parameter_steps_as_its_real_pair(name: str) -> None:
+    """A complex parameter (float64 pairs) among real ones: on every kernel path its trajectory is the real pair's,
+    to the last bit, and the reference's. torch's fused Adam kernel has no complex version: a clear error at
+    construction instead of a failure midway through a step."""
+    info = REGISTRY[name]
+    steps = 40
+    expected = run_reference(info, steps=steps)
+    for options in KERNEL_PATHS[info.kernel]:
+        if not accepts_complex(info, options):
+            with pytest.raises(ValueError, match=r"fused.*complex"):
+                run_variant(info, steps=1, complex_params=True, **options)
+            continue
+        actual, optimizer = run_variant(info, steps=steps, complex_params=True, **options)
+        # The real problem on the kernel the optimizer chose (by default torch's fused kernels are not chosen when
+        # a parameter is complex: torch's default kernel then runs every group)
+        chosen = {"fused": bool(optimizer.defaults["fused"]), "foreach": optimizer.defaults["foreach"]}
+        real_pair, _ = run_variant(info, steps=steps, **chosen)
+        assert max_relative_error(actual, expected) < 1e-12, options
+        assert all(torch.equal(a, b) for group_a, group_b in zip(actual, real_pair) for a, b in zip(group_a, group_b))
+        complex_param = optimizer.param_groups[1]["params"][0]
+        assert complex_param.is_complex()
+        for value in optimizer.state[complex_param].values():  # torch's state: complex buffers, a real step count
+            assert value.is_complex() == (value.dim() > 0)
+
+
 @pytest.mark.parametrize("name", [name for name, info in REGISTRY.items() if info.kernel == "compiled"])
 def test_compiled_step_matches_the_reference_without_recompiling(name: str) -> None:
+    """The default path, the compiled kernel: one graph for a changing lr, a float or tensor lr, real or complex
+    parameters (as real pairs)."""
     info = REGISTRY[name]
     expected = run_reference(info)
     torch._dynamo.reset()  # other tests may have compiled the same kernel for other shapes
     with torch._dynamo.config.patch(error_on_recompile=True):
-        actual, optimizer = run_variant(info)  # the default path: the compiled kernel (the lr changes every step)
-    assert optimizer._kernel.compiled is not None and not optimizer._kernel.failed
-    assert max_relative_error(actual, expected) < 1e-12
+        for kind in ({}, {"tensor_lr": True}, {"complex_params": True}):
+            actual, optimizer = run_variant(info, **kind)  # the lr changes every step
+            assert optimizer._kernel.compiled is not None and not optimizer._kernel.failed
+            assert max_relative_error(actual, expected) < 1e-12, kind
 
 
 def test_the_registry_describes_what_it_builds() -> None:

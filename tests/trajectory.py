@@ -1,7 +1,10 @@
 """The float64 trajectory problem the optimizer tests share: several parameter groups (``groups``: dicts with
 ``shapes``, ``lr``, ``weight_decay``), deterministic gradients that depend on the weights and the step, and an
 optional warmup+cosine ``LambdaLR``. The optimizer under test and the reference step (``tests/reference.py``) run
-the same problem; the tests compare the weights they reach."""
+the same problem; the tests compare the weights they reach.
+
+With ``complex_params``, every tensor whose last dimension is 2 becomes a complex parameter (``torch.view_as_complex``),
+its gradient the complex view of the real pair's: the optimizer must follow the real problem's trajectory."""
 
 from __future__ import annotations
 
@@ -37,21 +40,44 @@ def max_relative_error(actual: Weights, expected: Weights) -> float:
     return worst
 
 
+def as_complex_pair(w: Tensor) -> bool:
+    """True for a tensor that :func:`run_optimizer` turns into a complex parameter (last dimension 2)."""
+    return w.dim() > 0 and w.shape[-1] == 2
+
+
+def real_view(p: Tensor) -> Tensor:
+    """A parameter as the real tensor the reference steps: the real pair of a complex one."""
+    return torch.view_as_real(p.detach()) if p.is_complex() else p.detach()
+
+
 def run_optimizer(
-    make: Callable[[Weights], torch.optim.Optimizer], groups: Groups, scheduled: bool, steps: int, scale: float = 1.0
+    make: Callable[[Weights], torch.optim.Optimizer],
+    groups: Groups,
+    scheduled: bool,
+    steps: int,
+    scale: float = 1.0,
+    complex_params: bool = False,
 ) -> tuple[Weights, torch.optim.Optimizer]:
-    """``steps`` steps of ``make(params)`` (params: one list of tensors per group) on the problem."""
-    params = [[w.clone().requires_grad_(True) for w in group] for group in initial_weights(groups)]
+    """``steps`` steps of ``make(params)`` (params: one list of tensors per group) on the problem; the weights
+    come back real (a complex parameter as its real pair)."""
+    params = [
+        [torch.view_as_complex(w.clone()) if complex_params and as_complex_pair(w) else w.clone() for w in group]
+        for group in initial_weights(groups)
+    ]
+    for group in params:
+        for p in group:
+            p.requires_grad_(True)
     optimizer = make(params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine) if scheduled else None
     for step in range(steps):
         for group_index, group in enumerate(params):
             for param_index, p in enumerate(group):
-                p.grad = gradient(p.detach(), step, 10 * group_index + param_index, scale)
+                grad = gradient(real_view(p), step, 10 * group_index + param_index, scale)
+                p.grad = torch.view_as_complex(grad) if p.is_complex() else grad
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-    return [[p.detach() for p in group] for group in params], optimizer
+    return [[real_view(p) for p in group] for group in params], optimizer
 
 
 def run_reference(

@@ -17,10 +17,17 @@ The monitors share :class:`~lightning_decay.callbacks.base.StepMonitor` (cadence
 :mod:`lightning_decay.diagnostics`, free of Lightning. Key names and derivations: ``docs/monitoring.md``.
 """
 
-from lightning_decay.callbacks.base import LayerFilter
+from lightning_decay.callbacks.base import LayerFilter, MonitorWarning
 from lightning_decay.callbacks.effective_decay import EffectiveDecayMonitor
 from lightning_decay.callbacks.scale_invariance import ScaleInvarianceMonitor
 from lightning_decay.callbacks.training_report import TrainingReport
 from lightning_decay.callbacks.weight_norm import WeightNormMonitor
 
-__all__ = ["WeightNormMonitor", "EffectiveDecayMonitor", "ScaleInvarianceMonitor", "TrainingReport", "LayerFilter"]
+__all__ = [
+    "WeightNormMonitor",
+    "EffectiveDecayMonitor",
+    "ScaleInvarianceMonitor",
+    "TrainingReport",
+    "LayerFilter",
+    "MonitorWarning",
+]

@@ -4,8 +4,12 @@ logging step's values, and the choice of layers.
 A monitor subclasses :class:`StepMonitor` and implements ``_after_step`` (weights updated), optionally
 ``_before_step`` (gradients final, weights not yet updated); both run on logging steps only, every
 ``log_every_n_steps`` optimizer steps (default: the trainer's), at the step number Lightning's own ``self.log``
-uses. The values go through every logger of the trainer on global rank 0; non-logging steps cost one integer
-comparison.
+uses. The values of all monitors of a trainer for one step go through every logger of the trainer on global
+rank 0 in one ``log_metrics`` call (:class:`StepRow`: one row of a CSVLogger's ``metrics.csv``); non-logging steps
+cost one integer comparison.
+
+What a monitor will not log, it says once per fit (a :class:`MonitorWarning`): a fit too short for its interval,
+a trainer without loggers, a ``layers=`` filter that matches nothing (and, per monitor, the checks it runs).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -27,8 +32,10 @@ from lightning_decay.validation import check_bool, check_int
 
 __all__ = [
     "LayerFilter",
+    "MonitorWarning",
     "StepMetrics",
     "StepMonitor",
+    "StepRow",
     "all_layers",
     "weight_layers",
     "layer_matcher",
@@ -94,6 +101,19 @@ def steps_per_epoch(trainer: pl.Trainer) -> float | None:
     return float(math.ceil(batches / max(1, trainer.accumulate_grad_batches)))
 
 
+class MonitorWarning(UserWarning):
+    """What a monitor does not log, and why (issued once per cause per fit, on global rank 0)."""
+
+
+def warn_once(message: str) -> None:
+    """A :class:`MonitorWarning` on global rank 0."""
+    rank_zero_warn(message, category=MonitorWarning, stacklevel=5)  # the monitor's line
+
+
+def _monitor_names(monitors: Sequence[Callback]) -> str:
+    return ", ".join(dict.fromkeys(type(monitor).__name__ for monitor in monitors))
+
+
 class StepMetrics:
     """Keys and values of one logging step; tensor values are moved to the host together, once."""
 
@@ -126,9 +146,46 @@ class StepMetrics:
         return metrics
 
 
+class StepRow:
+    """The values all monitors of one trainer log for one step, written with one ``log_metrics`` call per logger
+    (one row of a CSVLogger's ``metrics.csv``, one W&B history row) by the last monitor of the trainer's callback
+    list, after every monitor has added its values for the step."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.values: dict[str, float] = {}
+        #: W&B-only objects (histograms), written with the values to ``WandbLogger`` instances only.
+        self.media: dict[str, Any] = {}
+
+    def add(self, trainer: pl.Trainer, step: int, values: Mapping[str, float], media: Mapping[str, Any]) -> None:
+        if self.step is not None and self.step != step:  # left over from an earlier step: write it first
+            self.flush(trainer)
+        self.step = step
+        self.values.update(values)
+        self.media.update(media)
+
+    def flush(self, trainer: pl.Trainer) -> None:
+        """Write the collected values (nothing when none); then start empty."""
+        step, values, media = self.step, self.values, self.media
+        self.step, self.values, self.media = None, {}, {}
+        if step is None or not (values or media):
+            return
+        wandb = set(map(id, wandb_loggers(trainer)))
+        for logger in trainer.loggers:
+            if id(logger) in wandb and media:
+                logger.log_metrics({**values, **media}, step=step)
+            elif values:
+                logger.log_metrics(values, step=step)
+
+
+def _step_monitors(trainer: pl.Trainer) -> list[StepMonitor]:
+    return [callback for callback in trainer.callbacks if isinstance(callback, StepMonitor)]
+
+
 class StepMonitor(Callback):
     """Runs ``_before_step`` (grads ready, weights not yet updated) and ``_after_step`` (weights updated) on
-    logging steps only, and logs what ``_after_step`` returns through every logger of the trainer.
+    logging steps only, and logs what ``_after_step`` returns through every logger of the trainer: the values of
+    all monitors of the trainer for one step in one ``log_metrics`` call (:class:`StepRow`).
 
     With a ``WandbLogger`` (and ``wandb_summary``), the latest per-layer values kept by ``_update_summary`` are
     logged at each epoch end as ``tables/<_summary_name>`` and, for ``_summary_plot_columns``, a bar chart
@@ -154,6 +211,14 @@ class StepMonitor(Callback):
         self.last_metrics: dict[str, float] = {}
         #: layer -> column -> latest value, for the W&B epoch summary.
         self._summary: dict[str, dict[str, float]] = {}
+        #: This monitor's row; the first monitor's row is shared by all monitors of a trainer.
+        self._own_row = StepRow()
+        self._row = self._own_row
+        self._flushes = True
+        #: Logging steps of the current fit, and whether the cadence warning named this monitor.
+        self._logged_steps = 0
+        self._cadence_warned = False
+        self._start_step = 0
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -162,10 +227,103 @@ class StepMonitor(Callback):
         self._params = [p for _, p in named]
         self._flat_group = flat_shard_group(trainer)
         self._selected = [i for i, (n, p) in enumerate(named) if self._match(n, p)]
+        monitors = _step_monitors(trainer) or [self]
+        self._row = monitors[0]._own_row
+        self._flushes = monitors[-1] is self
+        self._start_step = logging_step_index(trainer)
+        if monitors[0] is self:  # the first monitor of the trainer starts the fit for all of them
+            self._own_row = self._row = StepRow()
+            for monitor in monitors:
+                monitor._logged_steps = 0
+                monitor._cadence_warned = False
+            self._warn_cadence(trainer, monitors)
+        if not self._selected:
+            self._warn_no_layers(trainer)
         self._setup(trainer, pl_module)
 
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Per-monitor setup, after the parameters are known."""
+
+    # -- what is not logged ------------------------------------------------------------------------------------
+    def _warn_no_layers(self, trainer: pl.Trainer) -> None:
+        """No layer selected: warn when ``layers=`` was given (the default selection of a monitor that needs
+        layers warns in the subclass)."""
+        if self.layers is None or not self._names:
+            return
+        warn_once(
+            f"{type(self).__name__}: layers={self.layers!r} matches none of the {len(self._names)} trainable"
+            f" parameters (names such as {', '.join(self._names[:3])}), so no per-layer keys are logged;"
+            " change layers= (a regex searched in the parameter names)"
+        )
+
+    def _interval_setting(self) -> str:
+        """Where this monitor's interval comes from, as a setting to change."""
+        if self.log_every_n_steps is None:
+            return "Trainer(log_every_n_steps=...) or the monitor's log_every_n_steps"
+        return f"{type(self).__name__}(log_every_n_steps=...)"
+
+    def _logs_when_due(self, trainer: pl.Trainer) -> bool:
+        """Logging is on (an interval > 0, not a ``fast_dev_run``): a fit in which it logs nothing deserves a word."""
+        return self._interval(trainer) > 0 and not getattr(trainer, "fast_dev_run", False)
+
+    def _warn_cadence(self, trainer: pl.Trainer, monitors: Sequence[StepMonitor]) -> None:
+        """Once per fit, for all monitors of the trainer: nothing will be logged because the trainer has no logger,
+        or because no step of this fit is a logging step of the monitor's interval."""
+        active = [m for m in monitors if m._logs_when_due(trainer)]
+        if not active:
+            return
+        if not trainer.loggers:
+            for monitor in active:
+                monitor._cadence_warned = True
+            warn_once(
+                f"{_monitor_names(active)}: the trainer has no logger (Trainer(logger=False)), so nothing is logged;"
+                " give the Trainer a logger (e.g. CSVLogger) to record the monitors' values"
+            )
+            return
+        try:
+            total = trainer.estimated_stepping_batches
+        except Exception:  # an epoch length Lightning cannot estimate: judged at the end of the fit instead
+            return
+        if not isinstance(total, int | float) or not math.isfinite(total):
+            return
+        total, start = int(total), self._start_step
+        by_interval: dict[tuple[int, str], list[StepMonitor]] = {}
+        for monitor in active:
+            every = monitor._interval(trainer)
+            if total // every <= start // every:  # no (step + 1) % every == 0 for step in [start, total)
+                by_interval.setdefault((every, monitor._interval_setting()), []).append(monitor)
+        for (every, setting), silent in by_interval.items():
+            for monitor in silent:
+                monitor._cadence_warned = True
+            span = f"the run's {total} optimizer steps" if start == 0 else (
+                f"the {total - start} optimizer steps left in this fit (steps {start + 1}-{total})"
+            )
+            first = (start // every + 1) * every
+            warn_once(
+                f"{_monitor_names(silent)}: nothing will be logged: log_every_n_steps={every} > {span} (the first"
+                f" logging step would be optimizer step {first}); set {setting} to at most {max(1, total - start)}"
+            )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._row.flush(trainer)
+        monitors = _step_monitors(trainer) or [self]
+        if monitors[0] is not self:
+            return
+        done = logging_step_index(trainer) - self._start_step
+        silent = [
+            m for m in monitors
+            if m._logs_when_due(trainer) and trainer.loggers and not m._logged_steps and not m._cadence_warned
+        ]
+        by_interval: dict[tuple[int, str], list[StepMonitor]] = {}
+        for monitor in silent:
+            by_interval.setdefault((monitor._interval(trainer), monitor._interval_setting()), []).append(monitor)
+        for (every, setting), quiet in by_interval.items():
+            if done <= 0:
+                continue
+            warn_once(
+                f"{_monitor_names(quiet)}: logged nothing in this fit: log_every_n_steps={every} > the {done}"
+                f" optimizer steps the fit ran before it stopped; set {setting} to at most {done}"
+            )
 
     # -- cadence -------------------------------------------------------------------------------------------------
     def _interval(self, trainer: pl.Trainer) -> int:
@@ -194,11 +352,12 @@ class StepMonitor(Callback):
     ) -> None:
         stepped, logging = self._stepped, self._logging
         self._stepped = self._logging = False
-        if not (stepped and logging):
-            return
-        with torch.no_grad():
-            metrics = self._after_step(trainer, pl_module)
-        self._emit(trainer, metrics)
+        if stepped and logging:
+            with torch.no_grad():
+                metrics = self._after_step(trainer, pl_module)
+            self._emit(trainer, metrics)
+        if self._flushes:  # the last monitor of the trainer: every monitor has added its values for this step
+            self._row.flush(trainer)
 
     def _before_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
         """Called on logging steps before each optimizer step (grads final, weights not updated)."""
@@ -209,21 +368,18 @@ class StepMonitor(Callback):
 
     # -- output --------------------------------------------------------------------------------------------------
     def _emit(self, trainer: pl.Trainer, metrics: StepMetrics) -> None:
+        """Add this step's values to the trainer's :class:`StepRow` (written once all monitors have added theirs)."""
         values = metrics.resolve()
         self.last_metrics = values
+        self._logged_steps += 1
         if not trainer.is_global_zero:
             return
-        step = logging_step_index(trainer)
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=step)
-        loggers = wandb_loggers(trainer)
-        if loggers:
+        media: dict[str, Any] = {}
+        if wandb_loggers(trainer):
             if self.wandb_summary:
                 self._update_summary(values)
-            extra = self._wandb_step_media(values)
-            if extra:
-                for logger in loggers:
-                    logger.log_metrics(extra, step=step)
+            media = self._wandb_step_media(values)
+        self._row.add(trainer, logging_step_index(trainer), values, media)
 
     def _update_summary(self, values: Mapping[str, float]) -> None:
         """Keep the latest per-layer values for the epoch-end W&B table."""

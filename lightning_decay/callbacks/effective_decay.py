@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_decay.callbacks.base import LayerFilter, StepMetrics, StepMonitor, steps_per_epoch
+from lightning_decay.callbacks.base import LayerFilter, StepMetrics, StepMonitor, steps_per_epoch, warn_once
 from lightning_decay.callbacks.media import update_layer_summary
 from lightning_decay.diagnostics.decay import (
     decay_mask,
@@ -81,10 +81,12 @@ class EffectiveDecayMonitor(StepMonitor):
       term next to the loss gradient (before the step).
     * optimizers without a rule: ``lr/`` and ``eta/`` only.
 
-    Groups with ``weight_decay == 0`` get ``lr/``, ``eta/`` and ``decay_factor/`` (1) only.
+    Groups with ``weight_decay == 0`` get ``lr/``, ``eta/`` and ``decay_factor/`` (1) only. With a ``WandbLogger``:
+    ``tables/effective_decay`` at each epoch end. An optimizer with weight decay but no rule gets a warning (once
+    per fit) saying its decay is not reported.
     """
 
-    _summary_name = "decay"
+    _summary_name = "effective_decay"
 
     def __init__(
         self, log_every_n_steps: int | None = None, layers: LayerFilter = None, wandb_summary: bool = True
@@ -99,6 +101,20 @@ class EffectiveDecayMonitor(StepMonitor):
         self._name_of = {id(self._params[i]): self._names[i] for i in range(len(self._params))}
         self._selected_ids = {id(self._params[i]) for i in self._selected}
         self._group_tensors: dict[tuple[int, int], ShardedTensors] = {}
+        unknown = [
+            name
+            for optimizer, names in zip(self._optimizers, self._group_names)
+            for group, name in zip(optimizer.param_groups, names)
+            if rule_of(optimizer, group) is None and float(group.get("weight_decay", 0.0) or 0.0) > 0
+        ]
+        if unknown:
+            classes = sorted({type(o).__name__ for o in self._optimizers if rule_of(o, o.param_groups[0]) is None})
+            warn_once(
+                f"EffectiveDecayMonitor: {', '.join(classes)} has no decay rule"
+                " (lightning_decay.optim.registry.rule_of), so its weight decay is not reported: only lr/ and eta/"
+                f" are logged for the groups {', '.join(unknown)}; decay_factor/ and the timescales need a"
+                " registered variant (lightning_decay.optim.REGISTRY) or torch's Adam, AdamW or SGD"
+            )
 
     def _tensors_of(self, optimizer_index: int, group_index: int, group: dict[str, Any]) -> ShardedTensors:
         key = (optimizer_index, group_index)

@@ -8,19 +8,27 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_decay.callbacks.base import LayerFilter, StepMetrics, StepMonitor, logging_step_index, weight_layers
+from lightning_decay.callbacks.base import (
+    LayerFilter,
+    StepMetrics,
+    StepMonitor,
+    logging_step_index,
+    warn_once,
+    weight_layers,
+)
 from lightning_decay.callbacks.batches import NotPortableError, batch_to_device, first_samples, portable_batch
 from lightning_decay.callbacks.media import update_layer_summary
 from lightning_decay.diagnostics.equilibrium import (
     EquilibriumPrediction,
     angular_update,
     effective_lr,
+    equilibrium_not_derived,
     rotational_equilibrium,
 )
+from lightning_decay.diagnostics.names import clean_parameter_name
 from lightning_decay.diagnostics.scale_freeness import scale_check
 from lightning_decay.diagnostics.sharded_norms import ShardedTensors
 from lightning_decay.validation import check_int, check_nonnegative, check_positive
@@ -30,6 +38,59 @@ __all__ = ["ScaleInvarianceMonitor"]
 _TINY = 1e-30
 #: The prediction of a layer no optimizer steps.
 _NO_PREDICTION = EquilibriumPrediction(math.nan, math.nan, math.nan, adam_like=False)
+#: Normalization layers that can make the weights before them scale-invariant.
+_NORMALIZATIONS = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, *(
+        (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+    ),
+)
+#: The keys that need a layer labeled scale-invariant (and, the first two, a derived equilibrium).
+_INVARIANT_KEYS = (
+    "scale_invariance/angular_update_equilibrium, scale_invariance/weight_norm_equilibrium and"
+    " scale_invariance/effective_lr"
+)
+
+
+def _feature_size(norm: nn.Module) -> int | None:
+    """The number of features a normalization that keeps a per-feature bias normalizes over (None: BatchNorm,
+    whose per-channel mean removes such a bias, and others)."""
+    if isinstance(norm, nn.GroupNorm):
+        return norm.num_channels
+    shape = getattr(norm, "normalized_shape", None)  # LayerNorm, RMSNorm
+    return int(shape[-1]) if isinstance(norm, _NORMALIZATIONS) and shape else None
+
+
+def likely_cause(pl_module: nn.Module, param: Tensor) -> str:
+    """Why the loss is probably not scale-invariant in ``param`` (a weight expected to sit before a normalization):
+    no normalization layer in the model; a trainable nonzero bias of the same module when a LayerNorm / GroupNorm /
+    RMSNorm of the layer's width exists (it keeps the bias, which does not scale with the weight); or (else) what
+    invariance needs."""
+    modules = list(pl_module.modules())
+    norms = [m for m in modules if isinstance(m, _NORMALIZATIONS)]
+    if not norms:
+        return (
+            "the model has no normalization layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm), and without one no"
+            " weight is scale-invariant"
+        )
+    owner = next((m for m in modules if any(p is param for p in m.parameters(recurse=False))), None)
+    bias = getattr(owner, "bias", None) if owner is not None else None
+    width = param.shape[0] if param.ndim >= 1 else None
+    bias_kept = any(_feature_size(norm) == width for norm in norms)
+    if (
+        bias_kept and isinstance(bias, Tensor) and bias is not param and bias.requires_grad
+        and bool(bias.detach().ne(0).any())
+    ):
+        name = next((clean_parameter_name(n) for n, p in pl_module.named_parameters() if p is bias), "its bias")
+        return (
+            f"a bias before a normalization breaks invariance: {name} is added before the normalization and does not"
+            " scale with the weight (a LayerNorm/GroupNorm keeps it; only BatchNorm's per-channel mean removes it);"
+            " build the layer with bias=False"
+        )
+    return (
+        "a weight is scale-invariant only when a normalization follows it with nothing in between whose scale"
+        " matters (a bias kept by the normalization, a residual added before it); layers without one (a classifier"
+        " head, a model whose normalization sits elsewhere) are not"
+    )
 
 
 def _training_step_loss(pl_module: pl.LightningModule, batch: Any) -> Tensor:
@@ -78,6 +139,10 @@ class ScaleInvarianceMonitor(StepMonitor):
       recomputed (train mode, same RNG seed, buffers such as BatchNorm statistics restored), and the layer labeled
       invariant when the relative change is ``<= check_tolerance``
       (:func:`~lightning_decay.diagnostics.scale_freeness.scale_check`).
+
+    With a ``WandbLogger``: ``tables/scale_invariance`` and ``plots/scale_invariance`` at each epoch end. When a
+    check labels no layer invariant, or an invariant layer's optimizer has no equilibrium prediction, a warning
+    (once per fit) says which keys are missing and why.
 
     ``check_every_n_steps``: the check runs after the first optimizer step of training (a one-time start-up cost:
     one forward pass per monitored layer on the fixed batch) and then every ``check_every_n_steps`` optimizer steps
@@ -128,6 +193,10 @@ class ScaleInvarianceMonitor(StepMonitor):
         self._pending_check: list[tuple[str, list[str], Tensor]] = []
         self._check_off_reason: str | None = None
         self._warned_unportable = False
+        #: This fit warned already that no layer passed the check / that a prediction is not derived.
+        self._warned_no_invariant = False
+        self._warned_no_prediction = False
+        self._module: nn.Module | None = None
 
     @property
     def _checks_enabled(self) -> bool:
@@ -146,10 +215,21 @@ class ScaleInvarianceMonitor(StepMonitor):
                     owner[id(param)] = (optimizer, group)
         self._owner = [owner.get(id(p)) for p in params]
         self._check_off_reason = None
+        self._warned_no_invariant = self._warned_no_prediction = False
         if self._flat_group is not None and self.loss_fn is None and self._checks_enabled:
             # FSDP1 unshards parameters in the wrapped module's forward, which training_step called from here bypasses.
             self._check_off_reason = "FSDP1 (FSDPStrategy) needs loss_fn=(module, batch) -> loss that runs the model"
-            rank_zero_warn(f"ScaleInvarianceMonitor: numerical scale check off: {self._check_off_reason}")
+            warn_once(f"ScaleInvarianceMonitor: numerical scale check off: {self._check_off_reason}")
+
+    def _warn_no_layers(self, trainer: pl.Trainer) -> None:
+        if self.layers is not None:
+            super()._warn_no_layers(trainer)
+        elif self._names:
+            flat = " (FSDP1 flattens parameters to 1-D: pass layers=)" if self._flat_group is not None else ""
+            warn_once(
+                "ScaleInvarianceMonitor: no layer to monitor: the default selects weights with ndim >= 2 and none of"
+                f" the {len(self._names)} trainable parameters has one{flat}, so nothing is logged; pass layers="
+            )
 
     # -- the fixed batch -----------------------------------------------------------------------------------------
     def on_train_batch_start(
@@ -212,12 +292,33 @@ class ScaleInvarianceMonitor(StepMonitor):
             chosen = [names[i] for i in derived]
             metrics.add("scale_invariance/angular_update_equilibrium/", chosen, before["angle_eq"][index])
             metrics.add("scale_invariance/weight_norm_equilibrium/", chosen, before["norm_eq"][index])
+        if len(derived) < len(invariant) and not self._warned_no_prediction:
+            self._warn_no_prediction([i for i in invariant if i not in derived])
         effective = [i for i in invariant if self._owner[i] is not None]
         if effective:
             index = torch.tensor(effective, dtype=torch.long)
             value = effective_lr(before["lr"][index], new_norm.cpu()[index], before["adam_like"][index])
             metrics.add("scale_invariance/effective_lr/", [names[i] for i in effective], value)
         return metrics
+
+    def _warn_no_prediction(self, missing: list[int]) -> None:
+        """Once per fit: layers labeled scale-invariant get no equilibrium prediction (and why)."""
+        reasons: dict[str, list[str]] = {}
+        for i in missing:
+            owner = self._owner[i]
+            reason = equilibrium_not_derived(*owner) if owner is not None else "no optimizer steps it"
+            if reason is not None:
+                reasons.setdefault(reason, []).append(self._layer_names[i])
+        if not reasons:
+            return
+        self._warned_no_prediction = True
+        parts = [f"{', '.join(names)}: {reason}" for reason, names in reasons.items()]
+        warn_once(
+            "ScaleInvarianceMonitor: no scale_invariance/angular_update_equilibrium or weight_norm_equilibrium for "
+            + "; ".join(parts)
+            + ". The rotational equilibrium is derived for Adam-family rules with one decay factor per step"
+            " (AdamW both conventions, ProxAdam, AdamC, torch.optim.AdamW); see docs/monitoring.md"
+        )
 
     # -- the numerical check -------------------------------------------------------------------------------------
     def on_train_batch_end(
@@ -250,10 +351,29 @@ class ScaleInvarianceMonitor(StepMonitor):
         self.loss_changes = dict(zip(self._layer_names, values))
         self.labels = {name: value <= self.check_tolerance for name, value in self.loss_changes.items()}
         invariant = torch.tensor([float(self.labels[n]) for n in self._layer_names])
+        if values and not any(self.labels.values()) and not self._warned_no_invariant:
+            self._warn_no_invariant(pl_module, values)
         self._pending_check = [
             ("scale_invariance/loss_change/", self._layer_names, changes),
             ("scale_invariance/invariant/", self._layer_names, invariant),
         ]
+
+    def _warn_no_invariant(self, pl_module: pl.LightningModule, changes: list[float]) -> None:
+        """Once per fit: the check labeled no layer scale-invariant, so the keys that need one are not logged."""
+        self._warned_no_invariant = True
+        finite = [(change, i) for i, change in enumerate(changes) if math.isfinite(change)]
+        best, index = min(finite) if finite else (math.nan, 0)
+        name = self._layer_names[index]
+        cause = likely_cause(pl_module, self._tensors.tensors[index])
+        close = (
+            f"; if {best:.2g} is numerical noise, raise check_tolerance" if best <= 10 * self.check_tolerance else ""
+        )
+        warn_once(
+            f"ScaleInvarianceMonitor: no layer passed the scale-invariance check (best relative loss change"
+            f" {best:.2g} > check_tolerance {self.check_tolerance:g}, for {name}, weights scaled by"
+            f" {self.check_scale:g}), so {_INVARIANT_KEYS} are not logged. Likely cause: {cause}. To log the"
+            f" predictions for every monitored layer without the check, set check_every_n_steps=0{close}"
+        )
 
     # -- resume / summary ----------------------------------------------------------------------------------------
     @property
@@ -285,7 +405,7 @@ class ScaleInvarianceMonitor(StepMonitor):
             except NotPortableError as error:
                 if not self._warned_unportable:
                     self._warned_unportable = True
-                    rank_zero_warn(
+                    warn_once(
                         f"ScaleInvarianceMonitor: the fixed check batch holds a {error}, which a weights_only"
                         " checkpoint cannot hold; it is not saved, and a resumed run checks on another batch"
                     )

@@ -1,8 +1,10 @@
 """``TrainingReport``: at the end of ``fit``, a PNG of per-layer weight norms and effective decay factors.
 
 It reads what the monitoring callbacks logged to the run's ``CSVLogger`` (``weight_norm/<layer>`` and
-``decay_factor/<group>`` keys, and ``LearningRateMonitor``'s ``lr-*``), draws them against the step, writes
-``diagnostics.png`` next to ``metrics.csv`` and prints where the logs and the picture are.
+``decay_factor/<group>`` keys, and ``LearningRateMonitor``'s ``lr-*``), draws them against the step
+(:func:`~lightning_decay.diagnostics.report.report_panels` computes what each panel shows), writes
+``diagnostics.png`` next to ``metrics.csv`` and prints where the logs and the picture are. Documented in
+``docs/monitoring.md`` ("TrainingReport").
 """
 
 from __future__ import annotations
@@ -16,44 +18,36 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_decay.diagnostics.metrics_csv import Series, read_metrics_csv
+from lightning_decay.diagnostics.report import Panel, report_panels
 from lightning_decay.validation import check_int
 
-__all__ = ["TrainingReport", "plot_diagnostics"]
+__all__ = ["TrainingReport", "draw_panels", "plot_diagnostics"]
 
 
 def plot_diagnostics(series: Series, path: str | Path, max_layers: int = 12) -> Path:
-    """Three panels against the step: per-layer weight norms ``|w_t| / |w_0|`` (relative to the first logged value;
-    the ``max_layers`` largest), the per-step decay ``1 - factor`` per param group, and the lr. Returns ``path``."""
+    """Three panels against the step (:func:`~lightning_decay.diagnostics.report.report_panels`): per-layer weight
+    norms relative to each layer's maximum, ``|w_t| / max |w|`` (the ``max_layers`` largest and the total; first
+    and last ``|w|`` in the legend), the per-step decay ``1 - factor`` per param group, and the lr. Returns
+    ``path``."""
+    return draw_panels(report_panels(series, max_layers), path)
+
+
+def draw_panels(panels: list[Panel], path: str | Path) -> Path:
+    """Draw :class:`~lightning_decay.diagnostics.report.Panel` s side by side into a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def keys(prefix: str) -> list[str]:
-        return sorted(k for k in series if k.startswith(prefix) and "/" not in k[len(prefix) :])
-
-    norms = [k for k in keys("weight_norm/") if k != "weight_norm/total"]
-    norms = sorted(norms, key=lambda k: -series[k][-1][1])[:max_layers]
-    factors = keys("decay_factor/")
-    rates = sorted(k for k in series if k.startswith("lr-"))
-    figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    for key in norms + (["weight_norm/total"] if "weight_norm/total" in series else []):
-        steps, values = zip(*series[key])
-        relative = [v / values[0] if values[0] else float("nan") for v in values]
-        axes[0].plot(steps, relative, label=key.removeprefix("weight_norm/"), lw=2.5 if key.endswith("total") else 1.2)
-    axes[0].set(
-        title=f"weight norm / first logged value (largest {len(norms)} layers)", xlabel="step", ylabel="|w_t| / |w_0|"
-    )
-    for key in factors:
-        steps, values = zip(*series[key])
-        axes[1].plot(steps, [1.0 - v for v in values], label=key.removeprefix("decay_factor/"))
-    axes[1].set(title="per-step decay 1 - factor (per param group)", xlabel="step", yscale="symlog")
-    axes[1].set_yscale("symlog", linthresh=1e-8)
-    for key in rates:
-        steps, values = zip(*series[key])
-        axes[2].plot(steps, values, label=key)
-    axes[2].set(title="learning rate", xlabel="step")
-    for axis in axes:
+    figure, axes = plt.subplots(1, len(panels), figsize=(17, 4.8))
+    for axis, panel in zip(axes, panels):
+        for line in panel.lines:
+            axis.plot(line.steps, line.values, label=line.label, lw=2.5 if line.bold else 1.2)
+        axis.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+        if panel.yscale == "symlog":
+            axis.set_yscale("symlog", linthresh=1e-8)
+        if panel.ylim is not None:
+            axis.set_ylim(*panel.ylim)
         if axis.lines:
             axis.legend(fontsize=7, loc="best")
         else:
@@ -67,7 +61,13 @@ def plot_diagnostics(series: Series, path: str | Path, max_layers: int = 12) -> 
 
 class TrainingReport(Callback):
     """After ``fit``: write ``filename`` (a PNG, :func:`plot_diagnostics`) beside the CSV logs, log it to W&B when
-    a ``WandbLogger`` is present, and print where logs and picture are (and the final ``val/acc``)."""
+    a ``WandbLogger`` is present (key ``diagnostics``), and print where logs and picture are (and the final
+    ``val/acc``). Needs a ``CSVLogger``; draws what ``WeightNormMonitor``, ``EffectiveDecayMonitor`` and
+    ``LearningRateMonitor`` logged (a panel whose keys are missing says "nothing logged").
+
+    ``filename``: the PNG's name (in the CSVLogger's ``log_dir``); ``max_layers``: how many layers the norm panel
+    draws (those with the largest final norm), besides the total. After the fit, ``path`` is the PNG and ``panels``
+    the numbers it shows (:func:`~lightning_decay.diagnostics.report.report_panels`)."""
 
     def __init__(self, filename: str = "diagnostics.png", max_layers: int = 12) -> None:
         if not isinstance(filename, str):
@@ -76,7 +76,9 @@ class TrainingReport(Callback):
             raise ValueError(f"filename must end with .png, got {filename!r}")
         self.filename = filename
         self.max_layers = check_int("max_layers", max_layers, low=1)
+        #: The PNG written by the latest fit, and the panels it shows (the numbers drawn).
         self.path: Path | None = None
+        self.panels: list[Panel] | None = None
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -88,10 +90,14 @@ class TrainingReport(Callback):
         logger.save()
         metrics = Path(logger.log_dir) / "metrics.csv"
         if not metrics.exists():
-            rank_zero_warn(f"TrainingReport: {metrics} does not exist; no picture written")
+            rank_zero_warn(
+                f"TrainingReport: nothing was logged ({metrics} was never written: the fit ran"
+                f" {trainer.global_step} optimizer steps, Trainer(log_every_n_steps={trainer.log_every_n_steps}));"
+                " no picture written"
+            )
             return
-        series = read_metrics_csv(metrics)
-        self.path = plot_diagnostics(series, Path(logger.log_dir) / self.filename, self.max_layers)
+        self.panels = report_panels(read_metrics_csv(metrics), self.max_layers)
+        self.path = draw_panels(self.panels, Path(logger.log_dir) / self.filename)
         lines = [f"metrics (CSV): {metrics}", f"diagnostics plot: {self.path}"]
         for wandb_logger in (lg for lg in trainer.loggers if isinstance(lg, WandbLogger)):
             run = wandb_logger.experiment

@@ -24,13 +24,14 @@ from torch.optim import Optimizer
 
 from lightning_decay.diagnostics.decay import initial_lr
 from lightning_decay.optim.registry import rule_of
-from lightning_decay.optim.rules import KernelDecayRule
+from lightning_decay.optim.rules import CautiousRule, KernelDecayRule
 
 __all__ = [
     "momentum_factor",
     "equilibrium_of_step",
     "EquilibriumPrediction",
     "rotational_equilibrium",
+    "equilibrium_not_derived",
     "angular_update",
     "effective_lr",
 ]
@@ -90,6 +91,35 @@ def rotational_equilibrium(optimizer: Optimizer, group: Mapping[str, Any], numel
         factor = float(rule.decay_factor(lr, alpha, weight_decay))
     angle, norm = equilibrium_of_step(factor, kernel_lr, float(group["betas"][0]), numel)
     return EquilibriumPrediction(angle, norm, kernel_lr, adam_like=True)
+
+
+def equilibrium_not_derived(optimizer: Optimizer, group: Mapping[str, Any]) -> str | None:
+    """Why :func:`rotational_equilibrium` has no prediction (NaN) for ``group`` this step, in words; None where it
+    has one."""
+    rule = rule_of(optimizer, group)
+    name = type(optimizer).__name__
+    if rule is None:
+        return f"{name} has no decay rule (lightning_decay.optim.registry.rule_of)"
+    if "betas" not in group:
+        return (
+            f"{name} ({rule.name}) is not an Adam-family step: its update is not normalized, so the equilibrium is a"
+            " different one (not implemented)"
+        )
+    lr = float(group["lr"])
+    alpha, weight_decay = initial_lr(optimizer, group), float(group.get("weight_decay", 0.0))
+    if isinstance(rule, KernelDecayRule) and not rule.kernel_settings(lr, alpha, weight_decay).decoupled:
+        return f"{name} ({rule.name}) decays through the gradient (L2, preconditioned by Adam): no single factor"
+    if isinstance(rule, CautiousRule):
+        return f"{name} ({rule.name}) decays only where u * w >= 0, a data-dependent share of the coordinates"
+    if not isinstance(rule, KernelDecayRule):
+        return f"{name} ({rule.name}) has no single decay factor per step (its decay is elementwise)"
+    if weight_decay <= 0:
+        return f"the param group of {name} has weight_decay=0 (without decay the norm grows: no equilibrium)"
+    if math.isnan(rotational_equilibrium(optimizer, group, 1).angular_update):
+        factor = optimizer.decay_factor(group) if callable(getattr(optimizer, "decay_factor", None)) else None
+        shown = f" {float(factor):.6g}" if factor is not None else ""
+        return f"the decay factor{shown} of {name} is not in (0, 1) this step"
+    return None
 
 
 def angular_update(weight_norm: Tensor, update_norm: Tensor, weight_dot_update: Tensor) -> Tensor:

@@ -27,6 +27,10 @@ training ``DataLoader`` (:class:`~lightning_decay.integration.resumable_loader.R
 same state for Lightning's stateful-loader mechanism -- which alone is not enough in Lightning 2.6: it restores a
 loader only when the loader is built after the checkpoint is read, and ``configure_optimizers`` asking for
 ``trainer.estimated_stepping_batches`` (any schedule over the whole fit) builds it before.
+
+A fit continued from the checkpoint a fit wrote as it stopped part-way through an epoch (``max_steps``, then a
+larger ``max_steps``) continues that epoch too: Lightning's loops would start the next one, and ``load_state_dict``
+makes them continue (:func:`~lightning_decay.integration.resumable_loader.continue_stopped_epoch`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -49,7 +55,12 @@ from lightning_decay.experiments.cifar10 import (
     resolve_source,
 )
 from lightning_decay.experiments.dataset import InMemoryImageDataset, collate_stacked
-from lightning_decay.integration.resumable_loader import ResumableDataLoader, ResumableSampler, TrainProgress
+from lightning_decay.integration.resumable_loader import (
+    ResumableDataLoader,
+    ResumableSampler,
+    TrainProgress,
+    continue_stopped_epoch,
+)
 from lightning_decay.validation import check_bool, check_int
 
 __all__ = ["CIFAR10DataModule"]
@@ -213,13 +224,30 @@ class CIFAR10DataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the training position (Lightning calls this before ``configure_optimizers``): applied to the
         training loader when the resumed fit builds it, and to a loader built already (strategies that restore
-        after their setup)."""
+        after their setup). A checkpoint written when a fit stopped part-way through an epoch (``max_steps``)
+        continues that epoch (:func:`~lightning_decay.integration.resumable_loader.continue_stopped_epoch`)."""
         state = state_dict.get("train_loader")
         if state is None:
             return
+        self._continue_stopped_epoch(state)
         self._pending_resume = dict(state)
         if self._train_loader is not None:
             self._train_loader.load_state_dict(state)
+
+    def _continue_stopped_epoch(self, position: dict[str, Any]) -> None:
+        """When a fit resumes from the checkpoint a fit wrote as it stopped mid-epoch, make Lightning's loops continue
+        that epoch (the checkpoint as the trainer read it, before it restores its loops). Lightning gives a data
+        module only its own part of the checkpoint: the whole is the trainer's checkpoint connector's (private in
+        Lightning 2.6; without it the sampler warns that the epoch's rest is skipped)."""
+        trainer = self.trainer
+        if trainer is None or getattr(getattr(trainer, "state", None), "fn", None) != TrainerFn.FITTING:
+            return
+        checkpoint = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None)
+        if isinstance(checkpoint, dict) and continue_stopped_epoch(checkpoint, position):
+            rank_zero_info(
+                f"the checkpoint was written when its fit stopped in epoch {position.get('epoch')} after "
+                f"{position.get('batches')} batches: the resumed fit continues that epoch"
+            )
 
     def val_dataloader(self) -> DataLoader:
         """The test split (CIFAR-10 has no separate validation split here)."""

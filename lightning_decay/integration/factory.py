@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from lightning_decay.integration.param_groups import ParamGroupSettings, build_param_groups
 from lightning_decay.integration.schedules import build_lr_scheduler, check_schedule_settings, trainer_steps_per_epoch
 from lightning_decay.optim.conventions import decay_rule_of, epochs_to_steps, weight_decay_for_timescale
-from lightning_decay.optim.registry import REGISTRY, get_variant, resolve_variant, rule_of
+from lightning_decay.optim.registry import REGISTRY, get_variant, record_of_class, resolve_variant, rule_of
 from lightning_decay.optim.rules import DecayRule
 from lightning_decay.validation import (
     check_betas,
@@ -137,12 +137,8 @@ def optimizer_rule(
         except ValueError:
             pass
     cls, fixed = resolve_optimizer(optimizer)
-    kwargs = {**fixed, **dict(optimizer_kwargs or {})}
-    for info in REGISTRY.values():
-        fixed_match = all(kwargs.get(key, _signature_default(cls, key)) == value for key, value in info.kwargs.items())
-        if info.optimizer is cls and fixed_match:
-            return info.rule
-    return rule_of(cls)
+    record = record_of_class(cls, {**fixed, **dict(optimizer_kwargs or {})})
+    return record.rule if record is not None else rule_of(cls)
 
 
 def check_optimizer_settings(

@@ -16,18 +16,25 @@ Without settings the model trains with AdamW (torch convention, torch's default 
 cosine decay over the fit, biases / norms / 1-D parameters without decay, and an error naming the parameter when
 a gradient is NaN or inf (``nonfinite_grads``; see :mod:`lightning_decay.integration.guards` and
 ``docs/reliability.md``).
+
+No setting is lost silently: a subclass whose ``__init__`` takes ``decay=`` (or ``**kwargs``) but does not pass it on
+raises when built; an optimizer that the mixin did not build (the model's own ``configure_optimizers`` given decay
+settings, LightningCLI's top-level ``optimizer:`` key) raises at fit start unless ``decay.allow_external_optimizer``.
+At fit start one summary names the variant, its convention, the schedule, every group's weight decay and decay
+timescale, and notes a timescale far longer than the fit or shorter than one epoch.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.enums import GradClipAlgorithmType
@@ -37,21 +44,28 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_decay.integration.factory import build_optimizer, build_optimizer_config, check_optimizer_settings
 from lightning_decay.integration.guards import GradientGuard, NonFiniteGradientGuard
-from lightning_decay.integration.param_groups import DECAY
 from lightning_decay.integration.schedules import trainer_steps_per_epoch
 from lightning_decay.integration.settings import (
+    GENERAL_FIELDS,
     OPTIMIZER_FIELDS,
     SCHEDULE_FIELDS,
     DecaySettings,
     check_timescale_settings,
 )
-from lightning_decay.optim.conventions import decay_rule_of, steps_to_epochs, timescale_steps
+from lightning_decay.integration.summary import summarize_decay
 
 __all__ = ["DecaySettings", "DecayMixin"]
 
 _GUARD_KEY = "decay_mixin_gradient_guard"
+#: The mixin's default settings: the one object ``decay`` holds when no caller passed it on.
+_DEFAULT_DECAY = DecaySettings()
+#: The arguments of ``DecayMixin.__init__`` that a subclass must pass on.
+_MIXIN_ARGUMENTS = ("decay", "optimizer_callable", "lr_scheduler_callable")
+#: Attributes set on optimizers: built by ``configure_decay_optimizers``; checked by ``check_optimizer_source``.
+_BUILT_MARK = "_built_by_decay_mixin"
+_CHECKED_MARK = "_checked_by_decay_mixin"
 
-#: Settings that describe the optimizer itself; with ``optimizer_callable`` they belong in the callable.
+
 def _init_accepts(cls: type, name: str) -> bool:
     parameters = inspect.signature(cls.__init__).parameters
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -61,7 +75,9 @@ class DecayMixin:
     """Gives a ``LightningModule`` a ``configure_optimizers`` with a weight-decay variant, named parameter groups
     and a warmup + cosine/linear/constant schedule: ``class MyModel(DecayMixin, LightningModule)``.
 
-    Arguments (keyword-only; a subclass passes them on with ``super().__init__(**kwargs)`` or names them):
+    Arguments (keyword-only; a subclass passes them on with ``super().__init__(**kwargs)`` or names them and passes
+    them on: a subclass ``__init__`` that receives one of them and does not pass it on raises a ValueError naming
+    the class, since the model would otherwise train with the defaults):
 
     * ``decay``: :class:`DecaySettings` (also a mapping of its fields or a variant name). Default: AdamW in the
       torch convention with its default weight decay, lr 1e-3, cosine schedule.
@@ -74,10 +90,12 @@ class DecayMixin:
 
     **LightningCLI.** Use the model's keys, never LightningCLI's top-level ``optimizer:``/``lr_scheduler:`` keys:
     those build the optimizer on ``model.parameters()`` (one group: biases and norms decay, group names are lost)
-    and replace this ``configure_optimizers``. Either the settings (YAML ``model: {decay: {optimizer: proxadam,
-    lr: 3.0e-4, weight_decay: 0.1}}``, or ``--model.decay.optimizer proxadam``), or dependency injection
-    (``model: {optimizer_callable: {class_path: lightning_decay.AdamW, init_args: {lr: 0.01, weight_decay:
-    0.05}}}``, or ``--model.optimizer_callable lightning_decay.AdamW --model.optimizer_callable.lr 0.01``).
+    and replace this ``configure_optimizers``, so the fit stops with a ValueError at its start (``lightning-decay``:
+    at parse time) unless ``decay.allow_external_optimizer: true``. Either the settings (YAML ``model: {decay:
+    {optimizer: proxadam, lr: 3.0e-4, weight_decay: 0.1}}``, or ``--model.decay.optimizer proxadam``), or dependency
+    injection (``model: {optimizer_callable: {class_path: lightning_decay.AdamW, init_args: {lr: 0.01,
+    weight_decay: 0.05}}}``, or ``--model.optimizer_callable lightning_decay.AdamW --model.optimizer_callable.lr
+    0.01``).
     Prefer ``decay`` (one block, validated when the model is built, variants by name, timescales); use
     ``optimizer_callable`` for an optimizer class outside ``VARIANTS`` whose arguments the CLI should document.
 
@@ -98,16 +116,23 @@ class DecayMixin:
     kernels, for which Lightning alone refuses to clip (:meth:`configure_gradient_clipping`). The guard's counters
     are saved in checkpoints.
 
-    After ``configure_optimizers``, :attr:`resolved_decay` holds the resolved numbers (weight decay and
-    timescale per group, steps per epoch); they are logged as hyperparameters (``decay/...``) and printed once.
+    After ``configure_optimizers``, :attr:`resolved_decay` holds the resolved numbers (variant, weight decay and
+    timescale per group, steps per epoch, planned steps, notes); they are logged as hyperparameters (``decay/...``)
+    and :attr:`decay_summary` is printed once: the variant and its convention, the schedule, each group's weight
+    decay and timescale (with ``decay.verbose``, its parameter names), and a note when a decayed group's timescale
+    is more than 10 times the planned fit or shorter than one epoch (:mod:`~lightning_decay.integration.summary`;
+    the note also goes to a ``WandbLogger``'s run summary).
+
     If the model defines its own ``configure_optimizers``, call :meth:`configure_decay_optimizers` (or
-    ``DecayMixin.configure_optimizers(self)``) from it.
+    ``DecayMixin.configure_optimizers(self)``) from it: when it returns an optimizer the mixin did not build while
+    decay settings or callables were given, the fit stops at its start with a ValueError naming the class (the
+    settings would be ignored), unless ``decay.allow_external_optimizer``.
     """
 
     def __init__(
         self,
         *args: Any,
-        decay: DecaySettings = DecaySettings(),  # noqa: B008 - frozen: one shared instance is safe
+        decay: DecaySettings = _DEFAULT_DECAY,
         optimizer_callable: OptimizerCallable | None = None,
         lr_scheduler_callable: LRSchedulerCallable | None = None,
         **kwargs: Any,
@@ -117,10 +142,13 @@ class DecayMixin:
         self.optimizer_callable = optimizer_callable
         self.lr_scheduler_callable = lr_scheduler_callable
         self.resolved_decay: dict[str, Any] = {}
+        self.decay_summary: str = ""
         _check_callables(self.decay_settings, optimizer_callable, lr_scheduler_callable)
         settings = self.decay_settings
         self.gradient_guard = GradientGuard(settings.nonfinite_grads, settings.nonfinite_skip_limit)
-        self.save_hyperparameters({"decay": self.decay_settings.to_dict()}, frame=inspect.currentframe())
+        frame = inspect.currentframe()
+        _check_arguments_arrived(self, frame.f_back if frame is not None else None, decay is not _DEFAULT_DECAY)
+        self.save_hyperparameters({"decay": self.decay_settings.to_dict()}, frame=frame)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -171,14 +199,42 @@ class DecayMixin:
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         checkpoint[_GUARD_KEY] = self.gradient_guard.state_dict()
 
+    def on_fit_start(self) -> None:
+        """Stop the fit when the optimizer is not the mixin's and settings would be lost
+        (:meth:`check_optimizer_source`)."""
+        super().on_fit_start()  # type: ignore[misc]
+        trainer = self._trainer  # type: ignore[attr-defined]
+        optimizers = list(trainer.optimizers) if trainer is not None else []
+        if not all(getattr(_unwrap_optimizer(optimizer), _CHECKED_MARK, False) for optimizer in optimizers):
+            self.check_optimizer_source(optimizers)
+
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         """The non-finite gradient check (``decay.nonfinite_grads``), unless a ``NonFiniteGradientGuard`` callback
-        is attached (it has decided already)."""
+        is attached (it has decided already); and, when a subclass's ``on_fit_start`` skipped the mixin's, the
+        optimizer-source check before the first step."""
         super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
+        if not getattr(_unwrap_optimizer(optimizer), _CHECKED_MARK, False):
+            self.check_optimizer_source([optimizer])
         trainer = self._trainer  # type: ignore[attr-defined]
         if trainer is None or any(isinstance(c, NonFiniteGradientGuard) for c in trainer.callbacks):
             return
         self.gradient_guard.check(trainer, self, optimizer)  # type: ignore[arg-type]
+
+    def check_optimizer_source(self, optimizers: list[Any]) -> None:
+        """ValueError naming the class when ``optimizers`` (the fit's) were not built by the mixin and that loses
+        something: LightningCLI's top-level ``optimizer:`` key replaced ``configure_optimizers`` (always: the groups
+        are lost), or the class's own ``configure_optimizers`` ignores the decay settings or callables it was given.
+        With ``decay.allow_external_optimizer`` an info line instead."""
+        message = _optimizer_source_problem(self, optimizers)
+        for optimizer in optimizers:
+            _mark(_unwrap_optimizer(optimizer), _CHECKED_MARK)
+        if message is None:
+            return
+        if self.decay_settings.allow_external_optimizer:
+            problem = message.split(" Instead: ")[0].rstrip(".")
+            rank_zero_info(f"{problem}; training with it anyway (decay.allow_external_optimizer is true)")
+            return
+        raise ValueError(message)
 
     def configure_gradient_clipping(
         self,
@@ -245,54 +301,140 @@ class DecayMixin:
             lr_scheduler_monitor=settings.lr_scheduler_monitor,
             trainer=trainer,
         )
-        self._report_decay(config["optimizer"], steps_per_epoch)
+        _mark(config["optimizer"], _BUILT_MARK)
+        self._report_decay(config, steps_per_epoch)
         return config
 
-    def _report_decay(self, optimizer: Optimizer, steps_per_epoch: int | None) -> None:
-        """Fill :attr:`resolved_decay`, log it as hyperparameters and print it once (rank zero)."""
-        settings = self.decay_settings
-        resolved: dict[str, Any] = {"decay/optimizer": type(optimizer).__name__}
-        if steps_per_epoch is not None:
-            resolved["decay/steps_per_epoch"] = steps_per_epoch
-            resolved["decay/timescale_epochs"] = settings.decay_timescale_epochs
-        lines = []
-        for index, group in enumerate(optimizer.param_groups):
-            name = group.get("name", f"pg{index + 1}")
-            lr = float(group.get("initial_lr", group["lr"]))
-            weight_decay = float(group["weight_decay"])
-            resolved[f"decay/weight_decay/{name}"] = weight_decay
-            count = sum(p.numel() for p in group["params"])
-            line = f"  {name}: {len(group['params'])} tensors, {count:,} parameters, weight_decay={weight_decay:.6g}"
-            line += f" at lr={lr:.6g}"
-            if "normalized" in optimizer.defaults and weight_decay > 0:  # AdamC: which decay rule the group follows
-                line += ", normalized" if group.get("normalized") else ", not normalized (AdamW decay)"
-            try:
-                tau = timescale_steps(weight_decay, lr, decay_rule_of(optimizer, group))
-            except (ValueError, TypeError):
-                tau = None  # no scalar timescale (L2, elementwise) or not one of this package's optimizers
-            if tau is not None and math.isfinite(tau):
-                resolved[f"decay/timescale_steps/{name}"] = tau
-                line += f", timescale {tau:.6g} steps"
-                if steps_per_epoch is not None:
-                    tau_epochs = steps_to_epochs(tau, steps_per_epoch)
-                    resolved[f"decay/timescale_epochs/{name}"] = tau_epochs
-                    line += f" = {tau_epochs:.6g} epochs"
-            lines.append(line)
-        if f"decay/weight_decay/{DECAY}" in resolved:
-            resolved["decay/weight_decay"] = resolved[f"decay/weight_decay/{DECAY}"]
-        self.resolved_decay = resolved
-        header = f"{type(self).__name__}: {type(optimizer).__name__}"
-        if steps_per_epoch is not None:
-            header += (
-                f", decay timescale {settings.decay_timescale_epochs:g} epochs at {steps_per_epoch} steps/epoch; "
-                "parameter groups:"
-            )
-        else:
-            header += ", parameter groups:"
-        rank_zero_info("\n".join([header, *lines]))
+    def _report_decay(self, config: OptimizerLRSchedulerConfig, steps_per_epoch: int | None) -> None:
+        """Fill :attr:`resolved_decay` and :attr:`decay_summary` (:func:`summarize_decay`), log the numbers as
+        hyperparameters (and the notes in a W&B run's summary) and print the summary once (rank zero)."""
         trainer = self._trainer  # type: ignore[attr-defined]
+        summary = summarize_decay(self, config, self.decay_settings, steps_per_epoch, trainer)  # type: ignore[arg-type]
+        self.resolved_decay, self.decay_summary = summary.resolved, summary.text
+        rank_zero_info(summary.text)
         for logger in trainer.loggers if trainer is not None else []:
-            logger.log_hyperparams(resolved)
+            logger.log_hyperparams(summary.resolved)
+            if summary.notes and isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                for group, note in summary.notes.items():
+                    logger.experiment.summary[f"decay/note/{group}"] = note
+
+
+def _mark(optimizer: Any, attribute: str) -> None:
+    try:
+        setattr(optimizer, attribute, True)
+    except AttributeError:  # an optimizer wrapper without a __dict__: it is checked again, which is harmless
+        pass
+
+
+def _unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside Lightning's ``LightningOptimizer`` (or a strategy's wrapper), else itself."""
+    for attribute in ("_optimizer", "optimizer"):
+        inner = getattr(optimizer, attribute, None)
+        if isinstance(inner, Optimizer):
+            return inner
+    return optimizer
+
+
+def _compact(settings: DecaySettings) -> str:
+    """``DecaySettings(optimizer='proxadam', lr=0.0003)``: only what differs from the defaults."""
+    return f"DecaySettings({', '.join(f'{key}={value!r}' for key, value in settings.changed().items())})"
+
+
+def _settings_text(model: DecayMixin) -> str:
+    """``optimizer='adamw', lr=0.001, weight_decay=AdamW's default``: what the model trains with."""
+    settings = model.decay_settings
+    if model.optimizer_callable is not None:
+        return "its optimizer_callable"
+    weight_decay = f"{settings.weight_decay:g}" if settings.weight_decay is not None else "the optimizer's default"
+    return f"optimizer={settings.optimizer!r}, lr={settings.lr:g}, weight_decay={weight_decay}"
+
+
+def _describe_argument(name: str, value: Any) -> str:
+    if name == "decay":
+        try:
+            return f"decay={_compact(DecaySettings.coerce(value))}"
+        except (TypeError, ValueError):
+            pass
+    text = repr(value)
+    return f"{name}={text if len(text) <= 120 else text[:117] + '...'}"
+
+
+def _argument_lost(name: str, value: Any, model: DecayMixin, decay_received: bool) -> bool:
+    """True when ``value``, given to a subclass's ``__init__`` as ``name``, never reached ``DecayMixin.__init__``."""
+    if value is None:
+        return False
+    if name != "decay":
+        return getattr(model, name) is None
+    if decay_received:
+        return False
+    try:
+        return DecaySettings.coerce(value) != model.decay_settings
+    except (TypeError, ValueError):
+        return True  # invalid and dropped: say that it was dropped
+
+
+def _check_arguments_arrived(model: DecayMixin, frame: FrameType | None, decay_received: bool) -> None:
+    """ValueError when a subclass's ``__init__`` received ``decay`` / ``optimizer_callable`` /
+    ``lr_scheduler_callable`` (as a named argument or in ``**kwargs``) and did not pass it on to ``DecayMixin``.
+
+    Reads the ``__init__`` frames of ``model`` that called the mixin's (as ``save_hyperparameters`` does), from the
+    innermost: the first one holding a lost argument is the one that dropped it."""
+    while frame is not None and frame.f_code.co_name == "__init__":
+        arguments = inspect.getargvalues(frame)
+        if not arguments.args or frame.f_locals.get(arguments.args[0]) is not model:
+            return
+        given = {name: frame.f_locals.get(name) for name in arguments.args[1:] if name in _MIXIN_ARGUMENTS}
+        extra = frame.f_locals.get(arguments.keywords) if arguments.keywords else None
+        if isinstance(extra, Mapping):
+            given.update({name: extra[name] for name in _MIXIN_ARGUMENTS if name in extra})
+        lost = [name for name, value in given.items() if _argument_lost(name, value, model, decay_received)]
+        if lost:
+            cls = frame.f_locals.get("__class__")
+            where = getattr(frame.f_code, "co_qualname", None) or (
+                f"{cls.__name__}.__init__" if isinstance(cls, type) else f"{type(model).__name__}.__init__"
+            )
+            passed = ", ".join(f"{name}={name}" for name in lost)
+            raise ValueError(
+                f"{type(model).__name__}: {where} received {', '.join(_describe_argument(n, given[n]) for n in lost)} "
+                f"but did not pass it on to DecayMixin, so the model would train with "
+                f"{_settings_text(model) if 'decay' in lost else 'the built-in optimizer and schedule'} instead. "
+                f"Pass it on: super().__init__(**kwargs) (or super().__init__({passed}))"
+            )
+        frame = frame.f_back
+
+
+def _external_settings(model: DecayMixin) -> list[str]:
+    """What the mixin was given that only its own optimizer and schedule use."""
+    lost = [f"decay.{name}={value!r}" for name, value in model.decay_settings.changed().items()
+            if name not in GENERAL_FIELDS]
+    lost += [name for name in ("optimizer_callable", "lr_scheduler_callable") if getattr(model, name) is not None]
+    return lost
+
+
+def _optimizer_source_problem(model: DecayMixin, optimizers: list[Any]) -> str | None:
+    """The error for :meth:`DecayMixin.check_optimizer_source`, or None when nothing is lost."""
+    inner = [_unwrap_optimizer(optimizer) for optimizer in optimizers]
+    if any(getattr(optimizer, _BUILT_MARK, False) for optimizer in inner):
+        return None
+    cls = type(model).__name__
+    used = ", ".join(type(optimizer).__name__ for optimizer in inner) or "no optimizer"
+    lost = _external_settings(model)
+    ignored = f"; ignored: {', '.join(lost)}" if lost else ""
+    if "configure_optimizers" in vars(model):  # LightningCLI's top-level optimizer: / lr_scheduler: keys
+        return (
+            f"{cls}: LightningCLI's top-level `optimizer:` key replaced DecayMixin's optimizer with {used} on "
+            f"model.parameters(): one parameter group, so biases and normalization weights decay and the named groups "
+            f"are lost{ignored}. Instead: set the variant in the model's decay block (model.decay.optimizer, "
+            f"model.init_args.decay.optimizer under a class_path) or inject a class with model.optimizer_callable; "
+            f"both keep the groups. To train with the top-level key anyway, set decay.allow_external_optimizer: true"
+        )
+    if type(model).configure_optimizers is DecayMixin.configure_optimizers or not lost:
+        return None
+    return (
+        f"{cls}: {cls}.configure_optimizers returned {used}, not DecayMixin's optimizer{ignored}. Instead: return "
+        f"self.configure_decay_optimizers() from {cls}.configure_optimizers (or delete it), or do not pass these "
+        f"settings; to train with {used} anyway, set decay.allow_external_optimizer=True"
+    )
 
 
 def _check_callables(

@@ -17,12 +17,20 @@ Lightning 2.6 saves and restores a stateful training loader by itself only when 
 checkpoint is read; ``configure_optimizers`` asking for ``trainer.estimated_stepping_batches`` (any schedule over the
 whole fit) builds it before. A data module should therefore also save the loader's state in its own ``state_dict``
 and apply it when the resumed fit builds the loader (as ``CIFAR10DataModule`` of the experiments does).
+
+**A fit that stopped part-way through an epoch** (``max_steps``, ``max_time``, ``trainer.should_stop``) and is then
+continued from its last checkpoint with a larger limit: Lightning counts the cut-short epoch as processed, and the
+checkpoint written at its end (``on_train_epoch_end``: ``ModelCheckpoint``'s default and ``last.ckpt``) resumes at the
+*next* epoch's first batch -- the rest of the epoch is never seen. :func:`continue_stopped_epoch` rewrites such a
+checkpoint's loop state, as the resume reads it, into the state of a checkpoint saved after that epoch's last trained
+batch (the preemption path), so the continued fit finishes the epoch first. Where that is not done, the sampler
+warns when Lightning skips the rest of a resumed epoch (:meth:`ResumableSampler.set_epoch`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +38,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["ResumableDataLoader", "ResumableSampler", "TrainProgress"]
+__all__ = ["ResumableDataLoader", "ResumableSampler", "TrainProgress", "continue_stopped_epoch"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -67,6 +75,21 @@ class ResumableSampler(DistributedSampler):
         """Start ``epoch`` at global position ``offset`` (samples all ranks consumed before the checkpoint)."""
         self.resume_epoch, self.resume_offset = int(epoch), max(0, int(offset))
         self.set_epoch(int(epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's order (Lightning calls this as each epoch starts). Warns when a pending resume of an
+        earlier, unfinished epoch is passed over: the fit resumed at a later epoch than the checkpoint's position."""
+        pending = self.resume_epoch
+        if pending is not None and epoch > pending and 0 < self.resume_offset < self.total_size:
+            rank_zero_warn(
+                f"the resumed fit starts epoch {epoch}, but the checkpoint's training position is part-way through "
+                f"epoch {pending} ({self.resume_offset} of its {self.total_size} samples consumed): the rest of epoch "
+                f"{pending} is skipped and the run is not an exact continuation. This happens when a fit stopped "
+                "mid-epoch (max_steps, max_time, should_stop) is continued from the checkpoint written as it "
+                "stopped; see continue_stopped_epoch and docs/reliability.md"
+            )
+            self.resume_epoch = None
+        super().set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         order = self.global_order()
@@ -146,3 +169,51 @@ class ResumableDataLoader(DataLoader):
             epoch, batches, offset = epoch + 1, 0, 0
         self.progress.epoch, self.progress.batches = epoch, batches
         sampler.resume(epoch, offset)
+
+
+def continue_stopped_epoch(checkpoint: dict[str, Any], position: Mapping[str, Any]) -> bool:
+    """Make a checkpoint written when a fit stopped part-way through an epoch continue that epoch; True if changed.
+
+    Lightning ends a fit at ``max_steps`` (also ``max_time``, ``trainer.should_stop``) by closing the running epoch:
+    its loop state counts the epoch as processed before ``on_train_epoch_end``, where ``ModelCheckpoint`` writes its
+    default and ``last`` checkpoints. A fit resumed from that checkpoint with a larger ``max_steps`` starts the next
+    epoch; an uninterrupted fit would have finished this one first. When ``checkpoint`` is such a checkpoint --
+    the epoch processed but not completed, its last batch not reached (``is_last_batch`` false) -- and ``position``
+    (the training loader's :meth:`ResumableDataLoader.state_dict`) is part-way through that same epoch after the same
+    number of batches, the fit loop's state (``checkpoint["loops"]["fit_loop"]``, changed in place) is set to what a
+    checkpoint saved after that epoch's last trained batch holds (``ModelCheckpoint(every_n_train_steps=...)``, the
+    path of a preempted fit): the epoch not yet processed, the last batch not yet completed. Lightning then resumes
+    inside the epoch, and the loader continues after the consumed batches.
+
+    Call it where the resumed fit reads the checkpoint before restoring its loops: a ``LightningModule``'s or a
+    callback's ``on_load_checkpoint``, or (as ``CIFAR10DataModule``) a data module's ``load_state_dict`` through the
+    trainer. Anything else is left as it is (False).
+    """
+    fit = (checkpoint.get("loops") or {}).get("fit_loop")
+    if not isinstance(fit, dict):
+        return False
+    epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+    if not isinstance(epochs, dict) or not isinstance(batches, dict) or batches.get("is_last_batch", True):
+        return False
+    try:
+        for key in ("total", "current"):
+            epoch, batch = epochs[key], batches[key]
+            closed = epoch["ready"] == epoch["started"] == epoch["processed"] == epoch["completed"] + 1
+            if not closed or not batch["ready"] == batch["started"] == batch["processed"] == batch["completed"]:
+                return False
+        consumed = int(batches["current"]["completed"])
+        same_place = (
+            int(position.get("epoch", -1)) == int(epochs["current"]["completed"])
+            and int(position.get("batches", -1)) == consumed
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+    if not same_place or consumed < 1:
+        return False
+    for key in ("total", "current"):
+        epochs[key]["processed"] -= 1
+        batches[key]["completed"] -= 1
+    loop_state = fit.get("epoch_loop.state_dict")
+    if isinstance(loop_state, dict) and isinstance(loop_state.get("_batches_that_stepped"), int):
+        loop_state["_batches_that_stepped"] -= 1  # Lightning adds the step back when it resumes after a batch
+    return True

@@ -1,7 +1,9 @@
 """The learning-rate schedule: linear warmup, then cosine / linear / constant, stepped every optimizer step.
 
 ``lr_t = alpha * eta(step)`` with :class:`WarmupSchedule` as ``eta``; ``total_steps`` defaults to the trainer's
-``estimated_stepping_batches``.
+``estimated_stepping_batches`` (which counts ``max_steps``, ``limit_train_batches``, ``overfit_batches`` and
+``fast_dev_run``). A run shorter than its warmup -- Lightning's smoke tests, a short ``max_steps`` -- gets the warmup
+shortened to fit, with one warning; ``warmup_steps >= total_steps`` given together is an error.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -73,6 +76,10 @@ def check_schedule_settings(
         raise ValueError(f"give warmup_steps or warmup_ratio, not both (got {warmup_steps} and {warmup_ratio})")
     if total_steps is not None:
         check_int("total_steps", total_steps, low=1)
+        if schedule != "constant" and warmup_steps >= total_steps:
+            raise ValueError(
+                f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps}) for a {schedule} schedule"
+            )
     check_real("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
 
 
@@ -114,14 +121,34 @@ def build_lr_scheduler(
 
     ``warmup_ratio`` is a fraction of ``total_steps``; ``total_steps`` defaults to the trainer's estimate and is
     only needed for cosine/linear or a warmup ratio.
+
+    **Runs shorter than the warmup.** When ``total_steps`` comes from the trainer and the run has no more steps than
+    ``warmup_steps`` (``fast_dev_run``, ``limit_train_batches``, ``overfit_batches``, a short ``max_steps``), a
+    cosine/linear warmup is shortened to ``total - 1`` steps (the lr peaks at the run's last step), with one warning
+    naming ``warmup_steps``, the run's total and the warmup used. ``warmup_steps >= total_steps`` given together is
+    a ValueError. A warmup from ``warmup_ratio`` is at most ``total - 1`` steps (rounding). A constant schedule needs
+    no total: its warmup may outlast the run (the lr then never reaches the peak).
     """
     check_schedule_settings(schedule, warmup_steps, warmup_ratio, total_steps, min_lr_ratio)
+    from_trainer = False
     if total_steps is None and (schedule != "constant" or warmup_ratio):
         if trainer is None:
             raise ValueError(f"total_steps: a {schedule} schedule needs total_steps, or a trainer to estimate it")
         total_steps = trainer_total_steps(trainer)
-    if warmup_ratio:
-        warmup_steps = max(1, round(warmup_ratio * total_steps))
+        from_trainer = True
+    if total_steps is not None:
+        longest = total_steps if schedule == "constant" else total_steps - 1  # the longest warmup that fits
+        if warmup_ratio:
+            warmup_steps = min(max(1, round(warmup_ratio * total_steps)), longest)
+        elif from_trainer and warmup_steps > longest:
+            rank_zero_warn(
+                f"warmup_steps={warmup_steps} is longer than this run: {total_steps} optimizer step(s) in total (the "
+                "trainer's estimated_stepping_batches, which counts max_steps, limit_train_batches, overfit_batches "
+                f"and fast_dev_run); the warmup is shortened to {longest} step(s). Give total_steps to keep the "
+                "configured schedule.",
+                category=UserWarning,
+            )
+            warmup_steps = longest
     multiplier = WarmupSchedule(
         total_steps=total_steps if total_steps is not None else max(1, warmup_steps),
         warmup_steps=warmup_steps,

@@ -8,54 +8,70 @@ through the optimizer class's signature.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lightning_decay.integration.factory import check_optimizer_settings
-from lightning_decay.integration.guards import check_nonfinite_policy, check_skip_limit
+from lightning_decay.integration.guards import NONFINITE_POLICIES, check_nonfinite_policy, check_skip_limit
 from lightning_decay.integration.param_groups import ParamGroupSettings
-from lightning_decay.integration.schedules import check_schedule_settings
+from lightning_decay.integration.schedules import SCHEDULES, check_schedule_settings
 from lightning_decay.optim.conventions import weight_decay_for_timescale
+from lightning_decay.optim.registry import REGISTRY, VariantInfo, variant_names
 from lightning_decay.optim.rules import DecayRule
-from lightning_decay.validation import check_positive
+from lightning_decay.validation import check_bool, check_positive
 
-__all__ = ["DecaySettings", "OPTIMIZER_FIELDS", "SCHEDULE_FIELDS", "check_timescale_settings"]
+__all__ = ["DecaySettings", "OPTIMIZER_FIELDS", "SCHEDULE_FIELDS", "GENERAL_FIELDS", "check_timescale_settings"]
 
 OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "betas", "eps", "optimizer_kwargs")
 #: Settings of the built-in schedule; with ``lr_scheduler_callable`` they do not apply.
 SCHEDULE_FIELDS = ("schedule", "warmup_steps", "warmup_ratio", "total_steps", "min_lr_ratio")
-#: Checkpoint key of the non-finite gradient guard's counters.
+#: Settings that apply whoever builds the optimizer (the gradient guard, the startup summary, the opt-in); every other
+#: setting is read only by DecayMixin's own optimizer and schedule, and is lost when another optimizer runs.
+GENERAL_FIELDS = ("nonfinite_grads", "nonfinite_skip_limit", "verbose", "allow_external_optimizer")
 
 
 @dataclass(frozen=True)
 class DecaySettings:
-    """Everything :class:`DecayMixin` needs to build the optimizer and schedule; validated on construction.
+    """The decay optimizer and its lr schedule (model.decay); every key is checked before training.
 
-    * ``optimizer``: a variant of :data:`~lightning_decay.optim.VARIANTS` (``adaml2``, ``adamw`` = torch
-      convention, ``adamw-paper``, ``proxadam``, ``adamp``, ...) or a dotted ``Optimizer`` class path (a class is
-      accepted and stored as its path).
-    * ``lr``: the peak learning rate ``alpha``. ``weight_decay``: in the variant's own convention (torch AdamW:
-      decay ``1 - lr_t*wd`` per step; paper AdamW and ProxAdam: ``1 - eta_t*wd``); ``None`` = the optimizer's
-      default (AdamW torch 1e-2, paper ``1e-2*lr``).
-    * ``decay_timescale_epochs`` (instead of ``weight_decay``): the EMA timescale of the decay in epochs (Wang &
-      Aitchison 2024), ``tau_epoch = 1 / (1 - f) / steps_per_epoch`` with ``f`` the variant's per-step decay
-      factor at the peak lr (torch AdamW: ``wd = 1 / (lr * tau_epoch * steps_per_epoch)``), resolved when the
-      trainer knows the steps per epoch.
-    * ``betas``, ``eps``: ``None`` = the optimizer's defaults; ``optimizer_kwargs``: other constructor arguments
-      (e.g. ``{"fused": False}``).
-    * ``schedule`` (``cosine`` | ``linear`` | ``constant``) after ``warmup_steps`` (or ``warmup_ratio`` of the
-      total) linear warmup, down to ``min_lr_ratio * lr`` at ``total_steps`` (default: the trainer's estimate),
-      stepped every optimizer step.
-    * ``groups``: the parameter groups (:class:`~lightning_decay.integration.param_groups.ParamGroupSettings`).
-    * ``lr_scheduler_interval`` / ``lr_scheduler_monitor``: only for a ``lr_scheduler_callable`` (how often to
-      step it; the metric of a ``ReduceLROnPlateau``).
-    * ``nonfinite_grads``: what a NaN/inf gradient does (:mod:`lightning_decay.integration.guards`): ``raise`` (default,
-      a ``FloatingPointError`` naming the parameter), ``skip`` the step (weights and optimizer state unchanged, counted
-      and logged), or ``off``; ``nonfinite_skip_limit``: with ``skip``, raise after that many consecutive skipped steps
-      (None: never). Under a ``GradScaler`` (16-mixed) the scaler handles overflow instead.
+    Everything :class:`~lightning_decay.integration.mixin.DecayMixin` needs to build them. :meth:`to_dict` gives the
+    plain form stored in ``hparams["decay"]``; :meth:`coerce` reads it back. The ``Args`` below are also the
+    LightningCLI's help lines (``--help``, ``--model.help``).
 
-    :meth:`to_dict` gives the plain form stored in ``hparams``; :meth:`coerce` reads it back.
+    Args:
+        optimizer: the weight-decay variant: <VARIANTS> (adamw is torch's convention, decay 1 - lr_t*wd per
+            step; adamw-paper Loshchilov & Hutter's, 1 - eta_t*wd: the same number decays ~1/lr times
+            faster); or a dotted torch.optim.Optimizer class path.
+        lr: the peak learning rate alpha; the schedule sets lr_t = alpha * eta_t.
+        weight_decay: in the variant's own convention: decay lr_t*wd per step for <TORCH>; eta_t*wd
+            for <PAPER>; an L2 term wd*w in the gradient for <L2>. null: the optimizer's default (torch AdamW:
+            0.01). The startup summary prints the decay timescale it means.
+        decay_timescale_epochs: instead of weight_decay: the decay's EMA timescale in epochs (Wang & Aitchison
+            2024), turned into a weight decay once the trainer knows the steps per epoch (variants with one decay
+            factor per step only).
+        betas: Adam's (beta1, beta2); null: the optimizer's default.
+        eps: Adam's eps; null: the optimizer's default.
+        optimizer_kwargs: further constructor arguments of the optimizer, e.g. {fused: false} or {momentum: 0.9}.
+        schedule: the lr shape after the warmup: <SCHEDULES>; stepped every optimizer step.
+        warmup_steps: optimizer steps of linear warmup to lr (0: none).
+        warmup_ratio: the warmup as a fraction of total_steps, instead of warmup_steps.
+        total_steps: the step at which the schedule reaches min_lr_ratio * lr; null: the fit's optimizer steps
+            (the trainer's estimate).
+        min_lr_ratio: the final lr as a fraction of lr.
+        groups: how the parameters are split into groups: biases, normalization layers and other 1-D parameters
+            get no decay by default; overrides by name pattern or module type.
+        lr_scheduler_interval: only with model.lr_scheduler_callable: 'step' (default: every optimizer step, as
+            the built-in schedule) or 'epoch'.
+        lr_scheduler_monitor: only with a ReduceLROnPlateau model.lr_scheduler_callable: the metric it watches.
+        nonfinite_grads: what a NaN/inf gradient does: <POLICIES> (raise: an error naming the parameter;
+            skip: the step is skipped, weights and optimizer state unchanged; off: no check).
+        nonfinite_skip_limit: with nonfinite_grads skip: raise after this many consecutive skipped steps (null:
+            never).
+        verbose: the startup summary also lists the name of every parameter in each group.
+        allow_external_optimizer: let an optimizer that DecayMixin did not build train the model (LightningCLI's
+            top-level optimizer: key, or the model's own configure_optimizers given decay settings); without
+            it that is an error, since the parameter groups and these settings would be lost.
     """
 
     optimizer: str = "adamw"
@@ -71,10 +87,12 @@ class DecaySettings:
     total_steps: int | None = None
     min_lr_ratio: float = 0.0
     groups: ParamGroupSettings = field(default_factory=ParamGroupSettings)
-    lr_scheduler_interval: str = "epoch"
+    lr_scheduler_interval: str = "step"
     lr_scheduler_monitor: str | None = None
     nonfinite_grads: str = "raise"
     nonfinite_skip_limit: int | None = 10
+    verbose: bool = False
+    allow_external_optimizer: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -103,6 +121,8 @@ class DecaySettings:
             raise TypeError(f"lr_scheduler_monitor must be a metric name, got {self.lr_scheduler_monitor!r}")
         check_nonfinite_policy(self.nonfinite_grads, "nonfinite_grads")
         check_skip_limit(self.nonfinite_skip_limit, "nonfinite_skip_limit")
+        check_bool("verbose", self.verbose)
+        check_bool("allow_external_optimizer", self.allow_external_optimizer)
         rule, peak_lr = check_optimizer_settings(
             self.optimizer, self.lr, self.weight_decay, self.betas, self.eps, self.optimizer_kwargs
         )
@@ -138,6 +158,31 @@ class DecaySettings:
     def replace(self, **changes: Any) -> DecaySettings:
         """A copy with ``changes`` (validated)."""
         return dataclasses.replace(self, **changes)
+
+    def changed(self, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The settings (among ``names``, default: all) that differ from the defaults, in field order."""
+        defaults = type(self)()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if (names is None or f.name in names) and getattr(self, f.name) != getattr(defaults, f.name)
+        }
+
+
+def _names(keep: Callable[[VariantInfo], bool]) -> str:
+    return ", ".join(name for name, info in REGISTRY.items() if keep(info))
+
+
+# The help lines name what the registry and the modules hold, never a copy: LightningCLI's --help shows them.
+DecaySettings.__doc__ = (
+    (DecaySettings.__doc__ or "")
+    .replace("<VARIANTS>", ", ".join(variant_names()))
+    .replace("<TORCH>", _names(lambda info: info.decoupled and not info.rule.per_unit_lr))
+    .replace("<PAPER>", _names(lambda info: info.decoupled and info.rule.per_unit_lr))
+    .replace("<L2>", _names(lambda info: not info.decoupled))
+    .replace("<SCHEDULES>", ", ".join(SCHEDULES))
+    .replace("<POLICIES>", ", ".join(NONFINITE_POLICIES))
+)
 
 
 def check_timescale_settings(

@@ -10,6 +10,10 @@
 
 Exact and fast by construction: each step is torch's kernel (fused on CPU and CUDA by default) with the settings of
 :meth:`~lightning_decay.optim.rules.KernelDecayRule.kernel_settings`, so the step *is* the rule.
+
+torch's edges are kept: a complex parameter is stepped as its real pair by torch's single-tensor and foreach kernels
+(the fused kernel has none: refused when the group is built, not midway through a step), and a 0-dim tensor lr is
+taken where torch takes one (not by the foreach kernel unless capturable: refused, naming ``lr``, before any update).
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from lightning_decay.optim.base import (
     DecayOptimizer,
+    _group_label,
     check_adam_hyperparameters,
     convention_rule,
     default_weight_decay,
     fused_supported,
+    kernel_lr,
+    precise_lr,
+    wants_tensor_lr,
 )
 from lightning_decay.optim.rules import (
     AdamCRule,
@@ -62,7 +71,7 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float | None = None,
@@ -101,18 +110,42 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
             decoupled_weight_decay=decoupled,
         )
 
+    def _check_settings(self, group: dict[str, Any], where: str) -> None:
+        super()._check_settings(group, where)
+        if isinstance(group["lr"], Tensor) and group.get("foreach") and not group.get("capturable"):
+            raise ValueError(  # torch's own error, but before any group is updated
+                f"lr as a Tensor is not supported for capturable=False and foreach=True{where} (torch's foreach Adam "
+                "kernel): give a float lr, foreach=False or capturable=True"
+            )
+
+    def _prepare_group(self, group: dict[str, Any]) -> None:
+        super()._prepare_group(group)
+        if group.get("fused"):
+            dtypes = sorted({str(p.dtype) for p in group["params"] if p.is_complex()})
+            if dtypes:
+                raise ValueError(
+                    f"fused=True{_group_label(self, group)} cannot step complex parameters ({', '.join(dtypes)}): "
+                    "torch's fused Adam kernel has no complex version; give this group fused=False (torch's other "
+                    "kernels step a complex parameter as its real pair)"
+                )
+
+    def _kernel_settings(self, group: dict[str, Any]) -> tuple[float | Tensor, float]:
+        """``(lr', wd')`` for torch's kernel: ``lr'`` a tensor where the group's lr is one and the kernel wants
+        one (:func:`~lightning_decay.optim.base.wants_tensor_lr`), else a float; ``wd'`` a float."""
+        rule = self.rule_for(group)
+        assert isinstance(rule, KernelDecayRule)
+        lr = group["lr"]
+        settings = rule.kernel_settings(precise_lr(lr), self.initial_lr(group), group["weight_decay"])
+        return kernel_lr(settings.lr, lr, isinstance(lr, Tensor) and wants_tensor_lr(group)), settings.weight_decay
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step: every group is checked, then torch's kernel runs with the rule's settings."""
         loss = self._closure_then_checks(closure)
-        kernel_settings = []
-        for group in self.param_groups:
-            rule = self.rule_for(group)
-            assert isinstance(rule, KernelDecayRule)
-            kernel_settings.append(rule.kernel_settings(group["lr"], self.initial_lr(group), group["weight_decay"]))
+        kernel_settings = [self._kernel_settings(group) for group in self.param_groups]
         saved = [(group["lr"], group["weight_decay"]) for group in self.param_groups]
         try:
             for group, settings in zip(self.param_groups, kernel_settings):
-                group["lr"], group["weight_decay"] = settings.lr, settings.weight_decay
+                group["lr"], group["weight_decay"] = settings
             _torch_adam_step(self)
         finally:
             for group, (lr, weight_decay) in zip(self.param_groups, saved):
@@ -133,7 +166,7 @@ class AdamL2(KernelAdam):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-4,
@@ -164,7 +197,7 @@ class AdamW(KernelAdam):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float | None = None,
@@ -194,7 +227,7 @@ class ProxAdam(KernelAdam):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float | None = None,
@@ -229,7 +262,7 @@ class AdamC(KernelAdam):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float | None = None,

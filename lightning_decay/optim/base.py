@@ -3,6 +3,11 @@
 Every optimizer exposes ``decay_rule``, ``rule_for(group)`` (the rule a group follows: AdamC's differ between
 normalized and other groups), ``initial_lr(group)`` (alpha), ``schedule_multiplier(group)`` (``eta_t``) and
 ``decay_factor(group)`` (this step's factor, from the rule).
+
+A group's lr may be a 0-dim tensor, as torch's optimizers take it (schedulers fill it in place): the rules compute
+``lr'`` from it in float64 (:func:`precise_lr`), and a kernel gets ``lr'`` back as a tensor of the lr's own dtype
+where torch wants one, a Python float elsewhere (:func:`kernel_lr`). Alpha is stored as a float, never as an alias
+of the tensor the scheduler moves.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_decay.optim.rules import DecayRule, KernelDecayRule
-from lightning_decay.validation import check_betas, check_bool, check_lr, check_nonnegative
+from lightning_decay.validation import check_betas, check_bool, check_lr, check_nonnegative, tensor_value_readable
 
 __all__ = [
     "DecayOptimizer",
@@ -25,6 +30,11 @@ __all__ = [
     "check_adam_hyperparameters",
     "fused_supported",
     "convention_rule",
+    "as_number",
+    "scalar_value",
+    "precise_lr",
+    "wants_tensor_lr",
+    "kernel_lr",
 ]
 
 #: Group key holding the lr a group was built with: the blog's alpha when no scheduler set ``initial_lr``.
@@ -33,14 +43,52 @@ LR_AT_CONSTRUCTION = "lr_at_construction"
 ADAMW_DEFAULT_WEIGHT_DECAY = 1e-2  # torch.optim.AdamW's default, torch convention
 
 
+def as_number(value: Any) -> Any:
+    """A one-element tensor's value as a Python number (alpha, a default weight decay); anything else as it is (a
+    bad lr is then named by its check)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and tensor_value_readable(value):
+        return value.item()
+    return value
+
+
+def scalar_value(value: float | Tensor, elementwise_input: Tensor | None) -> float | Tensor:
+    """A factor computed from a tensor lr as a float, unless it came from an elementwise input (D, a mask)."""
+    return as_number(value) if elementwise_input is None else value
+
+
+def precise_lr(lr: float | Tensor) -> float | Tensor:
+    """The lr the rules compute ``lr'`` from: a tensor lr in float64 (its own dtype where the device has none)."""
+    if isinstance(lr, Tensor) and lr.dtype != torch.float64 and lr.device.type != "mps":
+        return lr.to(torch.float64)
+    return lr
+
+
+def wants_tensor_lr(group: dict[str, Any]) -> bool:
+    """Whether torch's kernel should get a tensor ``lr'`` for a group with a tensor lr: the fused kernels (read on
+    the device, no sync), capturable and differentiable steps, and code torch.compile traces (no ``.item()``)."""
+    return bool(group.get("fused") or group.get("capturable") or group.get("differentiable")) or (
+        torch.compiler.is_compiling()
+    )
+
+
+def kernel_lr(value: float | Tensor, lr: float | Tensor, as_tensor: bool) -> float | Tensor:
+    """``lr'`` as torch's kernel takes it: for a tensor ``lr``, a tensor of its dtype (torch's CUDA fused kernels
+    read a float32 lr) when ``as_tensor``, else a Python float; a float lr's ``lr'`` unchanged."""
+    if not isinstance(value, Tensor):
+        return value
+    if as_tensor:
+        return value.to(lr.dtype) if isinstance(lr, Tensor) else value
+    return value.item()
+
+
 def default_weight_decay(
-    weight_decay: float | None, lr: float, per_unit_lr: bool, default: float = ADAMW_DEFAULT_WEIGHT_DECAY
+    weight_decay: float | None, lr: float | Tensor, per_unit_lr: bool, default: float = ADAMW_DEFAULT_WEIGHT_DECAY
 ) -> float:
     """``default`` (torch AdamW's 1e-2); for rules whose decay is ``eta_t * wd``, the same decay at the initial lr."""
     if weight_decay is not None:
         return weight_decay
     check_lr("lr", lr)
-    return default * (lr if per_unit_lr else 1.0)
+    return default * (as_number(lr) if per_unit_lr else 1.0)
 
 
 def check_adam_hyperparameters(group: dict[str, Any], where: str) -> None:
@@ -103,17 +151,19 @@ class DecayOptimizer:
         return float(group.get("initial_lr", group[LR_AT_CONSTRUCTION]))
 
     def schedule_multiplier(self, group: dict[str, Any]) -> float:
-        """``eta_t = lr_t / alpha`` for this group."""
-        return self.decay_rule.schedule_multiplier(group["lr"], self.initial_lr(group))
+        """``eta_t = lr_t / alpha`` for this group (a float, also for a tensor lr)."""
+        return as_number(self.decay_rule.schedule_multiplier(precise_lr(group["lr"]), self.initial_lr(group)))
 
     def rule_for(self, group: dict[str, Any]) -> DecayRule:
         """The rule ``group`` follows: :attr:`decay_rule`, except where a variant treats groups differently (AdamC)."""
         return self.decay_rule
 
     def decay_factor(self, group: dict[str, Any], denominator: Tensor | None = None) -> float | Tensor:
-        """This step's decay factor for ``group`` (elementwise rules need Adam's denominator)."""
+        """This step's decay factor for ``group`` (elementwise rules need Adam's denominator): a float for a scalar
+        rule, also with a tensor lr (monitors tell elementwise factors by their being tensors)."""
         rule = self.rule_for(group)
-        return rule.decay_factor(group["lr"], self.initial_lr(group), group["weight_decay"], denominator)
+        factor = rule.decay_factor(precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"], denominator)
+        return scalar_value(factor, denominator)
 
     def _check_settings(self, group: dict[str, Any], where: str) -> None:
         """The optimizer family's own settings (Adam's betas and eps here; SGD overrides)."""
@@ -122,6 +172,8 @@ class DecayOptimizer:
     def _check_group(self, group: dict[str, Any]) -> None:
         where = _group_label(self, group)  # type: ignore[arg-type]
         self._check_settings(group, where)
+        if isinstance(group["lr"], Tensor) and not tensor_value_readable(group["lr"]):
+            return  # a CUDA graph capture or a torch.compile trace: the lr's value cannot be read here
         try:
             self.rule_for(group).check(group["lr"], self.initial_lr(group), group["weight_decay"])
         except ValueError as error:
@@ -132,12 +184,16 @@ class DecayOptimizer:
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)  # type: ignore[misc]
-        self._prepare_group(self.param_groups[-1])
+        try:
+            self._prepare_group(self.param_groups[-1])
+        except (TypeError, ValueError):
+            self.param_groups.pop()  # a refused group is not left behind
+            raise
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]
         for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict: no alpha stored
-            group.setdefault(LR_AT_CONSTRUCTION, group.get("initial_lr", group["lr"]))
+            group.setdefault(LR_AT_CONSTRUCTION, as_number(group.get("initial_lr", group["lr"])))
             for key, value in self._GROUP_DEFAULTS.items():
                 group.setdefault(key, value)
 
@@ -152,7 +208,7 @@ class DecayOptimizer:
         return loss
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
-        group.setdefault(LR_AT_CONSTRUCTION, group["lr"])
+        group.setdefault(LR_AT_CONSTRUCTION, as_number(group["lr"]))  # a float: a tensor lr moves
         where = _group_label(self, group)  # type: ignore[arg-type]
         for flag in _BOOLEAN_FLAGS:
             check_bool(flag, group.get(flag), where, allow_none=True)

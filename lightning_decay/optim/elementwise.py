@@ -6,7 +6,9 @@
 | ``adamw-cautious``, ``adamw-paper-cautious`` | ``CautiousAdamW`` | ``w <- w - lr_t u_t - c_t 1[u_t*w >= 0] w`` |
 
 No torch kernel decays elementwise: the step is a ``torch.compile``'d multi-tensor kernel (the memory traffic of
-torch's fused AdamW), or the same step eagerly where compiling is impossible (one warning).
+torch's fused AdamW), or the same step eagerly where compiling is impossible (one warning). A complex parameter is
+stepped as its real pair (the kernels get real views; the state is torch's, complex), on every path; the lr may be
+a 0-dim tensor on every path.
 """
 
 from __future__ import annotations
@@ -19,8 +21,20 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_decay.optim.adam import CONVENTIONS
-from lightning_decay.optim.base import check_adam_hyperparameters, convention_rule, default_weight_decay
-from lightning_decay.optim.compiled import CompiledKernelOptimizer, adam_step_scalars, compute_dtype
+from lightning_decay.optim.base import (
+    check_adam_hyperparameters,
+    convention_rule,
+    default_weight_decay,
+    precise_lr,
+    scalar_value,
+)
+from lightning_decay.optim.compiled import (
+    CompiledKernelOptimizer,
+    adam_step_scalars,
+    compute_dtype,
+    real_view,
+    scalar_table,
+)
 from lightning_decay.optim.rules import AdamPRule, CautiousRule, DecayRule, adam_denominator
 
 __all__ = ["AdamP", "CautiousAdamW"]
@@ -81,16 +95,17 @@ class _CompiledAdam(CompiledKernelOptimizer, Optimizer):
     """Adam with an elementwise decay: a compiled multi-tensor kernel (``fused``), or the same step eagerly.
 
     Subclasses give the kernel (:attr:`_step_function`, signature of :func:`_adamp_multi_tensor_step`) and each
-    group's float64 row ``[lr_t, decay scalar, beta1, beta2, eps]`` (:meth:`_kernel_row`).
+    group's float64 row ``[lr_t, decay scalar, beta1, beta2, eps]`` (:meth:`_kernel_row`; tensors for a tensor lr).
     """
 
     _GROUP_DEFAULTS = {"maximize": False, "foreach": None, "fused": True}
+    _mutated_arguments = (0, 2, 3, 4)  # params, exp_avgs, exp_avg_sqs, steps
 
     def __init__(
         self,
         params: Iterable[Any],
         rule: DecayRule,
-        lr: float,
+        lr: float | Tensor,
         betas: tuple[float, float],
         eps: float,
         weight_decay: float,
@@ -112,7 +127,7 @@ class _CompiledAdam(CompiledKernelOptimizer, Optimizer):
         super().__init__(params, defaults)
         self._kernel = self._new_kernel()
 
-    def _kernel_row(self, group: dict[str, Any]) -> list[float]:
+    def _kernel_row(self, group: dict[str, Any]) -> list[float | Tensor]:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -132,18 +147,21 @@ class _CompiledAdam(CompiledKernelOptimizer, Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                if param.is_complex():  # as torch's Adam: the real pairs (views of the parameter and its state)
+                    param, grad, exp_avg, exp_avg_sq = map(real_view, (param, grad, exp_avg, exp_avg_sq))
                 key = (param.device, compute_dtype(param), bool(group["maximize"]))
                 lists = by_device.setdefault(key, {"p": [], "g": [], "m": [], "v": [], "s": [], "i": []})
                 lists["p"].append(param)
                 lists["g"].append(grad)
-                lists["m"].append(state["exp_avg"])
-                lists["v"].append(state["exp_avg_sq"])
+                lists["m"].append(exp_avg)
+                lists["v"].append(exp_avg_sq)
                 lists["s"].append(state["step"])
                 lists["i"].append(index)
         rows = [self._kernel_row(group) for group in self.param_groups]
         use_compile = all(group["fused"] for group in self.param_groups)
         for (device, _, maximize), lists in by_device.items():
-            hyperparameters = torch.tensor(rows, dtype=torch.float64, device=device)
+            hyperparameters = scalar_table(rows, device)
             group_index = torch.tensor(lists["i"], device=device)
             self._kernel(
                 lists["p"], lists["g"], lists["m"], lists["v"], lists["s"], hyperparameters, group_index, maximize,
@@ -166,7 +184,7 @@ class AdamP(_CompiledAdam):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
@@ -179,8 +197,8 @@ class AdamP(_CompiledAdam):
             params, AdamPRule(), lr, betas, eps, weight_decay, maximize=maximize, foreach=foreach, fused=fused
         )
 
-    def _kernel_row(self, group: dict[str, Any]) -> list[float]:
-        return [group["lr"], group["weight_decay"], group["betas"][0], group["betas"][1], group["eps"]]
+    def _kernel_row(self, group: dict[str, Any]) -> list[float | Tensor]:
+        return [precise_lr(group["lr"]), group["weight_decay"], group["betas"][0], group["betas"][1], group["eps"]]
 
 
 class CautiousAdamW(_CompiledAdam):
@@ -202,7 +220,7 @@ class CautiousAdamW(_CompiledAdam):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float | None = None,
@@ -220,25 +238,27 @@ class CautiousAdamW(_CompiledAdam):
             foreach=foreach, fused=fused,
         )
 
-    def _kernel_row(self, group: dict[str, Any]) -> list[float]:
-        coefficient = self.decay_rule.decay_coefficient(group["lr"], self.initial_lr(group), group["weight_decay"])
-        return [group["lr"], coefficient, group["betas"][0], group["betas"][1], group["eps"]]
+    def _kernel_row(self, group: dict[str, Any]) -> list[float | Tensor]:
+        lr = precise_lr(group["lr"])
+        coefficient = self.decay_rule.decay_coefficient(lr, self.initial_lr(group), group["weight_decay"])
+        return [lr, coefficient, group["betas"][0], group["betas"][1], group["eps"]]
 
     def decay_factor(  # type: ignore[override]
         self, group: dict[str, Any], denominator: Tensor | None = None, mask: Tensor | None = None
     ) -> float | Tensor:
-        """``1 - c_t * mask`` elementwise given a mask (:meth:`decay_mask`); without one, ``1 - c_t``: the factor
-        on the coordinates that decay (``c_t = lr_t * wd`` torch convention, ``eta_t * wd`` paper)."""
-        return self.decay_rule.decay_factor(
-            group["lr"], self.initial_lr(group), group["weight_decay"], denominator, mask=mask
+        """``1 - c_t * mask`` elementwise given a mask (:meth:`decay_mask`); without one, ``1 - c_t`` (a float):
+        the factor on the coordinates that decay (``c_t = lr_t * wd`` torch convention, ``eta_t * wd`` paper)."""
+        factor = self.decay_rule.decay_factor(
+            precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"], denominator, mask=mask
         )
+        return scalar_value(factor, mask)
 
     @torch.no_grad()
     def decay_mask(self, param: Tensor) -> Tensor | None:
         """``1[u_t * w >= 0]`` with the last step's direction ``u_t`` (from the state) and the current weights.
 
         The step used the weights before it; the two masks differ only where a weight crossed zero. None before
-        the parameter's first step.
+        the parameter's first step. A complex parameter's mask is its real pairs' (shape ``(*param.shape, 2)``).
         """
         state = self.state.get(param)
         if not state:
@@ -246,9 +266,10 @@ class CautiousAdamW(_CompiledAdam):
         group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
         beta1, beta2 = group["betas"]
         step = float(state["step"])
-        denominator = adam_denominator(state["exp_avg_sq"], (1 - beta2**step) ** 0.5, group["eps"])
-        update = state["exp_avg"] / (1 - beta1**step) / denominator
-        return self.decay_rule.decay_mask(update, param)
+        exp_avg, exp_avg_sq = real_view(state["exp_avg"]), real_view(state["exp_avg_sq"])
+        denominator = adam_denominator(exp_avg_sq, (1 - beta2**step) ** 0.5, group["eps"])
+        update = exp_avg / (1 - beta1**step) / denominator
+        return self.decay_rule.decay_mask(update, real_view(param))
 
     def decayed_fraction(self, group: dict[str, Any]) -> float | None:
         """Fraction of ``group``'s coordinates the mask decays (see :meth:`decay_mask`); None before any step."""

@@ -30,6 +30,10 @@ rate and weight decay to hand torch's Adam/AdamW kernel (``w <- (1 - lr' * wd') 
 ``g <- g + wd' * w`` when not decoupled) so that one step is exactly the rule's; the SGD optimizers run the same
 ``(lr', wd')`` as ``w <- (1 - lr' * wd') * w - lr' * d_t``. The per-step decay factor that the monitoring callbacks
 log is derived from those same settings, so the optimizer and the monitors cannot disagree.
+
+``lr`` may be a 0-dim tensor (as torch's optimizers take it): every rule then computes ``lr'``, the decay factor and
+its checks by tensor arithmetic (``lr'`` a tensor); ``wd'`` is always a Python float, since torch's kernels take the
+weight decay as a number (AdamC's ``wd' = lr_t * wd / lr_max`` reads the lr's value for it).
 """
 
 from __future__ import annotations
@@ -73,14 +77,21 @@ def adam_denominator(exp_avg_sq: Tensor, bias_correction2_sqrt: Tensor | float, 
 
 @dataclass(frozen=True)
 class KernelSettings:
-    """What to pass torch's Adam (or SGD) kernel so that its step is exactly a rule's step."""
+    """What to pass torch's Adam (or SGD) kernel so that its step is exactly a rule's step.
 
-    lr: float
+    ``lr`` is a tensor when the group's lr is one; ``weight_decay`` is always a Python float (a tensor given is read).
+    """
+
+    lr: float | Tensor
     weight_decay: float
     decoupled: bool
 
+    def __post_init__(self) -> None:
+        if isinstance(self.weight_decay, Tensor):
+            object.__setattr__(self, "weight_decay", self.weight_decay.item())
+
     @property
-    def decay_factor(self) -> float:
+    def decay_factor(self) -> float | Tensor:
         """``1 - lr' * wd'`` when decoupled (the kernel's multiplicative decay); 1 for L2 (decay via the gradient)."""
         return 1.0 - self.lr * self.weight_decay if self.decoupled else 1.0
 
@@ -101,23 +112,23 @@ class DecayRule(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
+    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         """Raise ValueError naming the argument when the settings are outside the rule's domain."""
         check_lr("lr", lr)
         check_nonnegative("weight_decay", weight_decay)
 
     @staticmethod
-    def schedule_multiplier(lr: float, initial_lr: float) -> float:
+    def schedule_multiplier(lr: float | Tensor, initial_lr: float) -> float | Tensor:
         """``eta_t = lr_t / alpha`` (1 when alpha is 0)."""
         return lr / initial_lr if initial_lr > 0 else 1.0
 
     @abstractmethod
     def decay_factor(
-        self, lr: float, initial_lr: float, weight_decay: float, denominator: Tensor | None = None
+        self, lr: float | Tensor, initial_lr: float, weight_decay: float, denominator: Tensor | None = None
     ) -> float | Tensor:
         """The factor that multiplies the weights in one step (1 means no decay)."""
 
-    def timescale_steps(self, lr: float, initial_lr: float, weight_decay: float) -> float:
+    def timescale_steps(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> float:
         """EMA timescale of the decay in steps, ``1 / (1 - factor)`` (inf without decay); scalar rules only."""
         factor = self.decay_factor(lr, initial_lr, weight_decay)
         shrink = 1.0 - float(factor)
@@ -128,12 +139,12 @@ class KernelDecayRule(DecayRule):
     """A rule that torch's Adam/AdamW kernel runs exactly, given per-step settings."""
 
     @abstractmethod
-    def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
+    def kernel_settings(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> KernelSettings:
         """torch-kernel ``(lr', wd', decoupled)`` for this step."""
 
     def decay_factor(
-        self, lr: float, initial_lr: float, weight_decay: float, denominator: Tensor | None = None
-    ) -> float:
+        self, lr: float | Tensor, initial_lr: float, weight_decay: float, denominator: Tensor | None = None
+    ) -> float | Tensor:
         """``1 - lr' * wd'`` of the kernel settings for decoupled rules; 1 for L2 (decay goes through the gradient)."""
         return self.kernel_settings(lr, initial_lr, weight_decay).decay_factor
 
@@ -146,14 +157,14 @@ class L2Rule(KernelDecayRule):
 
     scale_free = False
 
-    def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
+    def kernel_settings(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> KernelSettings:
         return KernelSettings(lr, weight_decay, decoupled=False)
 
 
 class TorchConventionRule(KernelDecayRule):
     """Decoupled decay in torch's convention: ``w <- (1 - lr_t * wd) * w - lr_t * step_t``."""
 
-    def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
+    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         super().check(lr, initial_lr, weight_decay)
         if lr * weight_decay >= 1.0:
             raise ValueError(
@@ -161,7 +172,7 @@ class TorchConventionRule(KernelDecayRule):
                 f"(torch convention, decay factor 1 - lr*weight_decay; lr={lr:g}, weight_decay={weight_decay:g})"
             )
 
-    def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
+    def kernel_settings(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> KernelSettings:
         return KernelSettings(lr, weight_decay, decoupled=True)
 
 
@@ -174,7 +185,7 @@ class PaperConventionRule(KernelDecayRule):
 
     per_unit_lr = True
 
-    def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
+    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         super().check(lr, initial_lr, weight_decay)
         eta_wd = self.schedule_multiplier(lr, initial_lr) * weight_decay
         if eta_wd >= 1.0:
@@ -183,7 +194,7 @@ class PaperConventionRule(KernelDecayRule):
                 f"factor 1 - eta_t*weight_decay with eta_t = lr/initial lr; lr={lr:g}, weight_decay={weight_decay:g})"
             )
 
-    def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
+    def kernel_settings(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> KernelSettings:
         if initial_lr <= 0:
             return KernelSettings(lr, 0.0, decoupled=True)
         return KernelSettings(lr, weight_decay / initial_lr, decoupled=True)
@@ -198,7 +209,7 @@ class ProximalRule(KernelDecayRule):
 
     per_unit_lr = True
 
-    def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
+    def kernel_settings(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> KernelSettings:
         if initial_lr <= 0:
             return KernelSettings(lr, 0.0, decoupled=True)
         shrink = 1.0 + self.schedule_multiplier(lr, initial_lr) * weight_decay
@@ -213,7 +224,7 @@ class AdamL2Rule(L2Rule):
 
     name = "adaml2"
 
-    def preconditioned_decay(self, lr: float, weight_decay: float, denominator: Tensor) -> Tensor:
+    def preconditioned_decay(self, lr: float | Tensor, weight_decay: float, denominator: Tensor) -> Tensor:
         """``lr_t * wd / D``: how strongly the L2 term pulls each coordinate in one (momentum-free) step."""
         return lr * weight_decay / denominator
 
@@ -257,7 +268,7 @@ class AdamPRule(DecayRule):
             raise ValueError("AdamP's decay factor is elementwise: pass Adam's denominator D")
         return torch.reciprocal(1.0 + lr * weight_decay / denominator)
 
-    def timescale_steps(self, lr: float, initial_lr: float, weight_decay: float) -> float:
+    def timescale_steps(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> float:
         raise ValueError("AdamP's decay is elementwise; compute its timescale from decay_factor(..., denominator)")
 
 
@@ -285,7 +296,7 @@ class AdamCRule(KernelDecayRule):
         """``lr_max``, or alpha when it was not given."""
         return float(self.lr_max) if self.lr_max is not None else initial_lr
 
-    def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
+    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         super().check(lr, initial_lr, weight_decay)
         coefficient = 1.0 - self.decay_factor(lr, initial_lr, weight_decay)
         if coefficient >= 1.0:
@@ -295,7 +306,7 @@ class AdamCRule(KernelDecayRule):
                 f"weight_decay={weight_decay:g})"
             )
 
-    def kernel_settings(self, lr: float, initial_lr: float, weight_decay: float) -> KernelSettings:
+    def kernel_settings(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> KernelSettings:
         peak = self.peak_lr(initial_lr)
         if peak <= 0:
             return KernelSettings(lr, 0.0, decoupled=True)
@@ -324,10 +335,10 @@ class CautiousRule(DecayRule):
     def __repr__(self) -> str:
         return f"CautiousRule({self.base!r})"
 
-    def check(self, lr: float, initial_lr: float, weight_decay: float) -> None:
+    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         self.base.check(lr, initial_lr, weight_decay)
 
-    def decay_coefficient(self, lr: float, initial_lr: float, weight_decay: float) -> float:
+    def decay_coefficient(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> float | Tensor:
         """``c_t = lr' * wd'`` of the base rule's kernel settings: ``lr_t * wd`` (torch) or ``eta_t * wd`` (paper)."""
         settings = self.base.kernel_settings(lr, initial_lr, weight_decay)
         return settings.lr * settings.weight_decay
@@ -344,7 +355,7 @@ class CautiousRule(DecayRule):
 
     def decay_factor(
         self,
-        lr: float,
+        lr: float | Tensor,
         initial_lr: float,
         weight_decay: float,
         denominator: Tensor | None = None,
@@ -355,7 +366,7 @@ class CautiousRule(DecayRule):
         coefficient = self.decay_coefficient(lr, initial_lr, weight_decay)
         return 1.0 - coefficient if mask is None else self.masked_factor(coefficient, mask)
 
-    def timescale_steps(self, lr: float, initial_lr: float, weight_decay: float) -> float:
+    def timescale_steps(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> float:
         """The timescale of a coordinate the mask decays at every step, ``1 / c_t`` (steps it skips lengthen it)."""
         coefficient = self.decay_coefficient(lr, initial_lr, weight_decay)
         return math.inf if coefficient <= 0.0 else 1.0 / coefficient
@@ -383,14 +394,14 @@ class SGDL2Rule(L2Rule):
 
     def decay_factor(
         self,
-        lr: float,
+        lr: float | Tensor,
         initial_lr: float,
         weight_decay: float,
         denominator: Tensor | None = None,
         *,
         momentum: float = 0.0,
         dampening: float = 0.0,
-    ) -> float:
+    ) -> float | Tensor:
         """``1 - k * lr_t * wd`` with ``k`` = :meth:`momentum_gain` (the L2 term's effective decay)."""
         settings = self.kernel_settings(lr, initial_lr, weight_decay)
         return 1.0 - self.momentum_gain(momentum, dampening) * settings.lr * settings.weight_decay

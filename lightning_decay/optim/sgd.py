@@ -29,6 +29,9 @@ Speed by construction (``benchmarks/optimizer_step.py`` compares each to torch's
   fused SGD followed by a separate decay pass moves 40% more bytes). Its per-step scalars are one float64-computed
   tensor (no recompiles when the lr changes); ``fused=False`` or ``foreach=True`` run the same step eagerly, and
   compiling falls back to it with one warning where it fails.
+
+A complex parameter is stepped as its real pair on every path (torch's kernels and the compiled one get real views;
+the momentum buffer stays complex, as torch's); the lr may be a 0-dim tensor on every path, as torch's SGD takes it.
 """
 
 from __future__ import annotations
@@ -41,8 +44,16 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.sgd import sgd as torch_sgd
 
-from lightning_decay.optim.base import convention_rule, default_weight_decay, fused_supported
-from lightning_decay.optim.compiled import CompiledKernelOptimizer, compute_dtype
+from lightning_decay.optim.base import (
+    convention_rule,
+    default_weight_decay,
+    fused_supported,
+    kernel_lr,
+    precise_lr,
+    scalar_value,
+    wants_tensor_lr,
+)
+from lightning_decay.optim.compiled import CompiledKernelOptimizer, compute_dtype, real_view, scalar_table
 from lightning_decay.optim.rules import KernelDecayRule, ProxSGDRule, SGDL2Rule, SGDWPaperRule, SGDWTorchRule
 from lightning_decay.validation import check_bool, check_lr, check_nonnegative, check_real
 
@@ -93,13 +104,14 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
 
     decay_rule: KernelDecayRule
     _step_function = _sgd_multi_tensor_step
+    _mutated_arguments = (0, 2)  # params, buffers
     # e.g. a torch.optim.SGD state_dict
     _GROUP_DEFAULTS = {"dampening": 0.0, "nesterov": False, "maximize": False, "foreach": None, "fused": False}
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float | None = None,
@@ -138,10 +150,11 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
         """This step's decay factor for ``group``; for L2, its effective factor given the group's momentum."""
         rule = self.rule_for(group)
         if isinstance(rule, SGDL2Rule):
-            return rule.decay_factor(
-                group["lr"], self.initial_lr(group), group["weight_decay"], momentum=group["momentum"],
+            factor = rule.decay_factor(
+                precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"], momentum=group["momentum"],
                 dampening=group["dampening"],
             )
+            return scalar_value(factor, None)
         return super().decay_factor(group, denominator)
 
     @torch.no_grad()
@@ -149,12 +162,12 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
         """One step over all groups (groups checked first)."""
         loss = self._closure_then_checks(closure)
         compiled: dict[tuple[torch.device, torch.dtype], dict[str, list[Any]]] = {}
-        rows: list[list[float]] = []  # per compiled group: its steady-state row, then its first-step row
+        rows: list[list[float | Tensor]] = []  # per compiled group: its steady-state row, then its first-step row
         use_compile = True
         for group in self.param_groups:
             rule = self.rule_for(group)
             assert isinstance(rule, KernelDecayRule)
-            settings = rule.kernel_settings(group["lr"], self.initial_lr(group), group["weight_decay"])
+            settings = rule.kernel_settings(precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"])
             momentum = group["momentum"]
             params = [param for param in group["params"] if param.grad is not None]
             if not params:
@@ -164,13 +177,7 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             buffers = [self.state[param].get("momentum_buffer") for param in params] if momentum != 0 else []
             if momentum == 0 or not settings.decoupled:  # torch's SGD is exactly the rule
-                torch_sgd(
-                    params, grads, buffers, foreach=group["foreach"], fused=group["fused"],
-                    weight_decay=settings.weight_decay, momentum=momentum, lr=settings.lr,
-                    dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
-                )
-                for param, buffer in zip(params, buffers):
-                    self.state[param]["momentum_buffer"] = buffer
+                self._torch_step(group, settings.lr, settings.weight_decay, params, grads, buffers)
                 continue
             use_compile = use_compile and group["fused"] is not False and not group["foreach"]
             sign = -1.0 if group["maximize"] else 1.0
@@ -185,16 +192,44 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
                 if first:  # zeros, and the first step's row: b_1 = g_1
                     buffer = torch.zeros_like(param, memory_format=torch.preserve_format)
                     self.state[param]["momentum_buffer"] = buffer
+                if param.is_complex():  # the real pairs (views of the parameter and its buffer)
+                    param, grad, buffer = real_view(param), real_view(grad), real_view(buffer)
                 lists = compiled.setdefault((param.device, compute_dtype(param)), {"p": [], "g": [], "b": [], "i": []})
                 lists["p"].append(param)
                 lists["g"].append(grad)
                 lists["b"].append(buffer)
                 lists["i"].append(steady_row + first)
         for (device, dtype), lists in compiled.items():
-            table = torch.tensor(rows, dtype=torch.float64, device=device)
+            table = scalar_table(rows, device)
             scalars = table[torch.tensor(lists["i"], device=device)].to(dtype)
             self._kernel(lists["p"], lists["g"], lists["b"], scalars, use_compile=use_compile)
         return loss
+
+    def _torch_step(
+        self,
+        group: dict[str, Any],
+        lr: float | Tensor,
+        weight_decay: float,
+        params: list[Tensor],
+        grads: list[Tensor],
+        buffers: list[Tensor | None],
+    ) -> None:
+        """torch's SGD kernel on a group's parameters with ``(lr', wd')``; complex parameters as their real pairs
+        (exactly the real pair's step on every path, the fused one included), buffers stored complex as torch's."""
+        originals, stored = params, list(buffers)
+        if any(param.is_complex() for param in params):
+            params, grads = [real_view(p) for p in params], [real_view(g) for g in grads]
+            buffers = [None if b is None else real_view(b) for b in buffers]
+        as_tensor = isinstance(lr, Tensor) and wants_tensor_lr(group)
+        torch_sgd(
+            params, grads, buffers, foreach=group["foreach"], fused=group["fused"], weight_decay=weight_decay,
+            momentum=group["momentum"], lr=kernel_lr(lr, group["lr"], as_tensor), dampening=group["dampening"],
+            nesterov=group["nesterov"], maximize=group["maximize"],
+        )
+        for param, before, buffer in zip(originals, stored, buffers):  # torch's SGD makes the first buffers
+            if before is None and param.is_complex():
+                buffer = torch.view_as_complex(buffer)
+            self.state[param]["momentum_buffer"] = buffer if before is None else before
 
 
 class SGDL2(KernelSGD):
@@ -207,7 +242,7 @@ class SGDL2(KernelSGD):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = SGD_DEFAULT_WEIGHT_DECAY,
@@ -236,7 +271,7 @@ class SGDW(KernelSGD):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float | None = None,
@@ -265,7 +300,7 @@ class ProxSGD(KernelSGD):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float | None = None,

@@ -8,7 +8,10 @@
 * :func:`plot_norm_curves`: total weight norm vs. epoch of the runs whose accuracy clears a threshold, one panel
   per variant with a shared y axis (the blog's AdamW-vs-AdamP norm comparison).
 
-Input is the rows of a sweep's ``results.json`` (:func:`lightning_decay.sweep.results.load_results`).
+Input is the rows of a sweep's ``results.json`` (:func:`lightning_decay.sweep.results.load_results`). Titles and
+colour-bar labels name the logged metric behind the ``accuracy`` column (the grid's ``metrics.accuracy``, e.g.
+``val/acc`` for a sweep with ``test: false``; :func:`accuracy_metric`), and each PNG carries its title in its
+``Title`` metadata.
 """
 
 from __future__ import annotations
@@ -21,9 +24,61 @@ from typing import Any
 import numpy as np
 
 from lightning_decay.sweep.decoupling import DEFAULT_TOLERANCE, good_region, measure_tables
-from lightning_decay.sweep.results import ResultTable, result_tables
+from lightning_decay.sweep.results import FIXED_COLUMNS, RESULT_FILE, ResultTable, cell_dir, read_json, result_tables
 
-__all__ = ["plot_accuracy_heatmaps", "plot_norm_curves", "plot_norm_heatmaps", "plot_sweep"]
+__all__ = [
+    "accuracy_metric",
+    "metric_title",
+    "plot_accuracy_heatmaps",
+    "plot_norm_curves",
+    "plot_norm_heatmaps",
+    "plot_sweep",
+]
+
+#: How the first part of a metric name reads in a title (``val/acc`` -> validation accuracy).
+_STAGES = {"test": "test", "val": "validation", "valid": "validation", "validation": "validation", "train": "training"}
+_KINDS = {"acc": "accuracy", "accuracy": "accuracy", "loss": "loss"}
+
+
+def metric_title(name: str | None) -> str:
+    """A metric as a title: ``test/acc`` -> ``test accuracy (test/acc)``, ``val/acc`` -> ``validation accuracy
+    (val/acc)``; other names as they are; None -> ``accuracy``."""
+    if not name:
+        return "accuracy"
+    stage, _, kind = name.partition("/")
+    if stage in _STAGES and kind:
+        return f"{_STAGES[stage]} {_KINDS.get(kind, kind)} ({name})"
+    return name
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _is_number(a) and _is_number(b) and float(a) == float(b)
+
+
+def accuracy_metric(rows: Sequence[Mapping[str, Any]], output: str | Path | None = None) -> str | None:
+    """The logged metric the rows' ``accuracy`` column holds (the grid's ``metrics.accuracy``, e.g. ``test/acc`` or,
+    for a sweep with ``test: false``, ``val/acc``), read from the rows: the metric columns equal to ``accuracy``
+    in every finished row. Where several are (a validation set that is the test set), the name the cells recorded
+    (``<output>/cells/<cell>/result.json``, ``metric_names``) decides, else they are joined with `` = ``. None when
+    no column matches."""
+    ok = [row for row in rows if row.get("status", "ok") == "ok" and _is_number(row.get("accuracy"))]
+    if not ok:
+        return None
+    skip = {"accuracy", *FIXED_COLUMNS, "cell", "variant", "axes", "norm_history", "error"}
+    columns = [key for key in ok[0] if key not in skip and key not in ok[0].get("axes", ())]
+    matching = [key for key in columns if all(_same(row.get(key), row["accuracy"]) for row in ok)]
+    if len(matching) <= 1:
+        return matching[0] if matching else None
+    if output is not None:
+        recorded = set()
+        for row in ok:
+            result = read_json(cell_dir(Path(output), str(row["cell"])) / RESULT_FILE) if row.get("cell") else None
+            name = ((result or {}).get("metric_names") or {}).get("accuracy")
+            if name:
+                recorded.add(name)
+        if len(recorded) == 1 and next(iter(recorded)) in matching:
+            return next(iter(recorded))
+    return " = ".join(matching)
 
 _PANEL_SIZE = (3.6, 3.3)
 
@@ -105,7 +160,7 @@ def _heatmaps(
     figure.colorbar(image, ax=axes, label=colorbar_label, shrink=0.9)
     figure.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, metadata={"Title": title})
     return path
 
 
@@ -116,19 +171,26 @@ def plot_accuracy_heatmaps(
     y: str = "weight_decay",
     value: str = "accuracy",
     tolerance: float = DEFAULT_TOLERANCE,
-    title: str = "test accuracy",
+    title: str | None = None,
+    metric: str | None = None,
 ) -> Path:
-    """Accuracy heatmaps side by side (shared colour scale, values printed, best framed, good region dashed)."""
+    """Accuracy heatmaps side by side (shared colour scale, values printed, best framed, good region dashed).
+
+    ``metric``: the logged metric behind the ``value`` column, named in the title and colour bar (default:
+    :func:`accuracy_metric` of the rows); ``title`` replaces the title's metric part."""
     tables = result_tables(rows, x, y, value)
     if not tables:
         raise ValueError("no finished rows to plot")
+    if metric is None and value == "accuracy":
+        metric = accuracy_metric(rows)
+    label = metric or value
     percent = _as_percent(tables)
     measures = measure_tables(tables, tolerance)
     return _heatmaps(
         tables,
         Path(path),
-        title=f"{title} (red: best; dashed: good region, tolerance {tolerance:g})",
-        colorbar_label=f"{value} (%)" if percent else value,
+        title=f"{title or metric_title(label)} (red: best; dashed: good region, tolerance {tolerance:g})",
+        colorbar_label=f"{label} (%)" if percent else label,
         cell_text=(lambda v: f"{v:.1f}") if percent else (lambda v: f"{v:.3g}"),
         scale=100.0 if percent else 1.0,
         marks=[m.best_cell for m in measures],
@@ -144,8 +206,12 @@ def plot_norm_heatmaps(
     y: str = "weight_decay",
     value: str = "weight_norm",
     accuracy: str = "accuracy",
+    metric: str | None = None,
 ) -> Path:
-    """Final total weight norm per cell, side by side with a shared (log when wide) scale; best-accuracy framed."""
+    """Final total weight norm per cell, side by side with a shared (log when wide) scale; the cell with the best
+    ``accuracy`` framed (``metric``, its logged name in the title; default :func:`accuracy_metric`)."""
+    if metric is None and accuracy == "accuracy":
+        metric = accuracy_metric(rows)
     tables = result_tables(rows, x, y, value)
     if not tables:
         raise ValueError("no finished rows to plot")
@@ -161,7 +227,7 @@ def plot_norm_heatmaps(
     return _heatmaps(
         tables,
         Path(path),
-        title="final total weight norm (red: best accuracy)",
+        title=f"final total weight norm (red: best {metric or accuracy})",
         colorbar_label=value,
         cell_text=lambda v: f"{v:.3g}",
         marks=marks,
@@ -191,8 +257,10 @@ def plot_norm_curves(
     min_accuracy: float | None = None,
     accuracy: str = "accuracy",
     tolerance: float = DEFAULT_TOLERANCE,
+    metric: str | None = None,
 ) -> Path:
-    """Total weight norm vs. epoch of the runs with ``accuracy >= min_accuracy``, one panel per variant.
+    """Total weight norm vs. epoch of the runs with ``accuracy >= min_accuracy``, one panel per variant
+    (``metric``: the logged name of ``accuracy`` in the title; default :func:`accuracy_metric`).
 
     ``min_accuracy=None``: the good-region threshold of all finished rows pooled (best - tolerance * (best -
     median)), the same for every panel so that the variants are compared on equal terms.
@@ -200,6 +268,8 @@ def plot_norm_curves(
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
+    if metric is None and accuracy == "accuracy":
+        metric = accuracy_metric(rows)
     tables = result_tables(rows, x, y, accuracy)
     if not tables:
         raise ValueError("no finished rows to plot")
@@ -236,13 +306,14 @@ def plot_norm_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if 0 < low and high / low > 10:
         axes[0].set_yscale("log")
-    figure.suptitle(
-        f"weight norm during training, runs with {accuracy} >= {threshold:.3g}" if threshold is not None else "",
-        fontsize=10,
+    title = (
+        f"weight norm during training, runs with {metric or accuracy} >= {threshold:.3g}"
+        if threshold is not None else "weight norm during training"
     )
+    figure.suptitle(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, metadata={"Title": title})
     return path
 
 
@@ -253,13 +324,21 @@ def plot_sweep(
     y: str = "weight_decay",
     tolerance: float = DEFAULT_TOLERANCE,
     norm_min_accuracy: float | None = None,
+    accuracy_metric_name: str | None = None,
 ) -> dict[str, Path]:
-    """All three pictures into ``output``: ``heatmap_accuracy.png``, ``heatmap_norm.png``, ``norm_curves.png``."""
+    """All three pictures into ``output``: ``heatmap_accuracy.png``, ``heatmap_norm.png``, ``norm_curves.png``.
+
+    ``accuracy_metric_name``: the logged metric behind the ``accuracy`` column (the grid's ``metrics.accuracy``),
+    named in the titles; default: :func:`accuracy_metric` of the rows (and of the cell files under ``output``)."""
     output = Path(output)
+    metric = accuracy_metric_name or accuracy_metric(rows, output)
     return {
-        "heatmap_accuracy": plot_accuracy_heatmaps(rows, output / "heatmap_accuracy.png", x, y, tolerance=tolerance),
-        "heatmap_norm": plot_norm_heatmaps(rows, output / "heatmap_norm.png", x, y),
+        "heatmap_accuracy": plot_accuracy_heatmaps(
+            rows, output / "heatmap_accuracy.png", x, y, tolerance=tolerance, metric=metric
+        ),
+        "heatmap_norm": plot_norm_heatmaps(rows, output / "heatmap_norm.png", x, y, metric=metric),
         "norm_curves": plot_norm_curves(
-            rows, output / "norm_curves.png", x, y, min_accuracy=norm_min_accuracy, tolerance=tolerance
+            rows, output / "norm_curves.png", x, y, min_accuracy=norm_min_accuracy, tolerance=tolerance,
+            metric=metric,
         ),
     }

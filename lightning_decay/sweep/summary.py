@@ -81,7 +81,8 @@ def finish_sweep(grid: GridSpec, summary: SweepSummary, log: Callable[[str], Any
         {"tolerance": tolerance, "x": x, "y": y, "panels": {t.label: m.to_dict() for t, m in zip(tables, measures)}},
     )
     summary.plots = plot_sweep(
-        ok, grid.output, x=x, y=y, tolerance=tolerance, norm_min_accuracy=grid.plot["norm_min_accuracy"]
+        ok, grid.output, x=x, y=y, tolerance=tolerance, norm_min_accuracy=grid.plot["norm_min_accuracy"],
+        accuracy_metric_name=grid.metrics["accuracy"],
     )
     for table, measure in zip(tables, measures):
         best_x, best_y = table.x_values[measure.best_cell[1]], table.y_values[measure.best_cell[0]]
