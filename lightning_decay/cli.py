@@ -73,14 +73,17 @@ def shorten_error(message: str) -> str:
     return head + ("; ".join(reasons) if reasons else message[len(head):])
 
 
-def _plain(value: Any) -> Any:
-    """A parsed value as plain data: Namespaces to dicts, also inside tuples and lists (where ``as_dict`` stops)."""
+def _plain(value: Any, settings: bool = False) -> Any:
+    """A parsed value as plain data: Namespaces to dicts, also inside tuples and lists (where ``as_dict`` stops);
+    with ``settings``, a dataclass given as ``{class_path, init_args}`` (a ``GroupOverride``) as its arguments."""
     if isinstance(value, Namespace):
         value = {key: item for key, item in vars(value).items() if not key.startswith("__")}  # no __path__
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        if settings and "class_path" in value and set(value) <= {"class_path", "init_args", "dict_kwargs"}:
+            return _plain(value.get("init_args") or {}, settings)
+        return {key: _plain(item, settings) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [_plain(item, settings) for item in value]
     return value
 
 
@@ -91,7 +94,7 @@ def _decay_blocks(section: Any, key: str) -> Iterator[tuple[str, Mapping[str, An
         return
     for name, value in section.items():
         if name == "decay" and isinstance(value, Mapping) and "optimizer" in value:
-            yield f"{key}.{name}", value
+            yield f"{key}.{name}", _plain(value, settings=True)
         elif name == "init_args" or (isinstance(value, Mapping) and "init_args" in value):
             yield from _decay_blocks(value, f"{key}.{name}")
 
@@ -117,7 +120,13 @@ def check_decay_block(key: str, values: Mapping[str, Any]) -> str | None:
         DecaySettings.coerce(values)
     except (TypeError, ValueError) as error:
         text = str(error).removeprefix("DecaySettings: ")
-        mentioned = [(text.find(name), name) for name in values if re.search(rf"\b{re.escape(name)}\b", text)]
+        aliases = {name: (name,) for name in values} | {"groups": ("groups", "ParamGroupSettings", "GroupOverride")}
+        mentioned = [
+            (found.start(), name)
+            for name, words in aliases.items()
+            for word in words
+            if (found := re.search(rf"\b{re.escape(word)}\b", text))
+        ]
         return f"{key}.{min(mentioned)[1]}: {text}" if mentioned else f"{key}: {text}"
     return None
 

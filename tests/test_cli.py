@@ -141,7 +141,8 @@ def test_help_documents_every_decay_setting_and_lists_the_variants(monkeypatch, 
     for name in variant_names():
         assert name in helps["optimizer"]
     assert "(type: str, default: step)" in helps["lr_scheduler_interval"]
-    assert "see the module docstring" not in out.split("--model.decay.optimizer")[0].splitlines()[-1]
+    header = out.split("--model.decay.optimizer")[0].splitlines()[-1]
+    assert header == "The decay optimizer and its lr schedule (model.decay); every key is checked before training:"
 
 
 def test_misspelt_variant_is_a_short_parse_error(tmp_path, monkeypatch, capsys):

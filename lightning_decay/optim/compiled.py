@@ -29,6 +29,7 @@ __all__ = [
     "CompiledStep",
     "CompiledKernelOptimizer",
     "compute_dtype",
+    "compute_dtype_of",
     "adam_step_scalars",
     "real_view",
     "scalar_table",
@@ -38,8 +39,17 @@ log = logging.getLogger(__name__)
 
 
 def compute_dtype(param: Tensor) -> torch.dtype:
-    """float64 parameters compute in float64, every other dtype in float32 (bf16/fp16 upcast in the kernel)."""
-    return torch.float64 if param.dtype == torch.float64 else torch.float32
+    """float64 parameters compute in float64, every other dtype in float32 (bf16/fp16 upcast in the kernel); a
+    complex one as its real pairs (complex128: float64)."""
+    return compute_dtype_of(param.dtype)
+
+
+_FLOAT64_PARAMETERS = {torch.float64: torch.float64, torch.complex128: torch.float64}
+
+
+def compute_dtype_of(dtype: torch.dtype) -> torch.dtype:
+    """:func:`compute_dtype` of a parameter dtype."""
+    return _FLOAT64_PARAMETERS.get(dtype, torch.float32)
 
 
 def real_view(tensor: Tensor) -> Tensor:

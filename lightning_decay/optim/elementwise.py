@@ -32,6 +32,7 @@ from lightning_decay.optim.compiled import (
     CompiledKernelOptimizer,
     adam_step_scalars,
     compute_dtype,
+    compute_dtype_of,
     real_view,
     scalar_table,
 )
@@ -148,9 +149,10 @@ class _CompiledAdam(CompiledKernelOptimizer, Optimizer):
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                if param.is_complex():  # as torch's Adam: the real pairs (views of the parameter and its state)
+                dtype = param.dtype
+                if dtype.is_complex:  # as torch's Adam: the real pairs (views of the parameter and its state)
                     param, grad, exp_avg, exp_avg_sq = map(real_view, (param, grad, exp_avg, exp_avg_sq))
-                key = (param.device, compute_dtype(param), bool(group["maximize"]))
+                key = (param.device, compute_dtype_of(dtype), bool(group["maximize"]))
                 lists = by_device.setdefault(key, {"p": [], "g": [], "m": [], "v": [], "s": [], "i": []})
                 lists["p"].append(param)
                 lists["g"].append(grad)

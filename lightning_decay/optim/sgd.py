@@ -53,7 +53,7 @@ from lightning_decay.optim.base import (
     scalar_value,
     wants_tensor_lr,
 )
-from lightning_decay.optim.compiled import CompiledKernelOptimizer, compute_dtype, real_view, scalar_table
+from lightning_decay.optim.compiled import CompiledKernelOptimizer, compute_dtype_of, real_view, scalar_table
 from lightning_decay.optim.rules import KernelDecayRule, ProxSGDRule, SGDL2Rule, SGDWPaperRule, SGDWTorchRule
 from lightning_decay.validation import check_bool, check_lr, check_nonnegative, check_real
 
@@ -192,9 +192,11 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
                 if first:  # zeros, and the first step's row: b_1 = g_1
                     buffer = torch.zeros_like(param, memory_format=torch.preserve_format)
                     self.state[param]["momentum_buffer"] = buffer
-                if param.is_complex():  # the real pairs (views of the parameter and its buffer)
+                dtype = param.dtype
+                if dtype.is_complex:  # the real pairs (views of the parameter and its buffer)
                     param, grad, buffer = real_view(param), real_view(grad), real_view(buffer)
-                lists = compiled.setdefault((param.device, compute_dtype(param)), {"p": [], "g": [], "b": [], "i": []})
+                key = (param.device, compute_dtype_of(dtype))
+                lists = compiled.setdefault(key, {"p": [], "g": [], "b": [], "i": []})
                 lists["p"].append(param)
                 lists["g"].append(grad)
                 lists["b"].append(buffer)
