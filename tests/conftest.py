@@ -19,6 +19,10 @@ settings.register_profile("deterministic", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
+# Under pytest-xdist (``-n 2``) each worker computes on one thread: two workers on two cores, not four threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TINY_TRAIN_PER_CLASS = 4
 TINY_TEST_PER_CLASS = 2

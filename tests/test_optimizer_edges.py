@@ -137,13 +137,15 @@ def test_fused_adam_kernel_refuses_complex_parameters_before_any_update(name: st
     with pytest.raises(ValueError, match=r"^fused.*complex"):
         build(name, [real, complex_param], fused=True)
     optimizer = build(name, [real], fused=True)
-    with pytest.raises(ValueError, match=r"^fused.*complex"):
+    with pytest.raises(ValueError, match=r"^fused=True \(param group 1\).*complex"):
         optimizer.add_param_group({"params": [complex_param]})
+    assert len(optimizer.param_groups) == 1  # the refused group is not left behind
     optimizer = build(name, [real])  # the default: fused for real parameters, another path for complex ones
     optimizer.add_param_group({"params": [complex_param], "fused": False})
     for p in (real, complex_param):
         p.grad = torch.ones_like(p)
     optimizer.step()
+    assert all(not torch.equal(p, torch.ones_like(p)) for p in (real, complex_param))
 
 
 @pytest.mark.parametrize("name", [name for name, info in REGISTRY.items() if "decayed_fraction" in info.decay_metrics])
