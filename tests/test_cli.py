@@ -141,7 +141,7 @@ def test_help_documents_every_decay_setting_and_lists_the_variants(monkeypatch, 
     for name in variant_names():
         assert name in helps["optimizer"]
     assert "(type: str, default: step)" in helps["lr_scheduler_interval"]
-    header = out.split("--model.decay.optimizer")[0].splitlines()[-1]
+    header = lines[next(i for i, line in enumerate(lines) if line.strip().startswith("--model.decay.optimizer")) - 1]
     assert header == "The decay optimizer and its lr schedule (model.decay); every key is checked before training:"
 
 
