@@ -306,3 +306,12 @@ def test_torch_kernels_get_a_tensor_lr_where_they_need_one(name: str, monkeypatc
             p.grad = g
         optimizer.step()
         assert seen and all(isinstance(lr, kind) and type(wd) is float for lr, wd in seen), (options, seen)
+
+
+def test_decay_settings_refuse_a_tensor_lr_saying_where_it_goes() -> None:
+    """Settings are plain data (hparams, YAML): a tensor lr is refused with a message naming lr and the way to use
+    one (the optimizer itself), not stored as a tensor or silently turned into a float."""
+    from lightning_decay import DecaySettings
+
+    with pytest.raises(TypeError, match="lr must be a number here.*optimizer_callable"):
+        DecaySettings(lr=torch.tensor(1e-3))

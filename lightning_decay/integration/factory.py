@@ -316,7 +316,7 @@ def build_optimizer_config(
     total_steps: int | None = None,
     min_lr_ratio: float = 0.0,
     lr_scheduler: Callable[[Optimizer], Any] | None = None,
-    lr_scheduler_interval: str = "epoch",
+    lr_scheduler_interval: str = "step",
     lr_scheduler_monitor: str | None = None,
     trainer: pl.Trainer | None = None,
 ) -> OptimizerLRSchedulerConfig:

@@ -92,11 +92,18 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
 class GroupOverride:
     """A named parameter group for the parameters matched by name ``patterns`` or by ``modules`` type.
 
-    ``weight_decay`` (absolute, in the optimizer's convention; 0 for none), ``lr`` (absolute) or ``lr_scale``
-    (``lr = lr_scale * base lr``) apply to the group; ``None`` keeps the optimizer's value. ``normalized`` sets
-    ``group["normalized"]``, which AdamC reads: False for layers whose output no normalization follows (their decay
-    keeps AdamW's ``lr_t * wd``). The names ``"decay"``/``"no_decay"`` add the matches to the built-in groups and
-    then take no settings.
+    The names "decay" / "no_decay" add the matches to the built-in groups and then take no settings.
+
+    Args:
+        name: the group's name (LearningRateMonitor shows lr-<Optimizer>/<name>).
+        patterns: fnmatch patterns of parameter names (a module path matches everything under it).
+        modules: module types by class or dotted class path; their parameters join the group.
+        weight_decay: the group's weight decay, absolute, in the optimizer's convention (0: none); null keeps the
+            optimizer's.
+        lr: the group's lr, absolute (>= 0); null keeps the optimizer's.
+        lr_scale: the group's lr as a multiple of the base lr (instead of lr).
+        normalized: AdamC only: false for layers whose output no normalization follows (their decay keeps AdamW's
+            lr_t * wd); null leaves the optimizer's default.
     """
 
     name: str
@@ -170,12 +177,20 @@ def _known_keys(cls: type, mapping: Mapping[str, Any], what: str) -> dict[str, A
 
 @dataclass(frozen=True)
 class ParamGroupSettings:
-    """How parameters are split into groups (see the module docstring for the order of the rules).
+    """How the parameters are split into groups (model.decay.groups). For each parameter the first matching rule
+    decides: overrides, no_decay patterns, the model's no_weight_decay(), the default no-decay set, else "decay".
+    With every rule off there is one "decay" group.
 
-    ``no_decay_bias``/``no_decay_norm``/``no_decay_1d``/``no_decay_embeddings`` switch the default rules;
-    ``no_decay`` adds name patterns; ``overrides`` adds named groups; ``model_no_weight_decay`` honours the
-    model's ``no_weight_decay()``/``no_weight_decay_keywords()``. With every rule off there is one ``"decay"``
-    group.
+    Args:
+        no_decay_bias: biases (named bias or *_bias) get no weight decay.
+        no_decay_norm: parameters of normalization layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm,
+            any class named ...Norm) get no weight decay.
+        no_decay_1d: every other parameter with ndim <= 1 gets no weight decay.
+        no_decay_embeddings: nn.Embedding / nn.EmbeddingBag weights get no weight decay.
+        no_decay: more parameters without decay, by fnmatch name pattern (a module path matches everything under
+            it).
+        overrides: named groups (name, patterns or modules, weight_decay / lr / lr_scale / normalized).
+        model_no_weight_decay: honour the model's no_weight_decay() / no_weight_decay_keywords() (timm).
     """
 
     no_decay_bias: bool = True

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
+
 from lightning_decay.integration.factory import check_optimizer_settings
 from lightning_decay.integration.guards import NONFINITE_POLICIES, check_nonfinite_policy, check_skip_limit
 from lightning_decay.integration.param_groups import ParamGroupSettings
@@ -106,6 +108,12 @@ class DecaySettings:
             object.__setattr__(self, "optimizer", f"{self.optimizer.__module__}.{self.optimizer.__qualname__}")
         if not isinstance(self.optimizer, str):
             raise TypeError(f"optimizer must be a variant name or a class path, got {type(self.optimizer).__name__}")
+        if isinstance(self.lr, torch.Tensor):
+            raise TypeError(
+                "lr must be a number here: DecaySettings are plain data (saved in hparams and YAML), and one tensor "
+                "shared by every parameter group would tie their schedules. A tensor lr goes to the optimizer "
+                "itself, e.g. optimizer_callable=functools.partial(lightning_decay.AdamW, lr=torch.tensor(1e-3))"
+            )
         if self.betas is not None and not isinstance(self.betas, (str, bytes)):
             object.__setattr__(self, "betas", tuple(self.betas))
         if not isinstance(self.optimizer_kwargs, Mapping):
