@@ -308,10 +308,40 @@ def test_torch_kernels_get_a_tensor_lr_where_they_need_one(name: str, monkeypatc
         assert seen and all(isinstance(lr, kind) and type(wd) is float for lr, wd in seen), (options, seen)
 
 
-def test_decay_settings_refuse_a_tensor_lr_saying_where_it_goes() -> None:
-    """Settings are plain data (hparams, YAML): a tensor lr is refused with a message naming lr and the way to use
-    one (the optimizer itself), not stored as a tensor or silently turned into a float."""
-    from lightning_decay import DecaySettings
+def test_decay_settings_take_a_tensor_lr_and_give_each_group_its_own() -> None:
+    """``DecaySettings(lr=tensor)`` trains exactly as the float lr, with one 0-dim tensor lr per parameter group
+    (a shared one would tie the groups' schedules), the schedule filling it in place; hparams keep a number."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
 
-    with pytest.raises(TypeError, match="lr must be a number here.*optimizer_callable"):
-        DecaySettings(lr=torch.tensor(1e-3))
+    from lightning_decay import DecayMixin, DecaySettings
+
+    class Tiny(DecayMixin, pl.LightningModule):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+        def training_step(self, batch, batch_index):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def fit(lr) -> Tiny:
+        torch.manual_seed(0)
+        model = Tiny(decay=DecaySettings(optimizer="proxadam", lr=lr, weight_decay=0.1, warmup_steps=2))
+        generator = torch.Generator().manual_seed(1)
+        data = TensorDataset(torch.randn(32, 4, generator=generator), torch.randn(32, 1, generator=generator))
+        trainer = pl.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, accelerator="cpu")
+        trainer.fit(model, DataLoader(data, batch_size=8))
+        return model
+
+    with_float, with_tensor = fit(0.01), fit(torch.tensor(0.01, dtype=torch.float64))
+    assert with_tensor.hparams["decay"]["lr"] == 0.01 and with_tensor.hparams["decay"]["tensor_lr"] is True
+    lrs = [group["lr"] for group in with_tensor.trainer.optimizers[0].param_groups]
+    assert all(isinstance(lr, torch.Tensor) and lr.ndim == 0 for lr in lrs) and lrs[0] is not lrs[1]
+    assert not isinstance(with_float.trainer.optimizers[0].param_groups[0]["lr"], torch.Tensor)
+    for a, b in zip(with_float.parameters(), with_tensor.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match="lr must be a number or a 0-dim floating tensor"):
+        DecaySettings(lr=torch.tensor([1e-3]))

@@ -35,6 +35,7 @@ from lightning_decay.optim.registry import REGISTRY, get_variant, record_of_clas
 from lightning_decay.optim.rules import DecayRule
 from lightning_decay.validation import (
     check_betas,
+    check_bool,
     check_int,
     check_lr,
     check_nonnegative,
@@ -239,6 +240,7 @@ def build_optimizer(
     eps: float | None = None,
     optimizer_kwargs: Mapping[str, Any] | None = None,
     groups: ParamGroupSettings | Mapping[str, Any] | None = None,
+    tensor_lr: bool = False,
 ) -> Optimizer:
     """The optimizer on ``params``: a module (split into named groups by ``groups``, see
     :mod:`lightning_decay.integration.param_groups`) or ready parameters / group dicts (used as given).
@@ -246,7 +248,7 @@ def build_optimizer(
     ``None`` settings are the optimizer's defaults. ``decay_timescale_steps`` (instead of ``weight_decay``) sets,
     for every group without its own ``weight_decay``, the weight decay whose EMA timescale at that group's peak lr
     is that many steps (:func:`~lightning_decay.optim.conventions.weight_decay_for_timescale`, through the optimizer's
-    decay rule).
+    decay rule). ``tensor_lr`` gives every group its own 0-dim tensor lr (capturable / compiled training loops).
     """
     if weight_decay is not None and decay_timescale_steps is not None:
         raise ValueError(
@@ -272,8 +274,9 @@ def build_optimizer(
             param_groups = [{"params": items}]
         else:
             raise TypeError("params must be all tensors or all group dicts, not a mix")
+    check_bool("tensor_lr", tensor_lr)
     if decay_timescale_steps is None:
-        return _warn_unread_normalized(make(param_groups))
+        return _with_tensor_lrs(_warn_unread_normalized(make(param_groups)), tensor_lr)
     probe = make(_copy_groups(param_groups))
     base_lr = float(probe.defaults["lr"])
     base_weight_decay = weight_decay_for_timescale(decay_timescale_steps, base_lr, decay_rule_of(probe))
@@ -281,7 +284,19 @@ def build_optimizer(
         if "weight_decay" not in group:
             rule = decay_rule_of(probe, probe_group)
             group["weight_decay"] = weight_decay_for_timescale(decay_timescale_steps, float(probe_group["lr"]), rule)
-    return _warn_unread_normalized(make(param_groups, weight_decay=base_weight_decay))
+    return _with_tensor_lrs(_warn_unread_normalized(make(param_groups, weight_decay=base_weight_decay)), tensor_lr)
+
+
+def _with_tensor_lrs(optimizer: Optimizer, tensor_lr: bool) -> Optimizer:
+    """With ``tensor_lr``, each group's lr becomes its own 0-dim tensor on the group's device (float32 on CUDA, as
+    torch's fused kernels read it; float64 elsewhere): schedulers then fill it in place, and no two groups share
+    one tensor (they would share their schedule)."""
+    if tensor_lr:
+        for group in optimizer.param_groups:
+            device = group["params"][0].device
+            dtype = torch.float32 if device.type == "cuda" else torch.float64
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=device)
+    return optimizer
 
 
 def _warn_unread_normalized(optimizer: Optimizer) -> Optimizer:
@@ -310,6 +325,7 @@ def build_optimizer_config(
     eps: float | None = None,
     optimizer_kwargs: Mapping[str, Any] | None = None,
     groups: ParamGroupSettings | Mapping[str, Any] | None = None,
+    tensor_lr: bool = False,
     schedule: str = "cosine",
     warmup_steps: int = 0,
     warmup_ratio: float = 0.0,
@@ -351,7 +367,7 @@ def build_optimizer_config(
             )
     built = build_optimizer(
         model, optimizer, lr, weight_decay, decay_timescale_steps=decay_timescale_steps, betas=betas, eps=eps,
-        optimizer_kwargs=optimizer_kwargs, groups=groups,
+        optimizer_kwargs=optimizer_kwargs, groups=groups, tensor_lr=tensor_lr,
     )
     scheduler_config: LRSchedulerConfigType
     if lr_scheduler is not None:

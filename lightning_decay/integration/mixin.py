@@ -291,6 +291,7 @@ class DecayMixin:
             eps=None if injected else settings.eps,
             optimizer_kwargs=None if injected else settings.optimizer_kwargs,
             groups=settings.groups,
+            tensor_lr=settings.tensor_lr and not injected,
             schedule=settings.schedule,
             warmup_steps=settings.warmup_steps,
             warmup_ratio=settings.warmup_ratio,

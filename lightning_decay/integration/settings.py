@@ -25,7 +25,7 @@ from lightning_decay.validation import check_bool, check_positive
 
 __all__ = ["DecaySettings", "OPTIMIZER_FIELDS", "SCHEDULE_FIELDS", "GENERAL_FIELDS", "check_timescale_settings"]
 
-OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "betas", "eps", "optimizer_kwargs")
+OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "betas", "eps", "optimizer_kwargs", "tensor_lr")
 #: Settings of the built-in schedule; with ``lr_scheduler_callable`` they do not apply.
 SCHEDULE_FIELDS = ("schedule", "warmup_steps", "warmup_ratio", "total_steps", "min_lr_ratio")
 #: Settings that apply whoever builds the optimizer (the gradient guard, the startup summary, the opt-in); every other
@@ -71,6 +71,8 @@ class DecaySettings:
         nonfinite_skip_limit: with nonfinite_grads skip: raise after this many consecutive skipped steps (null:
             never).
         verbose: the startup summary also lists the name of every parameter in each group.
+        tensor_lr: every parameter group gets its own 0-dim tensor lr (as torch's optimizers accept, for capturable
+            or compiled training loops); the schedule fills it in place. A tensor given as lr sets this.
         allow_external_optimizer: let an optimizer that DecayMixin did not build train the model (LightningCLI's
             top-level optimizer: key, or the model's own configure_optimizers given decay settings); without
             it that is an error, since the parameter groups and these settings would be lost.
@@ -95,6 +97,7 @@ class DecaySettings:
     nonfinite_skip_limit: int | None = 10
     verbose: bool = False
     allow_external_optimizer: bool = False
+    tensor_lr: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -108,12 +111,13 @@ class DecaySettings:
             object.__setattr__(self, "optimizer", f"{self.optimizer.__module__}.{self.optimizer.__qualname__}")
         if not isinstance(self.optimizer, str):
             raise TypeError(f"optimizer must be a variant name or a class path, got {type(self.optimizer).__name__}")
-        if isinstance(self.lr, torch.Tensor):
-            raise TypeError(
-                "lr must be a number here: DecaySettings are plain data (saved in hparams and YAML), and one tensor "
-                "shared by every parameter group would tie their schedules. A tensor lr goes to the optimizer "
-                "itself, e.g. optimizer_callable=functools.partial(lightning_decay.AdamW, lr=torch.tensor(1e-3))"
-            )
+        if isinstance(self.lr, torch.Tensor):  # kept as a number (hparams, YAML); each group gets its own tensor
+            if self.lr.ndim != 0 or not self.lr.is_floating_point():
+                raise TypeError(f"lr must be a number or a 0-dim floating tensor, got a tensor of shape "
+                                f"{tuple(self.lr.shape)} and dtype {self.lr.dtype}")
+            object.__setattr__(self, "lr", float(self.lr))
+            object.__setattr__(self, "tensor_lr", True)
+        check_bool("tensor_lr", self.tensor_lr)
         if self.betas is not None and not isinstance(self.betas, (str, bytes)):
             object.__setattr__(self, "betas", tuple(self.betas))
         if not isinstance(self.optimizer_kwargs, Mapping):
