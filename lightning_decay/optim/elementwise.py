@@ -41,6 +41,17 @@ from lightning_decay.optim.rules import AdamPRule, CautiousRule, DecayRule, adam
 __all__ = ["AdamP", "CautiousAdamW"]
 
 
+def _update_moments(
+    grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, beta1: Tensor, beta2: Tensor, maximize: bool
+) -> None:
+    """Adam's moments: ``m <- beta1 m + (1 - beta1) g``, ``v <- beta2 v + (1 - beta2) g^2`` (``g`` negated when
+    maximizing); inlined into the compiled steps."""
+    if maximize:
+        grad = -grad
+    exp_avg.mul_(beta1).add_(grad * (1 - beta1))
+    exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+
+
 def _adamp_multi_tensor_step(
     params: list[Tensor],
     grads: list[Tensor],
@@ -56,10 +67,7 @@ def _adamp_multi_tensor_step(
     rule = AdamPRule()
     for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         step_size, bias_correction2_sqrt, lr, weight_decay, beta1, beta2, eps = scalars[index].unbind()
-        if maximize:
-            grad = -grad
-        exp_avg.mul_(beta1).add_(grad * (1 - beta1))
-        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        _update_moments(grad, exp_avg, exp_avg_sq, beta1, beta2, maximize)
         denominator = adam_denominator(exp_avg_sq, bias_correction2_sqrt, eps)
         param.sub_(exp_avg / denominator * step_size)
         param.mul_(rule.decay_factor(lr, 0.0, weight_decay, denominator))
@@ -83,10 +91,7 @@ def _cautious_multi_tensor_step(
     scalars = adam_step_scalars(steps, group_index, hyperparameters, compute_dtype(params[0]))
     for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         step_size, bias_correction2_sqrt, _, coefficient, beta1, beta2, eps = scalars[index].unbind()
-        if maximize:
-            grad = -grad
-        exp_avg.mul_(beta1).add_(grad * (1 - beta1))
-        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        _update_moments(grad, exp_avg, exp_avg_sq, beta1, beta2, maximize)
         update = exp_avg / adam_denominator(exp_avg_sq, bias_correction2_sqrt, eps)
         factor = CautiousRule.masked_factor(coefficient, CautiousRule.decay_mask(update, param))
         param.mul_(factor).sub_(update * step_size)

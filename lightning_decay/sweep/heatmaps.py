@@ -158,7 +158,13 @@ def _heatmaps(
         ax.set_ylabel(table.y_name)
         ax.set_title(f"{table.label}\n{subtitle}" if subtitle else table.label, fontsize=9)
     figure.colorbar(image, ax=axes, label=colorbar_label, shrink=0.9)
+    return _save(figure, path, title)
+
+
+def _save(figure: Any, path: str | Path, title: str) -> Path:
+    """Give ``figure`` its title, write it as a PNG (the title also in the PNG's metadata) and return the path."""
     figure.suptitle(title, fontsize=10)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, metadata={"Title": title})
     return path
@@ -310,11 +316,7 @@ def plot_norm_curves(
         f"weight norm during training, runs with {metric or accuracy} >= {threshold:.3g}"
         if threshold is not None else "weight norm during training"
     )
-    figure.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, metadata={"Title": title})
-    return path
+    return _save(figure, path, title)
 
 
 def plot_sweep(
