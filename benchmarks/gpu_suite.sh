@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU suite (issues 7 and 8): one call, <= 8 minutes on one H200 (the time caps below sum to 450 s).
+# GPU suite (issues 7, 8 and 16): one call, <= 8 minutes on one H200 (the time caps below sum to 450 s).
 #
 #   bash benchmarks/gpu_suite.sh [output file]      # default: gpu_suite_<date>.txt in the current directory
 #
@@ -8,6 +8,8 @@
 #    with the fraction of the HBM streaming bandwidth measured in the same run (includes the compiled AdamP and
 #    cautious AdamW paths and their eager fallbacks; "first ms" is the compile);
 # 3. memory: optimizer state and step temporaries per parameter vs torch AdamW (100M params, float32 and bfloat16);
+# 3b. every scalar rule on torchao's 8-bit and 4-bit AdamW (and bitsandbytes' where installed): state bytes per
+#    parameter, step time vs the bare kernel and torch's fused float32 AdamW (100M params);
 # 4. end to end: ResNet20 (no BN) images/s, plain torch loop vs Lightning with every variant and the monitors;
 # 5. ResNet20 epoch time (390 steps of 128 = one CIFAR-10 epoch) for adamw and adamp;
 # 6. the mixed-precision tests (bf16-mixed, 16-mixed with GradScaler, clipping) on CUDA.
@@ -39,19 +41,27 @@ capped() {
 'lightning', lightning.__version__, torch.cuda.get_device_name(0))"
 
   section "step time vs torch fused AdamW and the HBM floor: 100M and 1B params, float32 and bfloat16"
-  capped 180 python3 benchmarks/optimizer_step.py --device cuda --table --sizes 1e8 1e9 \
+  capped 150 python3 benchmarks/optimizer_step.py --device cuda --table --sizes 1e8 1e9 \
     --dtype float32 bfloat16 --variants "${ADAM[@]}" --rounds 5 --steps 10 --warmup 2
 
   section "memory: state and step temporaries per parameter (100M params)"
   capped 60 python3 benchmarks/optimizer_step.py --device cuda --memory-only --sizes 1e8 \
     --dtype float32 bfloat16 --variants "${ADAM[@]}"
 
+  section "rules on low-bit AdamW kernels: state bytes and step time vs the bare kernel (100M params)"
+  capped 60 python3 benchmarks/optimizer_step.py --device cuda --kernels --kernel-filter 8bit 4bit \
+    --sizes 1e8 --tensors 10 --rounds 2 --steps 5
+
   section "end to end: ResNet20 (no BN) images/s, batch 128"
-  capped 100 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 100 --warmup 20 \
+  capped 70 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 100 --warmup 20 \
     --rounds 1
 
+  section "Muon rules vs bare torch.optim.Muon: 24 matrices 1024 x 1024"
+  capped 20 python3 benchmarks/optimizer_step.py --device cuda --muon --muon-shape 1024 1024 --muon-matrices 24 \
+    --rounds 3 --steps 5
+
   section "ResNet20 (no BN) epoch time: 390 steps of 128 images"
-  capped 60 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 390 --warmup 20 \
+  capped 40 python3 benchmarks/train_throughput.py --device cuda --batch-size 128 --steps 390 --warmup 20 \
     --rounds 1 --variants adamw adamp
 
   section "mixed precision on CUDA: tests/test_precision.py"

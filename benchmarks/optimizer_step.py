@@ -6,6 +6,7 @@
     python benchmarks/optimizer_step.py --dtype bfloat16 --device cuda
     python benchmarks/optimizer_step.py --memory --sizes 1e7 # state bytes and step temporaries vs torch AdamW
     python benchmarks/optimizer_step.py --variants sgdw proxsgd --momentum 0.9
+    python benchmarks/optimizer_step.py --kernels --sizes 4e6  # each rule on torchao / bitsandbytes AdamW kernels
 
 The lr changes every step (as under a scheduler). Rounds interleave the optimizers so that noise from other
 processes hits all of them alike, and each row's steps alternate with its baseline's: the reported step time is
@@ -35,6 +36,13 @@ during one steady-state step (every torch allocation, inductor's buffers include
 To fit large sizes in memory, only the baselines keep their state for the whole run: every other optimizer's state
 is dropped after its block of steps and rebuilt by the next round's (untimed) warm-up steps; compiled kernels stay
 compiled (their guards check shapes and dtypes, not the tensors).
+
+Muon (``--muon``, ``benchmarks/muon_step.py``): every Muon rule's step against bare ``torch.optim.Muon`` (goal
+<= 1.05x), with torch's bfloat16 and with float32 orthogonalization.
+
+Kernels (``--kernels``, ``benchmarks/kernel_step.py``): optimizer-state bytes per parameter and step time of every
+scalar Adam rule on every AdamW kernel that runs here (torchao's 8-bit, 4-bit, fp8 and bf16 AdamWs, bitsandbytes'
+8-bit AdamWs), against the bare kernel (goal <= 1.05x) and torch's fused float32 AdamW.
 """
 
 from __future__ import annotations
@@ -351,8 +359,18 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true",
                         help="also report state bytes and step temporaries per parameter (vs torch AdamW)")
     parser.add_argument("--memory-only", action="store_true", help="only the memory report")
+    parser.add_argument("--kernels", action="store_true",
+                        help="each scalar rule on each AdamW kernel that runs here (torchao, bitsandbytes): state "
+                             "bytes per parameter, step time vs the bare kernel and torch's fused AdamW")
+    parser.add_argument("--kernel-filter", nargs="+", default=None,
+                        help="with --kernels: only the kernels whose label contains one of these (e.g. 8bit 4bit)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=[n for n in VARIANTS if REGISTRY[n].family != "muon"],
+                        choices=[n for n in VARIANTS if REGISTRY[n].family != "muon"])
+    parser.add_argument("--muon", action="store_true",
+                        help="each Muon rule's step vs bare torch.optim.Muon (benchmarks/muon_step.py)")
+    parser.add_argument("--muon-shape", type=int, nargs=2, default=[128, 128], help="--muon: the matrices' shape")
+    parser.add_argument("--muon-matrices", type=int, default=16, help="--muon: how many matrices")
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum of the SGD rows (and baselines)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per round")
@@ -367,6 +385,17 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    if args.muon:
+        from muon_step import run_muon  # benchmarks/ is the script's folder
+
+        run_muon(tuple(args.muon_shape), args.muon_matrices, args.steps, args.rounds, device)
+        return
+    if args.kernels:
+        from kernel_step import run_kernels  # benchmarks/ is the script's folder
+
+        for size in args.sizes:
+            run_kernels(args, int(size), device)
+        return
     for dtype_name in args.dtype:
         dtype = getattr(torch, dtype_name)
         if not fused_adamw_supports(dtype, device):

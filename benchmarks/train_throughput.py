@@ -22,6 +22,15 @@ training steps (CUDA: synchronized). The default window of 50 steps holds one lo
 Batches come from a tensor already in memory (one index per batch, no workers), so data loading is not the limit.
 Batch 128 is the batch of ``configs/quickstart.yaml`` and ``configs/blog/``.
 
+``--cell-options`` (issue 17) measures instead what could make a sweep cell on CPU faster, each against the cells'
+setting in the same run (``baseline``: channels-last float32, one thread, torch's fused AdamW, as ``lightning-decay
+sweep --jobs 2`` runs cells on a 2-core machine): ``contiguous`` (no channels-last), ``bf16-autocast``
+(``torch.autocast("cpu", bfloat16)`` around forward and loss), ``compile`` (``torch.compile`` of the network; its
+first-call compilation is printed apart), ``threads-2`` (two torch threads: what one job of ``--jobs 1`` gets), for
+SmallCNN and ResNet20, and the data start-up of a cell: decoding the JPEGs (the embedded 12,000-image sample) vs
+reading the decoded-data cache (``LIGHTNING_DECAY_DATA_CACHE``, which the sweep sets for its cells). Ratios > 1 are
+faster than the baseline.
+
 Goal: (c) >= 0.95 x (a), measured paired: every Lightning run also runs one plain step (a) on the same batch,
 on its own copy of the network and optimizer, right after each Lightning step and timed apart from it (the
 Lightning step is timed from the end of that plain step to the end of the next Lightning step, so it holds
@@ -187,6 +196,84 @@ def run_lightning(
     return rate, images_per_second(plain, [False] * len(plain), args.batch_size, args.timing)
 
 
+CELL_OPTIONS = ("baseline", "contiguous", "bf16-autocast", "compile", "threads-2")
+
+
+def time_cell_option(architecture: str, option: str, steps: int, warmup: int, batch_size: int) -> tuple[float, float]:
+    """``(images/s, seconds of the first step)`` of plain training steps of ``architecture`` (no BN) with ``option``
+    (one of :data:`CELL_OPTIONS`); the rate is the median step after ``warmup`` untimed ones."""
+    from lightning_decay.experiments import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if option == "threads-2" else 1)
+    try:
+        torch.manual_seed(0)
+        network = build_model(architecture, num_classes=10, batch_norm=False)
+        layout = torch.contiguous_format if option == "contiguous" else torch.channels_last
+        network = network.to(memory_format=layout)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-2, fused=True)
+        model = torch.compile(network) if option == "compile" else network
+        images = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=layout)
+        labels = torch.randint(0, 10, (batch_size,))
+        durations = []
+        for _ in range(warmup + steps):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=option == "bf16-autocast"):
+                loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            durations.append(time.perf_counter() - start)
+        return batch_size / statistics.median(durations[warmup:]), durations[0]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def time_data_startup() -> tuple[float, float]:
+    """``(decode s, cache read s)`` of the embedded CIFAR-10 sample in this process."""
+    import os
+
+    from lightning_decay.experiments import cifar10
+
+    source = cifar10.resolve_source(None)
+    with tempfile.TemporaryDirectory() as folder:
+        old = os.environ.get(cifar10.DISK_CACHE_ENV)
+        os.environ[cifar10.DISK_CACHE_ENV] = folder
+        try:
+            cifar10.clear_cache()
+            start = time.perf_counter()
+            cifar10.load_source(source)  # decodes, then writes the cache file (not timed below)
+            decode = time.perf_counter() - start
+            cifar10.clear_cache()
+            start = time.perf_counter()
+            cifar10.load_source(source)
+            cached = time.perf_counter() - start
+        finally:
+            cifar10.clear_cache()
+            if old is None:
+                os.environ.pop(cifar10.DISK_CACHE_ENV, None)
+            else:
+                os.environ[cifar10.DISK_CACHE_ENV] = old
+    return decode, cached
+
+
+def cell_options(args: argparse.Namespace) -> None:
+    """The ``--cell-options`` table: every option against the baseline, per architecture; then the data start-up."""
+    steps = {"small_cnn": args.steps, "resnet20": max(2, args.steps // 5)}
+    print(f"cell options: batch {args.batch_size}, median of the timed steps after {args.warmup} untimed, "
+          f"1 thread unless threads-2 ({torch.get_num_threads()} available), {args.device}")
+    for architecture in args.architectures:
+        base = None
+        for option in CELL_OPTIONS:
+            rate, first = time_cell_option(architecture, option, steps[architecture], args.warmup, args.batch_size)
+            base = base or rate
+            once = f"  first step {first:6.1f} s" + (" (compilation)" if option == "compile" else "")
+            print(f"{architecture:<10} {option:<14} {rate:8.1f} images/s  x{rate / base:5.2f}{once}", flush=True)
+    decode, cached = time_data_startup()
+    print(f"data start-up (embedded 12,000-image sample): JPEG decode {decode:.2f} s, decoded cache {cached:.2f} s "
+          f"(x{decode / max(cached, 1e-9):.0f}); the full 60,000-image archive scales the decode by 5")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
@@ -201,7 +288,16 @@ def main() -> None:
                         help="a run's rate: median step plus the periodic steps' excess, or plain wall time")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--cell-options", action="store_true",
+                        help="measure channels-last, bf16 autocast, torch.compile, threads and the data cache instead")
+    parser.add_argument("--architectures", nargs="+", default=["small_cnn", "resnet20"],
+                        choices=["small_cnn", "resnet20"], help="networks of --cell-options")
     args = parser.parse_args()
+    if args.cell_options:
+        if args.device != "cpu":
+            parser.error("--cell-options measures the CPU cells: use --device cpu")
+        cell_options(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -30,12 +30,14 @@ from lightning_decay.optim import (
     AdamP,
     AdamW,
     CautiousAdamW,
+    CombinedOptimizer,
     KernelAdam,
     KernelSGD,
     ProxAdam,
     ProxSGD,
     VariantInfo,
     get_variant,
+    on_kernel,
     resolve_variant,
 )
 from lightning_decay.optim.conventions import (
@@ -65,6 +67,8 @@ __all__ = [
     "VARIANTS",
     "get_variant",
     "resolve_variant",
+    "on_kernel",
+    "CombinedOptimizer",
     "DecayMixin",
     "DecaySettings",
     "GroupOverride",

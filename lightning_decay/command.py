@@ -1,9 +1,11 @@
 """The ``lightning-decay`` console script (and ``python -m lightning_decay``): ``sweep`` goes to the sweep runner,
-everything else (``fit``, ``validate``, ``test``, ``predict``, ``--help``) to the LightningCLI. Both find the user's
+``dashboard`` to the W&B dashboard builder, everything else (``fit``, ``validate``, ``test``, ``predict``,
+``--help``) to the LightningCLI. Both find the user's
 own modules (``class_path: mymodel.MyModel``) in the current folder.
 
     lightning-decay fit --config configs/quickstart.yaml
     lightning-decay sweep --config configs/blog/adamw-vs-adamp.yaml --jobs 2
+    lightning-decay dashboard --entity E --project lightning-decay [--dry-run view.json]
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ def main(args: list[str] | None = None) -> int:
         from lightning_decay.sweep import main as sweep_main  # the sweep pulls in plotting: only when asked for
 
         return int(sweep_main(argv[1:]) or 0)
+    if argv and argv[0] == "dashboard":
+        from lightning_decay.dashboard import main as dashboard_main  # wandb-workspaces: only when asked for
+
+        return int(dashboard_main(argv[1:]) or 0)
     run_cli(None if args is None else argv)
     return 0
 

@@ -141,3 +141,50 @@ def warmup_cosine(step: int, warmup: int = 10, total: int = 120, floor: float = 
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class MuonReferenceState:
+    buffer: torch.Tensor | None = None
+
+
+def reference_muon_step(
+    variant: str,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    state: MuonReferenceState,
+    lr: float,
+    alpha: float,
+    wd: float,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    *,
+    orthogonalize,
+    lr_max: float | None = None,
+) -> torch.Tensor:
+    """One Muon step of ``variant`` on the matrix ``w`` (m x n), from Jordan et al.'s algorithm as torch documents it:
+    ``b <- mu b + (1 - mu) g``; ``d = (1 - mu) g + mu b`` (Nesterov) or ``b``; ``O = orthogonalize(d)``; the update
+    ``lr_t * sqrt(max(1, m / n)) * O``. ``orthogonalize`` is given (torch's Newton-Schulz iteration runs in bfloat16;
+    the tests pass it so that everything else here is float64). The decay, ``eta_t = lr_t / alpha``:
+
+    * ``muon``: ``w <- (1 - lr_t wd) w - update``;  ``muon-paper``: ``w <- (1 - eta_t wd) w - update``
+    * ``proxmuon``: ``w <- (w - update) / (1 + eta_t wd)``;  ``muonc``: ``w <- (1 - lr_t^2 / lr_max wd) w - update``
+    * ``muon-cautious``: ``w <- w - update - lr_t wd 1[O w >= 0] w``
+    """
+    state.buffer = (torch.zeros_like(g) if state.buffer is None else state.buffer).lerp(g, 1 - momentum)
+    direction = g.lerp(state.buffer, momentum) if nesterov else state.buffer
+    orthogonal = orthogonalize(direction).to(w.dtype)
+    rows, columns = w.shape
+    update = lr * math.sqrt(max(1.0, rows / columns)) * orthogonal
+    eta = lr / alpha
+    if variant == "muon":
+        return (1 - lr * wd) * w - update
+    if variant == "muon-paper":
+        return (1 - eta * wd) * w - update
+    if variant == "proxmuon":
+        return (w - update) / (1 + eta * wd)
+    if variant == "muonc":
+        return (1 - lr * lr / (alpha if lr_max is None else lr_max) * wd) * w - update
+    if variant == "muon-cautious":
+        return w - update - lr * wd * (orthogonal * w >= 0).to(w.dtype) * w
+    raise ValueError(variant)

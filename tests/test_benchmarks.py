@@ -45,6 +45,16 @@ def test_optimizer_step_compiled_path() -> None:
     assert "\nadamp " in out and "adamp (eager fallback)" in out
 
 
+def test_optimizer_step_muon_rules() -> None:
+    out = run(
+        str(BENCHMARKS / "optimizer_step.py"), "--device", "cpu", "--muon", "--muon-shape", "8", "4",
+        "--muon-matrices", "2", "--rounds", "1", "--steps", "1",
+    )
+    assert "torch.optim.Muon" in out and "Newton-Schulz in float32" in out
+    for name in ("muon", "muon-paper", "proxmuon", "muonc", "muon-cautious"):
+        assert out.count(f" {name} ") == 2  # one row per orthogonalization dtype
+
+
 def test_train_throughput_smoke() -> None:
     out = run(
         str(BENCHMARKS / "train_throughput.py"), "--device", "cpu", "--steps", "2", "--warmup", "1",

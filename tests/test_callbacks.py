@@ -28,6 +28,7 @@ from lightning_decay.callbacks import EffectiveDecayMonitor, ScaleInvarianceMoni
 from lightning_decay.diagnostics import check_scale_freeness, param_group_names, read_metrics_csv
 from lightning_decay.diagnostics.decay import infer_decay_metrics
 from lightning_decay.optim import AdamL2, AdamP, AdamW, KernelAdam, ProxAdam
+from lightning_decay.optim.combined import CombinedOptimizer
 from lightning_decay.optim.registry import DECAY_METRICS, REGISTRY
 from lightning_decay.optim.rules import AdamL2Rule, KernelDecayRule, KernelSettings, TorchConventionRule
 
@@ -665,6 +666,9 @@ class RegistryNet(Net):
         decay = [p for p in self.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.parameters() if p.ndim < 2]
         groups = [{"params": decay, "name": "decay"}, {"params": no_decay, "name": "no_decay", "weight_decay": 0.0}]
+        if REGISTRY[self.variant].family == "muon":  # Muon steps the matrices, AdamW the rest: one optimizer
+            muon = REGISTRY[self.variant].build(groups[:1], lr=0.01, weight_decay=0.1)
+            return CombinedOptimizer([muon, REGISTRY["adamw"].build(groups[1:], lr=0.01, fused=False)])
         return REGISTRY[self.variant].build(groups, lr=0.01, weight_decay=0.1, fused=False)
 
 
@@ -728,10 +732,10 @@ def test_every_registered_variant_logs_what_its_record_lists(tmp_path: Path, var
     assert math.isfinite(row["weight_norm/total"])
     assert monitors[0].last_metrics["weight_norm/total"] == row["weight_norm/total"]
     assert all(math.isfinite(row[f"scale_invariance/angular_update/{n}"]) for n in MATRICES)
-    # The rotational-equilibrium prediction needs Adam's update with one scalar decoupled decay per step.
+    # The rotational-equilibrium prediction needs Adam's or Muon's update with one scalar decoupled decay per step.
     info = REGISTRY[variant]
-    adam_decoupled = info.family == "adam" and isinstance(info.rule, KernelDecayRule) and info.decoupled
-    assert ("scale_invariance/angular_update_equilibrium/net.0.weight" in row) == adam_decoupled
+    derived = info.family in ("adam", "muon") and isinstance(info.rule, KernelDecayRule) and info.decoupled
+    assert ("scale_invariance/angular_update_equilibrium/net.0.weight" in row) == derived
 
 
 class HalvedDecayRule(TorchConventionRule):

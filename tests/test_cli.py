@@ -52,11 +52,16 @@ def test_every_config_trains_two_steps(path, tmp_path, monkeypatch):
     cli = run_cli(["fit", *config_args(path)])
     assert cli.trainer.global_step == 2
     content = yaml.safe_load(path.read_text())
-    variant = (((content.get("model") or {}).get("init_args") or {}).get("decay") or {}).get("optimizer")
-    if variant is not None:  # the variant file really selected its optimizer
-        from lightning_decay.optim import resolve_variant
+    decay = ((content.get("model") or {}).get("init_args") or {}).get("decay") or {}
+    variant = decay.get("optimizer")
+    if variant is not None:  # the variant file really selected its optimizer (on its kernel, if it names one)
+        from lightning_decay.optim import on_kernel, resolve_variant
+        from lightning_decay.optim.combined import CombinedOptimizer
 
-        assert isinstance(cli.trainer.optimizers[0], resolve_variant(variant)[0])
+        optimizer = cli.trainer.optimizers[0]
+        optimizer = optimizer.parts[0] if isinstance(optimizer, CombinedOptimizer) else optimizer  # Muon + others
+        expected = on_kernel(decay["kernel"], variant) if decay.get("kernel") else resolve_variant(variant)[0]
+        assert isinstance(optimizer, expected)
     for parameter in cli.model.parameters():
         assert parameter.isfinite().all()
 

@@ -94,7 +94,7 @@ def test_timescale_is_what_the_optimizer_does(variant: str) -> None:
     cls, fixed = resolve_variant(variant)
     if "fused" in inspect.signature(cls).parameters:
         fixed = {**fixed, "fused": False}  # no compiled kernel (seconds to build) for this check
-    w = torch.nn.Parameter(torch.linspace(-2.0, 3.0, 7, dtype=torch.float64))
+    w = torch.nn.Parameter(torch.linspace(-2.0, 3.0, 14, dtype=torch.float64).reshape(7, 2))  # a matrix: Muon too
     w0 = w.detach().clone()
     optimizer = cls([w], lr=lr, weight_decay=weight_decay, **fixed)
     for _ in range(steps):

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_decay.integration import DecayMixin, DecaySettings, WarmupSchedule
 from lightning_decay.integration.param_groups import GroupOverride, ParamGroupSettings
-from lightning_decay.optim import VARIANTS, AdamL2, AdamW, ProxAdam, resolve_variant
+from lightning_decay.optim import REGISTRY, VARIANTS, AdamL2, AdamW, ProxAdam, resolve_variant
+from lightning_decay.optim.combined import CombinedOptimizer
 from tests.test_param_groups import FrozenBackbone, SmallCNN, TinyTransformer
 
 
@@ -130,12 +131,20 @@ def test_default_is_adamw_torch_convention_with_named_groups() -> None:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_fits(variant: str) -> None:
     cls, fixed = resolve_variant(variant)
-    model = TransformerLM(decay=DecaySettings(optimizer=variant, lr=0.01, optimizer_kwargs=no_compile(cls)))
+    muon = REGISTRY[variant].family == "muon"  # Muon steps the hidden matrices, others (AdamW) the rest
+    others = {"optimizer": "adamw", "lr": 0.01} if muon else None
+    model = TransformerLM(decay=DecaySettings(optimizer=variant, lr=0.01, optimizer_kwargs=no_compile(cls),
+                                              others=others))
     before = [p.detach().clone() for p in model.parameters()]
     trainer = quiet_trainer(max_steps=3)
     trainer.fit(model)
-    assert type(trainer.optimizers[0]) is cls
-    assert [g["name"] for g in trainer.optimizers[0].param_groups] == ["decay", "no_decay"]
+    optimizer = trainer.optimizers[0]
+    if muon:
+        assert type(optimizer) is CombinedOptimizer and type(optimizer.parts[0]) is cls
+        assert [g["name"] for g in optimizer.param_groups] == ["muon/decay", "others/decay", "others/no_decay"]
+    else:
+        assert type(optimizer) is cls
+        assert [g["name"] for g in optimizer.param_groups] == ["decay", "no_decay"]
     assert torch.isfinite(trainer.callback_metrics["loss"])
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 

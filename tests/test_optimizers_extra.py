@@ -16,8 +16,9 @@ from lightning_decay.optim.rules import AdamCRule, AdamWTorchRule, CautiousRule
 from tests import trajectory
 from tests.reference import ReferenceState, reference_step, warmup_cosine
 from tests.trajectory import gradient, max_relative_error
+from tests.variant_lists import ANY_TENSOR
 
-CAUTIOUS = [name for name, info in REGISTRY.items() if isinstance(info.rule, CautiousRule)]
+CAUTIOUS = [name for name in ANY_TENSOR if isinstance(REGISTRY[name].rule, CautiousRule)]
 # Three groups: a normalized one with its own lr_max, one that is not normalized, and a normalized one whose
 # lr_max defaults to alpha. The flags only reach AdamC; the other variants see lr and weight decay alone.
 GROUPS = [

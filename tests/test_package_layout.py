@@ -28,9 +28,10 @@ LAYERS = {
     "experiments": 4,
     "cli": 5,
     "sweep": 6,
-    "command": 7,
-    "__main__": 8,
-    "__init__": 9,  # the top-level re-exports
+    "dashboard": 7,  # W&B workspace and sweep report: reads callbacks/diagnostics/sweep, the command dispatches to it
+    "command": 8,
+    "__main__": 9,
+    "__init__": 10,  # the top-level re-exports
 }
 MAX_LINES = 550
 

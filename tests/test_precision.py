@@ -40,11 +40,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 class AmpNet(DecayMixin, LightningModule):
-    """A two-layer MLP (its matmuls run in fp16/bf16 under autocast) whose loss overflows at ``overflow_step``."""
+    """A three-layer MLP (its matmuls run in fp16/bf16 under autocast; the hidden matrix is Muon's for the Muon
+    variants) whose loss overflows at ``overflow_step``."""
 
     def __init__(self, overflow_step: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
         self.overflow_step = overflow_step
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ from lightning_decay.integration.resumable_loader import (
     TrainProgress,
     continue_stopped_epoch,
 )
-from lightning_decay.optim import VARIANTS
+from lightning_decay.optim import REGISTRY, VARIANTS
 
 BATCH = 8  # 40 training images: 5 batches per epoch
 EPOCHS = 2  # 10 optimizer steps
@@ -72,9 +72,12 @@ def optimizer_kwargs(variant: str) -> dict[str, Any]:
 def decay_settings(variant: str, **changes: Any) -> DecaySettings:
     """Warmup + cosine settings that exercise ``eta_t`` (the schedule multiplier) for ``variant``."""
     lr = 0.05 if variant.startswith(("sgd", "proxsgd")) else 3e-3
+    others = None
+    if REGISTRY[variant].family == "muon":  # Muon: the flattened second convolution; AdamW: the rest
+        lr, others = 0.02, {"optimizer": "adamw", "lr": 3e-3, "flatten_convolutions": True}
     settings = DecaySettings(
         optimizer=variant, lr=lr, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1,
-        optimizer_kwargs=optimizer_kwargs(variant),
+        optimizer_kwargs=optimizer_kwargs(variant), others=others,
     )
     return settings.replace(**changes) if changes else settings
 

@@ -316,6 +316,7 @@ def test_result_tables_average_seeds_and_split_extra_axes() -> None:
     assert table.values.shape == (2, 3)
     assert table.values[0, 0] == pytest.approx(0.905)  # mean of the two seeds
     assert (table.counts == 2).all()
+    assert table.stds[0, 0] == pytest.approx(0.01 / np.sqrt(2))  # std (ddof=1) of 0.9 and 0.91
     assert len(table.rows) == 12  # the failed row is left out
 
 
@@ -324,7 +325,10 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert set(plots) == {"heatmap_accuracy", "heatmap_norm", "norm_curves"}
     for path in plots.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
-    assert png_title(plots["heatmap_accuracy"]).startswith("test accuracy (test/acc) (red: best;")
+    title = png_title(plots["heatmap_accuracy"])
+    assert title.startswith("test accuracy (test/acc) (mean ± std over 2 seeds; red: best;")
+    one_seed = plot_sweep([row for row in synthetic_rows() if row["seed"] == 0], tmp_path / "one")
+    assert png_title(one_seed["heatmap_accuracy"]).startswith("test accuracy (test/acc) (red: best;")
 
 
 def png_title(path: Path) -> str:
@@ -346,14 +350,14 @@ def test_heatmap_titles_name_the_metric_plotted(tmp_path: Path) -> None:
             rows.append({**row, "val/acc": row["accuracy"]})
     plots = plot_sweep(rows, tmp_path / "val")
     titles = {name: png_title(path) for name, path in plots.items()}
-    assert titles["heatmap_accuracy"].startswith("validation accuracy (val/acc) (red: best;")
+    assert titles["heatmap_accuracy"].startswith("validation accuracy (val/acc) (mean ± std over 2 seeds; red:")
     assert titles["heatmap_norm"] == "final total weight norm (red: best val/acc)"
     assert titles["norm_curves"].startswith("weight norm during training, runs with val/acc >= ")
     assert not any("test" in title for title in titles.values())
     assert accuracy_metric(rows) == "val/acc" and metric_title("test/acc") == "test accuracy (test/acc)"
 
     explicit = plot_accuracy_heatmaps(rows, tmp_path / "explicit.png", metric="top1")
-    assert png_title(explicit).startswith("top1 (red: best;")
+    assert png_title(explicit).startswith("top1 (mean ± std over 2 seeds; red: best;")
 
     both = [{**row, "test/acc": row["accuracy"]} for row in rows]  # the test set is the validation set
     assert accuracy_metric(both) == "val/acc = test/acc"

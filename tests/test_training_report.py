@@ -71,7 +71,7 @@ def test_norm_panel_stays_readable_when_biases_start_at_zero(tmp_path: Path) -> 
     report = fit_with_report(tmp_path)
     assert report.path is not None and report.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     series = read_metrics_csv(report.path.parent / "metrics.csv")
-    norms, decay, lr = report.panels
+    norms, decay, lr, _angle = report.panels
     assert decay.yscale == "symlog"
     lines = {line.label.split(" (")[0]: line for line in norms.lines}
     assert set(lines) == {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "total"}
@@ -113,12 +113,12 @@ def test_a_norm_that_starts_at_exactly_zero_is_drawn() -> None:
         "weight_norm/b": [(0, 0.0), (1, 0.5), (2, 0.9)],
         "weight_norm/total": [(0, 2.0), (1, 1.96), (2, 2.01)],
     }
-    (norms, decay, lr) = report_panels(series)
+    (norms, decay, lr, angle) = report_panels(series)
     lines = {line.label.split(" (")[0]: line.values for line in norms.lines}
     assert lines["b"] == pytest.approx((0.0, 0.5 / 0.9, 1.0))
     assert lines["w"] == pytest.approx((1.0, 0.95, 0.9))
     assert all(math.isfinite(v) for values in lines.values() for v in values)
-    assert decay.lines == () and lr.lines == ()  # drawn as "nothing logged"
+    assert decay.lines == () and lr.lines == () and angle.lines == ()  # drawn as "nothing logged"
 
 
 def test_nothing_logged_is_said(tmp_path: Path) -> None:
@@ -143,3 +143,73 @@ def test_training_report_is_documented() -> None:
     for words in ("weight norms", "per-step decay", "learning rate", "diagnostics plot:", "CSVLogger", "report.panels"):
         assert words in section, words
     assert "lightning_decay.callbacks.TrainingReport" in (REPO / "configs" / "quickstart.yaml").read_text()
+
+
+class NormalizedNet(pl.LightningModule):
+    """A bias-free Linear before a LayerNorm (scale-invariant: it gets the rotational-equilibrium prediction) and a
+    classifier head (not invariant: no prediction), both in the decayed group ``decay`` of AdamW; biases in
+    ``no_decay`` (no angle panel line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Linear(6, 16, bias=False), nn.LayerNorm(16, elementwise_affine=False), nn.Tanh(), nn.Linear(16, 3)
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        weights = [p for p in self.parameters() if p.ndim >= 2]
+        biases = [p for p in self.parameters() if p.ndim < 2]
+        groups = [{"params": weights, "name": "decay"}, {"params": biases, "name": "no_decay", "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=0.01, weight_decay=0.1)
+
+
+def test_angle_panel_draws_the_measured_angle_next_to_its_equilibrium_prediction(tmp_path: Path) -> None:
+    """The fourth panel: per decayed group, the mean over its layers of the logged angular update and (dashed) the
+    mean of the logged prediction over the layers that have one — the numbers of metrics.csv, per step."""
+    from lightning_decay.callbacks import ScaleInvarianceMonitor
+
+    report = TrainingReport()
+    trainer = pl.Trainer(
+        max_epochs=1, log_every_n_steps=2, logger=CSVLogger(tmp_path, name="csv"),
+        callbacks=[WeightNormMonitor(), EffectiveDecayMonitor(), ScaleInvarianceMonitor(), report],
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    trainer.fit(NormalizedNet(), DataLoader(classification_data(BATCH * 12), batch_size=BATCH))
+    series = read_metrics_csv(report.path.parent / "metrics.csv")
+    angle = report.panels[3]
+    assert angle.title == "angular update per step vs rotational equilibrium (per decayed group)"
+    lines = {line.label: line for line in angle.lines}
+    assert set(lines) == {"decay: measured", "decay: equilibrium prediction"}  # no_decay: no weight_decay
+    assert lines["decay: equilibrium prediction"].dashed and not lines["decay: measured"].dashed
+    assert angle.note == ""
+    layers = ("net.0.weight", "net.3.weight")
+    measured = [dict(series[f"scale_invariance/angular_update/{layer}"]) for layer in layers]
+    steps = sorted(measured[0])
+    assert len(steps) == 6 and lines["decay: measured"].steps == tuple(steps)
+    assert lines["decay: measured"].values == pytest.approx([(measured[0][s] + measured[1][s]) / 2 for s in steps])
+    # only the LayerNorm'd weight was labeled scale-invariant, so the prediction is that layer's alone
+    assert "scale_invariance/angular_update_equilibrium/net.3.weight" not in series
+    predicted = series["scale_invariance/angular_update_equilibrium/net.0.weight"]
+    assert lines["decay: equilibrium prediction"].steps == tuple(s for s, _ in predicted)
+    assert lines["decay: equilibrium prediction"].values == pytest.approx([v for _, v in predicted])
+    assert all(v > 0 for v in lines["decay: equilibrium prediction"].values)
+
+
+def test_angle_panel_says_when_no_prediction_was_logged() -> None:
+    """A group whose layers have no prediction (the quickstart's ResNet20 without normalization) keeps its measured
+    line, and the note names it; without groups, all layers form one group."""
+    from lightning_decay.diagnostics.report import angle_panel
+
+    series = {
+        "scale_invariance/angular_update/a": [(1, 0.1), (3, 0.3)],
+        "scale_invariance/angular_update/b": [(1, 0.3), (3, 0.5)],
+    }
+    panel = angle_panel(series, {"decay": ["a", "b"], "other": ["c"]})
+    assert [(line.label, line.values) for line in panel.lines] == [("decay: measured", pytest.approx((0.2, 0.4)))]
+    assert panel.note.startswith("no prediction logged for decay: no layer labeled scale-invariant")
+    assert [line.label for line in angle_panel(series).lines] == ["all layers: measured"]

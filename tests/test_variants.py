@@ -1,7 +1,8 @@
 """Every variant of the registry against the independent float64 reference (``tests/reference.py``).
 
-Parametrized over ``REGISTRY``: a new variant is covered by these tests as soon as it has a record and a reference
-formula (a variant without one fails here, naming the file to edit). Per variant: the trajectory on every kernel
+Parametrized over ``REGISTRY`` (the Adam and SGD families; Muon's: ``tests/test_muon.py``): a new variant is
+covered by these tests as soon as it has a record and a reference formula (a variant without one fails here,
+naming the file to edit). Per variant: the trajectory on every kernel
 path it has (torch's single / foreach / fused kernels, or the compiled and eager multi-tensor steps) over 120 steps
 of warmup + cosine with three parameter groups; the decay factor it reports against the reference's zero-gradient
 step; scale-freeness as the record states it; and the sign-flip guard against the reference's factor. The trajectory
@@ -22,6 +23,7 @@ import torch
 import yaml
 
 from lightning_decay.optim import REGISTRY, KernelAdam, KernelSGD
+from lightning_decay.optim.combined import CombinedOptimizer
 from lightning_decay.optim.compiled import CompiledKernelOptimizer
 from lightning_decay.optim.registry import VariantInfo, rule_of
 from tests import trajectory
@@ -53,7 +55,9 @@ KERNEL_PATHS = {
     "torch": [{}, {"fused": True}, {"foreach": True}, {"foreach": False, "fused": False}],
     "compiled": [{"fused": False}, {"foreach": True}],  # eager; the compiled kernel: test_compiled_step_...
 }
-NAMES = list(REGISTRY)
+#: The Adam and SGD variants, which the float64 trajectory tests here cover; the Muon variants (matrices only, and an
+#: orthogonalization torch runs in bfloat16) have theirs in tests/test_muon.py.
+NAMES = [name for name, info in REGISTRY.items() if info.family in GROUPS]
 LR_KINDS = [(True, "float"), (False, "float"), (True, "tensor")]
 
 
@@ -192,7 +196,10 @@ def test_the_registry_describes_what_it_builds() -> None:
     import lightning_decay.optim as optim
 
     for name, info in REGISTRY.items():
-        optimizer = info.build([torch.nn.Parameter(torch.ones(2))], fused=False)
+        if info.family == "muon":  # Muon steps matrices; torch's Muon has no fused flag
+            optimizer = info.build([torch.nn.Parameter(torch.ones(2, 2))])
+        else:
+            optimizer = info.build([torch.nn.Parameter(torch.ones(2))], fused=False)
         assert type(rule_of(optimizer)) is type(info.rule) and optimizer.decay_rule.name == info.rule.name == name
         assert isinstance(optimizer, KernelAdam) == (info.family == "adam" and info.kernel == "torch")
         if info.family == "adam":
@@ -200,7 +207,7 @@ def test_the_registry_describes_what_it_builds() -> None:
         assert rule_of(name) is info.rule
     exported = [getattr(optim, n) for n in optim.__all__]
     classes = {c for c in exported if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)}
-    assert classes - {KernelAdam, KernelSGD} <= {info.optimizer for info in REGISTRY.values()}
+    assert classes - {KernelAdam, KernelSGD, CombinedOptimizer} <= {info.optimizer for info in REGISTRY.values()}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -283,7 +290,7 @@ def test_docs_tables_are_the_registry() -> None:
         assert tool["with_table"](text) == text, f"{path.name}: run python tools/variants_table.py"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_variant_has_its_config_file(name: str) -> None:
     """``configs/<name>.yaml`` selects the variant (test_cli trains every config for two steps)."""
     path = ROOT / "configs" / f"{name}.yaml"

@@ -26,7 +26,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_decay.callbacks.media import epoch_summary_media, wandb_loggers
+from lightning_decay.callbacks.media import (
+    CHART_POINTS,
+    define_family_metrics,
+    epoch_summary_media,
+    family_charts,
+    wandb_loggers,
+)
+from lightning_decay.diagnostics.families import family_of
 from lightning_decay.diagnostics.names import clean_parameter_name
 from lightning_decay.validation import check_bool, check_int
 
@@ -156,6 +163,27 @@ class StepRow:
         self.values: dict[str, float] = {}
         #: W&B-only objects (histograms), written with the values to ``WandbLogger`` instances only.
         self.media: dict[str, Any] = {}
+        #: With a ``WandbLogger``: every value written in this fit, ``key -> [(step, value), ...]`` (the family
+        #: charts), and whether values came since the charts were last logged.
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.charted = True
+        self._charted_key: dict[str, bool] = {}
+
+    def _remember(self, step: int, values: Mapping[str, float]) -> None:
+        """Keep the values of charted families (a series past ``2 * CHART_POINTS`` points drops every other one,
+        so memory stays bounded on long fits and the chart keeps evenly spaced points)."""
+        for key, value in values.items():
+            charted = self._charted_key.get(key)
+            if charted is None:
+                family = family_of(key)
+                charted = self._charted_key[key] = family is not None and family.chart
+            if not charted:
+                continue
+            series = self.history.setdefault(key, [])
+            series.append((step, value))
+            if len(series) > 2 * CHART_POINTS:
+                series[:] = series[::-1][::2][::-1]
+            self.charted = False
 
     def add(self, trainer: pl.Trainer, step: int, values: Mapping[str, float], media: Mapping[str, Any]) -> None:
         if self.step is not None and self.step != step:  # left over from an earlier step: write it first
@@ -171,11 +199,27 @@ class StepRow:
         if step is None or not (values or media):
             return
         wandb = set(map(id, wandb_loggers(trainer)))
+        if wandb:
+            self._remember(step, values)
         for logger in trainer.loggers:
+            if id(logger) in wandb:
+                define_family_metrics(logger, values)
             if id(logger) in wandb and media:
                 logger.log_metrics({**values, **media}, step=step)
             elif values:
                 logger.log_metrics(values, step=step)
+
+    def log_charts(self, trainer: pl.Trainer, step: int) -> None:
+        """The multi-line chart of every charted key family (``charts/<family>``) to each ``WandbLogger``, when
+        values came since the last call."""
+        if self.charted or not self.history:
+            return
+        self.charted = True
+        loggers = wandb_loggers(trainer)
+        charts = family_charts(self.history) if loggers else {}
+        if charts:
+            for logger in loggers:
+                logger.log_metrics(charts, step=step)
 
 
 def _step_monitors(trainer: pl.Trainer) -> list[StepMonitor]:
@@ -189,7 +233,9 @@ class StepMonitor(Callback):
 
     With a ``WandbLogger`` (and ``wandb_summary``), the latest per-layer values kept by ``_update_summary`` are
     logged at each epoch end as ``tables/<_summary_name>`` and, for ``_summary_plot_columns``, a bar chart
-    ``plots/<_summary_name>``.
+    ``plots/<_summary_name>``. Each key gets its family's ``define_metric`` (step metric, run summary) before its
+    first row, and the last monitor logs one multi-line chart per key family (``charts/<family>``) at each epoch
+    end and at the end of the fit (:mod:`~lightning_decay.callbacks.media`).
     """
 
     _default_layers: Callable[[str, Tensor], bool] = staticmethod(all_layers)
@@ -306,6 +352,8 @@ class StepMonitor(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._row.flush(trainer)
+        if self._flushes and trainer.is_global_zero:  # the fit's end: the charts, unless the epoch end drew them
+            self._row.log_charts(trainer, logging_step_index(trainer))
         monitors = _step_monitors(trainer) or [self]
         if monitors[0] is not self:
             return
@@ -393,6 +441,8 @@ class StepMonitor(Callback):
         return []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._flushes and trainer.is_global_zero:  # the last monitor: every monitor's values are in the row
+            self._row.log_charts(trainer, logging_step_index(trainer))
         if not (self.wandb_summary and self._summary and trainer.is_global_zero):
             return
         loggers = wandb_loggers(trainer)

@@ -205,6 +205,8 @@ class EffectiveDecayMonitor(StepMonitor):
         after the step, so the mask differs from the step's only where a weight crossed zero."""
 
         def mask(param: Tensor, param_state: dict[str, Any]) -> Tensor | None:
+            if "decay_mask" in param_state:  # a step that keeps its own mask (Muon's cautious decay)
+                return tensors.local([param_state["decay_mask"]])[0].to(torch.float32)
             if "exp_avg" not in param_state:
                 return None
             first_moment, weight = tensors.local([param_state["exp_avg"], param])

@@ -207,6 +207,7 @@ class ScaleInvarianceMonitor(StepMonitor):
         self._layer_names = [self._names[i] for i in self._selected]
         self._tensors = ShardedTensors(params, self._flat_group)
         self._numels = [p.numel() for p in params]
+        self._shapes = [tuple(p.shape) for p in params]
         owner: dict[int, tuple[Optimizer, dict[str, Any]]] = {}
         for optimizer in trainer.optimizers:
             optimizer = getattr(optimizer, "_optimizer", optimizer)
@@ -252,8 +253,8 @@ class ScaleInvarianceMonitor(StepMonitor):
         cos = torch.where(has_grad.to(cos.device), cos, torch.full_like(cos, math.nan))
         self._snapshot = [w.detach().clone() for w in weights]
         predictions = [
-            rotational_equilibrium(owner[0], owner[1], numel) if owner is not None else _NO_PREDICTION
-            for owner, numel in zip(self._owner, self._numels)
+            rotational_equilibrium(owner[0], owner[1], numel, shape) if owner is not None else _NO_PREDICTION
+            for owner, numel, shape in zip(self._owner, self._numels, self._shapes)
         ]
         self._before = {
             "cos": cos,

@@ -1,7 +1,9 @@
-"""``TrainingReport``: at the end of ``fit``, a PNG of per-layer weight norms and effective decay factors.
+"""``TrainingReport``: at the end of ``fit``, a PNG of per-layer weight norms, effective decay factors, the lr and
+the angular update next to its rotational-equilibrium prediction.
 
-It reads what the monitoring callbacks logged to the run's ``CSVLogger`` (``weight_norm/<layer>`` and
-``decay_factor/<group>`` keys, and ``LearningRateMonitor``'s ``lr-*``), draws them against the step
+It reads what the monitoring callbacks logged to the run's ``CSVLogger`` (``weight_norm/<layer>``,
+``decay_factor/<group>``, ``scale_invariance/angular_update[_equilibrium]/<layer>`` keys, and
+``LearningRateMonitor``'s ``lr-*``), draws them against the step
 (:func:`~lightning_decay.diagnostics.report.report_panels` computes what each panel shows), writes
 ``diagnostics.png`` next to ``metrics.csv`` and prints where the logs and the picture are. Documented in
 ``docs/monitoring.md`` ("TrainingReport").
@@ -18,31 +20,53 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_decay.diagnostics.metrics_csv import Series, read_metrics_csv
+from lightning_decay.diagnostics.names import clean_parameter_name, param_group_names
 from lightning_decay.diagnostics.report import Panel, report_panels
 from lightning_decay.validation import check_int
 
-__all__ = ["TrainingReport", "draw_panels", "plot_diagnostics"]
+__all__ = ["TrainingReport", "decayed_groups", "draw_panels", "plot_diagnostics"]
 
 
-def plot_diagnostics(series: Series, path: str | Path, max_layers: int = 12) -> Path:
-    """Three panels against the step (:func:`~lightning_decay.diagnostics.report.report_panels`): per-layer weight
+def plot_diagnostics(
+    series: Series, path: str | Path, max_layers: int = 12, groups: dict[str, list[str]] | None = None
+) -> Path:
+    """Four panels against the step (:func:`~lightning_decay.diagnostics.report.report_panels`): per-layer weight
     norms relative to each layer's maximum, ``|w_t| / max |w|`` (the ``max_layers`` largest and the total; first
-    and last ``|w|`` in the legend), the per-step decay ``1 - factor`` per param group, and the lr. Returns
-    ``path``."""
-    return draw_panels(report_panels(series, max_layers), path)
+    and last ``|w|`` in the legend), the per-step decay ``1 - factor`` per param group, the lr, and per decayed
+    group (``groups``: name -> layer names; None: all layers) the angular update next to its rotational-equilibrium
+    prediction. Returns ``path``."""
+    return draw_panels(report_panels(series, max_layers, groups), path)
+
+
+def decayed_groups(pl_module: pl.LightningModule, optimizers: list) -> dict[str, list[str]]:
+    """The param groups with ``weight_decay > 0`` of the optimizers, as ``group name -> layer names`` (names as the
+    monitors' keys write them: ``<group>`` as ``LearningRateMonitor``, ``<layer>`` the cleaned parameter name)."""
+    optimizers = [getattr(o, "_optimizer", o) for o in optimizers]
+    names = {id(p): clean_parameter_name(n) for n, p in pl_module.named_parameters()}
+    groups: dict[str, list[str]] = {}
+    for optimizer, group_names in zip(optimizers, param_group_names(optimizers)):
+        for group, name in zip(optimizer.param_groups, group_names):
+            if float(group.get("weight_decay", 0.0) or 0.0) > 0:
+                groups[name] = [names[id(p)] for p in group["params"] if id(p) in names]
+    return groups
 
 
 def draw_panels(panels: list[Panel], path: str | Path) -> Path:
-    """Draw :class:`~lightning_decay.diagnostics.report.Panel` s side by side into a PNG at ``path``."""
+    """Draw :class:`~lightning_decay.diagnostics.report.Panel` s into a PNG at ``path`` (side by side; four as a
+    2 x 2 grid)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(panels), figsize=(17, 4.8))
-    for axis, panel in zip(axes, panels):
+    columns = 2 if len(panels) == 4 else len(panels)
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(8.5 * columns if columns <= 2 else 17, 4.8 * rows),
+                                squeeze=False)
+    for axis, panel in zip(axes.flat, panels):
         for line in panel.lines:
-            axis.plot(line.steps, line.values, label=line.label, lw=2.5 if line.bold else 1.2)
+            axis.plot(line.steps, line.values, label=line.label, lw=2.5 if line.bold else 1.2,
+                      ls="--" if line.dashed else "-")
         axis.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
         if panel.yscale == "symlog":
             axis.set_yscale("symlog", linthresh=1e-8)
@@ -52,6 +76,8 @@ def draw_panels(panels: list[Panel], path: str | Path) -> Path:
             axis.legend(fontsize=7, loc="best")
         else:
             axis.text(0.5, 0.5, "nothing logged", ha="center", transform=axis.transAxes)
+        if panel.note:
+            axis.text(0.01, 0.01, panel.note, fontsize=7, ha="left", va="bottom", transform=axis.transAxes, wrap=True)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=110)
@@ -62,8 +88,9 @@ def draw_panels(panels: list[Panel], path: str | Path) -> Path:
 class TrainingReport(Callback):
     """After ``fit``: write ``filename`` (a PNG, :func:`plot_diagnostics`) beside the CSV logs, log it to W&B when
     a ``WandbLogger`` is present (key ``diagnostics``), and print where logs and picture are (and the final
-    ``val/acc``). Needs a ``CSVLogger``; draws what ``WeightNormMonitor``, ``EffectiveDecayMonitor`` and
-    ``LearningRateMonitor`` logged (a panel whose keys are missing says "nothing logged").
+    ``val/acc``). Needs a ``CSVLogger``; draws what ``WeightNormMonitor``, ``EffectiveDecayMonitor``,
+    ``LearningRateMonitor`` and ``ScaleInvarianceMonitor`` logged (a panel whose keys are missing says "nothing
+    logged"; the angle panel has one measured and one predicted line per decayed param group).
 
     ``filename``: the PNG's name (in the CSVLogger's ``log_dir``); ``max_layers``: how many layers the norm panel
     draws (those with the largest final norm), besides the total. After the fit, ``path`` is the PNG and ``panels``
@@ -96,7 +123,8 @@ class TrainingReport(Callback):
                 " no picture written"
             )
             return
-        self.panels = report_panels(read_metrics_csv(metrics), self.max_layers)
+        groups = decayed_groups(pl_module, list(trainer.optimizers)) or None
+        self.panels = report_panels(read_metrics_csv(metrics), self.max_layers, groups)
         self.path = draw_panels(self.panels, Path(logger.log_dir) / self.filename)
         lines = [f"metrics (CSV): {metrics}", f"diagnostics plot: {self.path}"]
         for wandb_logger in (lg for lg in trainer.loggers if isinstance(lg, WandbLogger)):

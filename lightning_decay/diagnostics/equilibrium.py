@@ -6,13 +6,16 @@ norm and the angle per step settle at
 
     |w|* = lr' sqrt(C / (1 - f^2)),    theta* = atan(sqrt(k (1 - f^2)) / f),    k = (1 - beta1) / (1 + beta1),
 
-which for torch-convention AdamW are ``sqrt(lr C / (2 wd))`` and ``sqrt(2 lr wd k)`` to first order in ``lr wd``
-(derivation: ``docs/monitoring.md``). Nothing here imports Lightning;
-:class:`~lightning_decay.callbacks.ScaleInvarianceMonitor` logs these numbers.
+which for torch-convention AdamW are ``sqrt(lr C / (2 wd))`` and ``sqrt(2 lr wd k)`` to first order in ``lr wd``.
+Muon steps ``w <- f w - adjust(lr', shape) O`` with ``O`` the orthogonalized momentum, whose norm the matrix shape
+fixes (``|O|^2 = q r``, ``r = min(m, n)``): there ``|w|*`` and ``theta*`` follow from the variance of one step and of
+the decayed sum of all steps of Muon's momentum (:func:`muon_equilibrium`). Derivations: ``docs/monitoring.md``.
+Nothing here imports Lightning; :class:`~lightning_decay.callbacks.ScaleInvarianceMonitor` logs these numbers.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +31,10 @@ from lightning_decay.optim.rules import CautiousRule, KernelDecayRule
 
 __all__ = [
     "momentum_factor",
+    "muon_step_variance",
+    "orthogonalized_squared_norm",
+    "muon_equilibrium",
+    "is_muon_group",
     "equilibrium_of_step",
     "EquilibriumPrediction",
     "rotational_equilibrium",
@@ -56,6 +63,62 @@ def equilibrium_of_step(factor: float, lr: float, beta1: float, numel: int) -> t
     return angle, lr * math.sqrt(numel / shrink)
 
 
+def muon_step_variance(factor: float, momentum: float, nesterov: bool) -> tuple[float, float]:
+    """``(V, W)`` for the direction Muon orthogonalizes, per unit gradient variance (uncorrelated gradients).
+
+    torch's buffer is ``b_t = mu b_{t-1} + (1 - mu) g_t``; the direction ``d_t`` is ``b_t`` or, with Nesterov,
+    ``(1 - mu) g_t + mu b_t``: ``d_t = sum_m h_m g_{t-m}`` with ``h_0 = a``, ``h_m = c mu^m`` (``a = c = 1 - mu``;
+    Nesterov: ``a = 1 - mu^2``, ``c = 1 - mu``). ``V = sum_m h_m^2`` is one step's variance; ``W = sum_n y_n^2`` with
+    ``y_n = sum_{l<=n} f^l h_{n-l} = A f^n - B mu^n`` (``B = c mu / (f - mu)``, ``A = a + B``) is the variance of
+    the decayed sum of all steps, ``sum_l f^l d_{t-l}``: ``W = A^2/(1-f^2) - 2AB/(1-f mu) + B^2/(1-mu^2)``.
+    """
+    a, c = (1.0 - momentum**2, 1.0 - momentum) if nesterov else (1.0 - momentum, 1.0 - momentum)
+    if abs(factor - momentum) < 1e-9:  # the closed form's removable singularity
+        factor = momentum + 1e-9
+    variance = a * a + c * c * momentum**2 / (1.0 - momentum**2) if momentum < 1 else math.inf
+    b = c * momentum / (factor - momentum)
+    big_a = a + b
+    walk = big_a**2 / (1 - factor**2) - 2 * big_a * b / (1 - factor * momentum) + b * b / (1 - momentum**2)
+    return variance, walk
+
+
+@functools.lru_cache(maxsize=256)
+def orthogonalized_squared_norm(
+    shape: tuple[int, int], ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315), ns_steps: int = 5
+) -> float:
+    """``q = |NS(G)|^2 / min(m, n)``: the mean squared singular value that torch's Newton-Schulz iteration gives a
+    Gaussian ``m x n`` matrix (1 for an exact orthogonalization; about 0.7-0.9 for torch's default 5 quintic steps).
+    Computed once per shape with torch's own iteration (a fixed seed; shapes over 1024 scaled down, keeping the
+    aspect ratio)."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    rows, columns = shape
+    scale = min(1.0, 1024 / max(rows, columns))
+    rows, columns = max(1, round(rows * scale)), max(1, round(columns * scale))
+    gaussian = torch.randn(rows, columns, generator=torch.Generator().manual_seed(0))
+    orthogonalized = _zeropower_via_newtonschulz(gaussian, tuple(ns_coefficients), int(ns_steps), 1e-7).float()
+    return float(orthogonalized.square().sum()) / min(rows, columns)
+
+
+def muon_equilibrium(
+    factor: float, adjusted_lr: float, shape: tuple[int, int], momentum: float, nesterov: bool, squared_norm: float
+) -> tuple[float, float]:
+    """``(theta*, |w|*)`` for Muon's step ``w <- f w - adjusted_lr O_t`` with ``|O_t|^2 = q r``, ``r = min(m, n)``:
+    ``O_t`` is the direction ``d_t`` rescaled to that norm, so ``|w|*^2 = adjusted_lr^2 q r W / V`` and
+    ``tan theta* = adjusted_lr sqrt(q r) / (f |w|*) = sqrt(V / W) / f`` (:func:`muon_step_variance`); NaN without
+    decay."""
+    if not 0.0 < factor < 1.0 or not 0.0 <= momentum < 1.0:
+        return math.nan, math.nan
+    variance, walk = muon_step_variance(factor, momentum, nesterov)
+    angle = math.atan(math.sqrt(variance / walk) / factor)
+    return angle, adjusted_lr * math.sqrt(squared_norm * min(shape) * walk / variance)
+
+
+def is_muon_group(group: Mapping[str, Any]) -> bool:
+    """A param group of torch's Muon (or a Muon variant): it has Muon's Newton-Schulz settings."""
+    return "ns_steps" in group and "momentum" in group
+
+
 @dataclass(frozen=True)
 class EquilibriumPrediction:
     """The equilibrium of one layer: ``angular_update`` (``theta*``, rad per step) and ``weight_norm`` (``|w|*``),
@@ -69,16 +132,20 @@ class EquilibriumPrediction:
     adam_like: bool
 
 
-def rotational_equilibrium(optimizer: Optimizer, group: Mapping[str, Any], numel: int) -> EquilibriumPrediction:
-    """The rotational equilibrium of a layer of ``numel`` elements in ``group``, with ``f`` and ``lr'`` from the
-    optimizer's rule (:func:`~lightning_decay.optim.registry.rule_of`) for this step.
+def rotational_equilibrium(
+    optimizer: Optimizer, group: Mapping[str, Any], numel: int, shape: tuple[int, ...] | None = None
+) -> EquilibriumPrediction:
+    """The rotational equilibrium of a layer of ``numel`` elements (Muon: of matrix ``shape``) in ``group``, with
+    ``f`` and ``lr'`` from the optimizer's rule (:func:`~lightning_decay.optim.registry.rule_of`) for this step.
 
-    Derived for Adam-family rules with one decay factor per step (AdamW both conventions, ProxAdam, AdamC,
-    ``torch.optim.AdamW``); NaN for AdamL2, AdamP, cautious decay, no decay, and optimizers without Adam's
-    ``betas``.
+    Derived for Adam-family and Muon rules with one decay factor per step (AdamW both conventions, ProxAdam, AdamC,
+    ``torch.optim.AdamW``, the Muon variants, ``torch.optim.Muon``); NaN for AdamL2, AdamP, cautious decay, no decay,
+    and other optimizers.
     """
     rule = rule_of(optimizer, group)
     lr = float(group["lr"])
+    if rule is not None and is_muon_group(group) and shape is not None and len(shape) == 2:
+        return _muon_prediction(optimizer, group, rule, (int(shape[0]), int(shape[1])))
     if rule is None or "betas" not in group:  # not an Adam-family step: the derivation does not apply
         return EquilibriumPrediction(math.nan, math.nan, lr, adam_like=False)
     alpha, weight_decay = initial_lr(optimizer, group), float(group.get("weight_decay", 0.0))
@@ -93,6 +160,25 @@ def rotational_equilibrium(optimizer: Optimizer, group: Mapping[str, Any], numel
     return EquilibriumPrediction(angle, norm, kernel_lr, adam_like=True)
 
 
+def _muon_prediction(
+    optimizer: Optimizer, group: Mapping[str, Any], rule: Any, shape: tuple[int, int]
+) -> EquilibriumPrediction:
+    from torch.optim._muon import _adjust_lr
+
+    lr = float(group["lr"])
+    alpha, weight_decay = initial_lr(optimizer, group), float(group.get("weight_decay", 0.0))
+    if not isinstance(rule, KernelDecayRule) or not rule.kernel_settings(lr, alpha, weight_decay).decoupled:
+        return EquilibriumPrediction(math.nan, math.nan, lr, adam_like=True)
+    settings = rule.kernel_settings(lr, alpha, weight_decay)
+    adjusted = _adjust_lr(float(settings.lr), group.get("adjust_lr_fn"), torch.Size(shape))
+    squared = orthogonalized_squared_norm(
+        shape, tuple(group.get("ns_coefficients", (3.4445, -4.7750, 2.0315))), int(group.get("ns_steps", 5))
+    )
+    momentum, nesterov = float(group["momentum"]), bool(group.get("nesterov", True))
+    angle, norm = muon_equilibrium(float(settings.decay_factor), adjusted, shape, momentum, nesterov, squared)
+    return EquilibriumPrediction(angle, norm, adjusted, adam_like=True)
+
+
 def equilibrium_not_derived(optimizer: Optimizer, group: Mapping[str, Any]) -> str | None:
     """Why :func:`rotational_equilibrium` has no prediction (NaN) for ``group`` this step, in words; None where it
     has one."""
@@ -100,7 +186,7 @@ def equilibrium_not_derived(optimizer: Optimizer, group: Mapping[str, Any]) -> s
     name = type(optimizer).__name__
     if rule is None:
         return f"{name} has no decay rule (lightning_decay.optim.registry.rule_of)"
-    if "betas" not in group:
+    if "betas" not in group and not is_muon_group(group):
         return (
             f"{name} ({rule.name}) is not an Adam-family step: its update is not normalized, so the equilibrium is a"
             " different one (not implemented)"

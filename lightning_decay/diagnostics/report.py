@@ -1,23 +1,34 @@
 """The data of ``TrainingReport``'s picture (``diagnostics.png``): which lines each panel draws, as plain numbers.
 
 :func:`report_panels` turns the series of a ``metrics.csv`` (:func:`~lightning_decay.diagnostics.read_metrics_csv`)
-into three :class:`Panel` s; :func:`lightning_decay.callbacks.training_report.plot_diagnostics` only draws them, so
+into four :class:`Panel` s; :func:`lightning_decay.callbacks.training_report.plot_diagnostics` only draws them, so
 what the picture shows is tested on these numbers, not on pixels.
 
 The norm panel draws each layer's norm relative to its own maximum over the logged steps, ``|w_t| / max_s |w_s|``
 (in ``[0, 1]``; the first and last absolute norms in the legend). Relative to the first logged value instead, a
 zero-initialised bias that grows 9x (or from exactly 0: no ratio at all) stretches the axis to 9 and flattens
 every other line; relative to the maximum no line reaches past 1, whatever another does.
+
+The angle panel draws, per decayed param group, the angular update per step (mean over the group's monitored
+layers of ``scale_invariance/angular_update/<layer>``) next to the rotational-equilibrium prediction (mean of
+``scale_invariance/angular_update_equilibrium/<layer>`` over the layers that have one, dashed). A group whose
+layers have no prediction (none labeled scale-invariant, or a rule without one) gets the measured line only, and
+the panel's note says so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lightning_decay.diagnostics.metrics_csv import Series
 
-__all__ = ["Line", "Panel", "report_panels"]
+__all__ = ["ANGLE", "PREDICTION", "Line", "Panel", "angle_panel", "report_panels"]
+
+#: The key prefixes of the angle panel (``ScaleInvarianceMonitor``).
+ANGLE = "scale_invariance/angular_update/"
+PREDICTION = "scale_invariance/angular_update_equilibrium/"
 
 
 @dataclass(frozen=True)
@@ -28,12 +39,13 @@ class Line:
     steps: tuple[int, ...]
     values: tuple[float, ...]
     bold: bool = False
+    dashed: bool = False
 
 
 @dataclass(frozen=True)
 class Panel:
     """One panel of the picture: title, axis labels, y scale (``linear`` or ``symlog``), fixed y limits (None:
-    automatic) and its lines."""
+    automatic), its lines and a note drawn in a corner (empty: none)."""
 
     title: str
     xlabel: str
@@ -41,6 +53,7 @@ class Panel:
     lines: tuple[Line, ...] = field(default_factory=tuple)
     yscale: str = "linear"
     ylim: tuple[float, float] | None = None
+    note: str = ""
 
 
 def _keys(series: Series, prefix: str) -> list[str]:
@@ -58,14 +71,66 @@ def _norm_line(key: str, points: list[tuple[int, float]]) -> Line:
     return Line(label, tuple(steps), relative, bold=name == "total")
 
 
-def report_panels(series: Series, max_layers: int = 12) -> list[Panel]:
-    """The three panels of ``diagnostics.png`` from logged series (``{key: [(step, value), ...]}``):
+def _mean_line(label: str, series: Series, keys: Sequence[str], dashed: bool = False) -> Line | None:
+    """The mean over ``keys`` at each step any of them was logged (finite values only); None without a value."""
+    by_step: dict[int, list[float]] = {}
+    for key in keys:
+        for step, value in series.get(key, ()):
+            if math.isfinite(value):
+                by_step.setdefault(int(step), []).append(value)
+    if not by_step:
+        return None
+    steps = tuple(sorted(by_step))
+    return Line(label, steps, tuple(math.fsum(by_step[s]) / len(by_step[s]) for s in steps), dashed=dashed)
+
+
+def angle_panel(series: Series, groups: Mapping[str, Sequence[str]] | None = None) -> Panel:
+    """Per decayed param group (``groups``: group name -> its layers' names; None: all layers as one group
+    ``all layers``), the measured angular update per step, ``mean_l theta_l``, and the rotational-equilibrium
+    prediction ``mean_l theta*_l`` (dashed) over the group's layers that have one (Kosson et al. 2024)."""
+    measured = {key[len(ANGLE):] for key in _keys(series, ANGLE) if series[key]}
+    predicted = {key[len(PREDICTION):] for key in _keys(series, PREDICTION) if series[key]}
+    if groups is None:
+        groups = {"all layers": sorted(measured | predicted)}
+    lines: list[Line] = []
+    without: list[str] = []
+    for group, layers in groups.items():
+        angle = _mean_line(f"{group}: measured", series, [ANGLE + name for name in layers if name in measured])
+        if angle is None:
+            continue
+        lines.append(angle)
+        chosen = [PREDICTION + name for name in layers if name in predicted]
+        prediction = _mean_line(f"{group}: equilibrium prediction", series, chosen, dashed=True)
+        if prediction is None:
+            without.append(group)
+        else:
+            lines.append(prediction)
+    note = ""
+    if without:
+        note = (
+            f"no prediction logged for {', '.join(without)}: no layer labeled scale-invariant"
+            " (or a rule without one)"
+        )
+    return Panel(
+        title="angular update per step vs rotational equilibrium (per decayed group)",
+        xlabel="step",
+        ylabel="angle (rad), mean over the group's layers",
+        lines=tuple(lines),
+        note=note,
+    )
+
+
+def report_panels(
+    series: Series, max_layers: int = 12, groups: Mapping[str, Sequence[str]] | None = None
+) -> list[Panel]:
+    """The four panels of ``diagnostics.png`` from logged series (``{key: [(step, value), ...]}``):
 
     * norms: ``weight_norm/<layer>`` of the ``max_layers`` layers with the largest final norm, and
       ``weight_norm/total`` (bold), each as ``|w_t| / max_s |w_s|`` (in ``[0, 1]``, the y axis fitted to the
       lines).
     * decay: ``1 - decay_factor/<group>`` per param group (symlog: 0 for groups without decay).
     * lr: ``LearningRateMonitor``'s ``lr-*`` series.
+    * angle: :func:`angle_panel` (``groups``: decayed group -> layer names; None: one line for all layers).
     """
     norms = [k for k in _keys(series, "weight_norm/") if k != "weight_norm/total" and series[k]]
     norms = sorted(norms, key=lambda k: -series[k][-1][1])[:max_layers]
@@ -93,4 +158,4 @@ def report_panels(series: Series, max_layers: int = 12) -> list[Panel]:
         steps, values = zip(*series[key])
         lr_lines.append(Line(key, tuple(steps), tuple(values)))
     lr_panel = Panel(title="learning rate", xlabel="step", ylabel="lr", lines=tuple(lr_lines))
-    return [norm_panel, decay_panel, lr_panel]
+    return [norm_panel, decay_panel, lr_panel, angle_panel(series, groups)]

@@ -8,6 +8,10 @@ shorter than 7 bytes is padding. Each record is a protobuf ``wandb.proto.wandb_i
 
     rows = read_history(find_run_file(save_dir))
     [row["weight_norm/total"] for row in rows if "weight_norm/total" in row]
+
+The same file holds the run's config (``record.config``), its summary updates (``record.summary``) and its
+``define_metric`` calls (``record.metric``): :func:`read_config`, :func:`read_summary`,
+:func:`read_metric_definitions`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_run_file", "iter_records", "read_history", "wait_until_written"]
+__all__ = [
+    "find_run_file",
+    "iter_records",
+    "read_config",
+    "read_history",
+    "read_metric_definitions",
+    "read_summary",
+    "wait_until_written",
+]
 
 HEADER_BYTES = 7
 BLOCK_BYTES = 32 * 1024
@@ -116,3 +128,50 @@ def read_history(path: str | Path, quiet_seconds: float = 0.5) -> list[dict[str,
             row[key] = json.loads(item.value_json)
         rows.append(row)
     return rows
+
+
+def _item_key(item: Any) -> str:
+    return item.key if item.key else "/".join(item.nested_key)
+
+
+def read_summary(path: str | Path, quiet_seconds: float = 0.5) -> dict[str, Any]:
+    """The run's summary as the file's summary records leave it (the latest update of each key; a key with a
+    ``define_metric`` summary holds e.g. ``{"min": ...}``). Waits like :func:`read_history`."""
+    if quiet_seconds > 0:
+        wait_until_written(path, quiet_seconds)
+    summary: dict[str, Any] = {}
+    for record in iter_records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                summary[_item_key(item)] = json.loads(item.value_json)
+    return summary
+
+
+def read_config(path: str | Path, quiet_seconds: float = 0.5) -> dict[str, Any]:
+    """The run's config (the latest value of each key, JSON-decoded; nested dicts as logged)."""
+    if quiet_seconds > 0:
+        wait_until_written(path, quiet_seconds)
+    config: dict[str, Any] = {}
+    for record in iter_records(path):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                config[_item_key(item)] = json.loads(item.value_json)
+    return config
+
+
+def read_metric_definitions(path: str | Path, quiet_seconds: float = 0.5) -> list[dict[str, Any]]:
+    """The run's ``define_metric`` calls, in order: ``{"name": <name or glob>, "glob": bool, "step_metric": str,
+    "summary": [ops]}``."""
+    if quiet_seconds > 0:
+        wait_until_written(path, quiet_seconds)
+    definitions = []
+    for record in iter_records(path):
+        if record.WhichOneof("record_type") != "metric":
+            continue
+        metric = record.metric
+        ops = [op for op in ("min", "max", "mean", "last", "first", "none") if getattr(metric.summary, op, False)]
+        definitions.append({
+            "name": metric.glob_name or metric.name, "glob": bool(metric.glob_name),
+            "step_metric": metric.step_metric, "summary": ops,
+        })
+    return definitions

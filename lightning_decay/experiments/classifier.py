@@ -26,7 +26,7 @@ class ImageClassifier(DecayMixin, LightningModule):
     """Cross-entropy image classifier; the optimizer, groups and schedule come from ``decay`` (:class:`DecayMixin`).
 
     Args:
-        architecture: ``resnet20`` or ``small_cnn`` (:func:`lightning_decay.experiments.build_model`).
+        architecture: ``resnet20``, ``small_cnn`` or ``mlp`` (:func:`lightning_decay.experiments.build_model`).
         batch_norm: keep the batch-norm layers (``False``: identity, as in the blog's experiment).
         width: ResNet20's first-stage channels (16 in He et al.).
         num_classes: output classes.

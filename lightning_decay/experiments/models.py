@@ -177,12 +177,41 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"resnet20": ResNet20, "small_cnn": SmallCNN}
+class MLP(nn.Module):
+    """A multilayer perceptron on flattened images: per entry of ``hidden``, linear -> (batch norm) -> ReLU, then a
+    linear head. Its hidden layers are the matrices Muon is made for (the Muon experiment's model)."""
+
+    def __init__(
+        self, num_classes: int = 10, hidden: tuple[int, ...] = (128, 128, 128), batch_norm: bool = False,
+        in_features: int = 3 * 32 * 32,
+    ) -> None:
+        super().__init__()
+        num_classes = check_int("num_classes", num_classes, low=1)
+        hidden = tuple(check_int(f"hidden[{i}]", h, low=1) for i, h in enumerate(hidden))
+        in_features = check_int("in_features", in_features, low=1)
+        self.num_classes, self.batch_norm = num_classes, batch_norm
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(in_features, width, bias=not batch_norm), _norm1d(width, batch_norm), nn.ReLU()]
+            in_features = width
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``N x 3 x H x W`` images to ``N x num_classes`` logits."""
+        return self.fc(self.features(x))
+
+
+def _norm1d(features: int, batch_norm: bool) -> nn.Module:
+    return nn.BatchNorm1d(features) if batch_norm else nn.Identity()
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"resnet20": ResNet20, "small_cnn": SmallCNN, "mlp": MLP}
 """Registry used by :func:`build_model`: name -> model class."""
 
 
 def build_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered model by name (``"resnet20"`` or ``"small_cnn"``) with keyword arguments.
+    """Build a registered model by name (``"resnet20"``, ``"small_cnn"`` or ``"mlp"``) with keyword arguments.
 
     Raises ``ValueError`` listing the valid names when ``name`` is unknown.
     """

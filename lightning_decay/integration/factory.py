@@ -28,9 +28,12 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from lightning_decay.integration.muon_split import OthersSettings, route_for_muon, split_groups
 from lightning_decay.integration.param_groups import ParamGroupSettings, build_param_groups
 from lightning_decay.integration.schedules import build_lr_scheduler, check_schedule_settings, trainer_steps_per_epoch
+from lightning_decay.optim.combined import CombinedOptimizer
 from lightning_decay.optim.conventions import decay_rule_of, epochs_to_steps, weight_decay_for_timescale
+from lightning_decay.optim.kernels import on_kernel
 from lightning_decay.optim.registry import REGISTRY, get_variant, record_of_class, resolve_variant, rule_of
 from lightning_decay.optim.rules import DecayRule
 from lightning_decay.validation import (
@@ -55,11 +58,22 @@ __all__ = [
 OptimizerSpec = str | type[Optimizer] | Callable[[Iterable[Any]], Optimizer]
 
 
-def resolve_optimizer(optimizer: str | type[Optimizer]) -> tuple[type[Optimizer], dict[str, Any]]:
+def resolve_optimizer(
+    optimizer: str | type[Optimizer], kernel: str | type[Optimizer] | None = None
+) -> tuple[type[Optimizer], dict[str, Any]]:
     """``(class, fixed kwargs)`` of a variant name, a dotted ``Optimizer`` class path or an ``Optimizer`` class.
 
-    An unknown name raises ValueError listing the valid variant names (read from ``REGISTRY``).
+    An unknown name raises ValueError listing the valid variant names (read from ``REGISTRY``). With ``kernel`` (an
+    optimizer class or its dotted path, e.g. ``"torchao.optim.AdamW8bit"``), the variant's rule on that kernel
+    (:func:`~lightning_decay.optim.kernels.on_kernel`); ``optimizer`` must then be a variant name.
     """
+    if kernel is not None:
+        if not isinstance(optimizer, str) or optimizer.strip().lower().replace("_", "-") not in REGISTRY:
+            raise ValueError(
+                f"kernel runs a variant's rule on another optimizer's step: optimizer must be a variant name "
+                f"({', '.join(REGISTRY)}), got {optimizer!r}"
+            )
+        return on_kernel(kernel, optimizer), {}
     if isinstance(optimizer, type):
         if not issubclass(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass, got {optimizer!r}")
@@ -98,9 +112,10 @@ def _constructor_kwargs(
     betas: tuple[float, float] | None,
     eps: float | None,
     optimizer_kwargs: Mapping[str, Any] | None,
+    kernel: str | type[Optimizer] | None = None,
 ) -> tuple[type[Optimizer], dict[str, Any]]:
     """The class and the keyword arguments to build it with; ValueError naming a setting the class cannot take."""
-    cls, fixed = resolve_optimizer(optimizer)
+    cls, fixed = resolve_optimizer(optimizer, kernel)
     extra = dict(optimizer_kwargs or {})
     kwargs: dict[str, Any] = dict(fixed)
     for key, value in extra.items():
@@ -128,10 +143,13 @@ def _signature_default(cls: type, name: str) -> Any:
 
 
 def optimizer_rule(
-    optimizer: str | type[Optimizer], optimizer_kwargs: Mapping[str, Any] | None = None
+    optimizer: str | type[Optimizer], optimizer_kwargs: Mapping[str, Any] | None = None,
+    kernel: str | type[Optimizer] | None = None,
 ) -> DecayRule | None:
     """The decay rule a variant name or an optimizer class applies (None when no rule describes it), from the
-    registry and the class's fixed arguments; nothing is built."""
+    registry and the class's fixed arguments; nothing is built. With ``kernel``: the variant's rule."""
+    if kernel is not None:
+        return rule_of(resolve_optimizer(optimizer, kernel)[0])
     if isinstance(optimizer, str):
         try:
             return get_variant(optimizer).rule
@@ -149,13 +167,16 @@ def check_optimizer_settings(
     betas: tuple[float, float] | None = None,
     eps: float | None = None,
     optimizer_kwargs: Mapping[str, Any] | None = None,
+    kernel: str | type[Optimizer] | None = None,
 ) -> tuple[DecayRule | None, float | None]:
     """Validate optimizer settings before training; return ``(rule, peak lr)`` of the optimizer they describe.
 
     A variant name or class is checked without building anything: types and ranges
     (:mod:`lightning_decay.validation`), constructor arguments against the class's signature, and the rule's own
     domain at the peak lr (e.g. ``lr * weight_decay < 1`` for torch-convention AdamW). A callable can only be
-    checked by calling it: it is called once on a dummy parameter.
+    checked by calling it: it is called once on a dummy parameter. ``kernel`` (with a variant name): the class is
+    the variant on that kernel; an unknown path, a class that is no optimizer, or a variant the kernel cannot run
+    (elementwise, L2 on a decoupled kernel) is an error naming ``kernel``.
     """
     if lr is not None:
         check_lr("lr", lr)
@@ -169,9 +190,13 @@ def check_optimizer_settings(
         check_betas(tuple(betas))
     if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, Mapping):
         raise TypeError(f"optimizer_kwargs must be a mapping, got {type(optimizer_kwargs).__name__}")
+    if kernel is not None and not isinstance(kernel, (str, type)):
+        raise TypeError(f"kernel must be an optimizer class path or class, got {type(kernel).__name__} {kernel!r}")
+    if kernel is not None and not isinstance(optimizer, (str, type)):
+        raise ValueError("kernel: set the variant by name (optimizer), not with an optimizer callable")
     if isinstance(optimizer, (str, type)):
-        cls, kwargs = _constructor_kwargs(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
-        rule = optimizer_rule(optimizer, optimizer_kwargs)
+        cls, kwargs = _constructor_kwargs(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
+        rule = optimizer_rule(optimizer, optimizer_kwargs, kernel)
         peak_lr = kwargs.get("lr", _signature_default(cls, "lr"))
         peak_lr = float(peak_lr) if is_real(peak_lr) else None
         if rule is not None and peak_lr is not None and weight_decay is not None:
@@ -205,11 +230,14 @@ class _OptimizerMaker:
         betas: tuple[float, float] | None,
         eps: float | None,
         optimizer_kwargs: Mapping[str, Any] | None,
+        kernel: str | type[Optimizer] | None = None,
     ) -> None:
-        check_optimizer_settings(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
+        check_optimizer_settings(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
         self.callable: Callable[[Iterable[Any]], Optimizer] | None = None
         if isinstance(optimizer, (str, type)):
-            self.cls, self.kwargs = _constructor_kwargs(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
+            self.cls, self.kwargs = _constructor_kwargs(
+                optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel
+            )
         else:
             self.callable = optimizer
 
@@ -241,6 +269,8 @@ def build_optimizer(
     optimizer_kwargs: Mapping[str, Any] | None = None,
     groups: ParamGroupSettings | Mapping[str, Any] | None = None,
     tensor_lr: bool = False,
+    kernel: str | type[Optimizer] | None = None,
+    others: OthersSettings | Mapping[str, Any] | None = None,
 ) -> Optimizer:
     """The optimizer on ``params``: a module (split into named groups by ``groups``, see
     :mod:`lightning_decay.integration.param_groups`) or ready parameters / group dicts (used as given).
@@ -249,12 +279,20 @@ def build_optimizer(
     for every group without its own ``weight_decay``, the weight decay whose EMA timescale at that group's peak lr
     is that many steps (:func:`~lightning_decay.optim.conventions.weight_decay_for_timescale`, through the optimizer's
     decay rule). ``tensor_lr`` gives every group its own 0-dim tensor lr (capturable / compiled training loops).
+    ``kernel`` runs the variant ``optimizer`` on another optimizer's step (e.g. ``"torchao.optim.AdamW8bit"``: 8-bit
+    state; :func:`~lightning_decay.optim.kernels.on_kernel`).
     """
     if weight_decay is not None and decay_timescale_steps is not None:
         raise ValueError(
             f"give weight_decay or decay_timescale_steps, not both (got {weight_decay} and {decay_timescale_steps})"
         )
-    make = _OptimizerMaker(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
+    if others is not None or (isinstance(optimizer, str) and optimizer in REGISTRY and
+                              REGISTRY[optimizer].family == "muon" and isinstance(params, nn.Module)):
+        return _build_muon_with_others(
+            params, optimizer, lr, weight_decay, decay_timescale_steps, optimizer_kwargs, groups, tensor_lr, kernel,
+            betas, eps, OthersSettings.coerce(others),
+        )
+    make = _OptimizerMaker(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
     if decay_timescale_steps is not None:
         check_real("decay_timescale_steps", decay_timescale_steps, low=1.0, low_open=True)
     if isinstance(params, nn.Module):
@@ -326,6 +364,8 @@ def build_optimizer_config(
     optimizer_kwargs: Mapping[str, Any] | None = None,
     groups: ParamGroupSettings | Mapping[str, Any] | None = None,
     tensor_lr: bool = False,
+    kernel: str | type[Optimizer] | None = None,
+    others: OthersSettings | Mapping[str, Any] | None = None,
     schedule: str = "cosine",
     warmup_steps: int = 0,
     warmup_ratio: float = 0.0,
@@ -367,7 +407,7 @@ def build_optimizer_config(
             )
     built = build_optimizer(
         model, optimizer, lr, weight_decay, decay_timescale_steps=decay_timescale_steps, betas=betas, eps=eps,
-        optimizer_kwargs=optimizer_kwargs, groups=groups, tensor_lr=tensor_lr,
+        optimizer_kwargs=optimizer_kwargs, groups=groups, tensor_lr=tensor_lr, kernel=kernel, others=others,
     )
     scheduler_config: LRSchedulerConfigType
     if lr_scheduler is not None:
@@ -384,3 +424,62 @@ def build_optimizer_config(
         )
         scheduler_config = {"scheduler": scheduler, "interval": "step", "frequency": 1}
     return {"optimizer": built, "lr_scheduler": scheduler_config}
+
+
+def _build_muon_with_others(
+    model: nn.Module | Iterable[Any],
+    optimizer: OptimizerSpec,
+    lr: float | None,
+    weight_decay: float | None,
+    decay_timescale_steps: float | None,
+    optimizer_kwargs: Mapping[str, Any] | None,
+    groups: ParamGroupSettings | Mapping[str, Any] | None,
+    tensor_lr: bool,
+    kernel: str | type[Optimizer] | None,
+    betas: tuple[float, float] | None,
+    eps: float | None,
+    others: OthersSettings | None,
+) -> Optimizer:
+    """A Muon variant on the model's hidden matrices and ``others`` on the rest, as one
+    :class:`~lightning_decay.optim.combined.CombinedOptimizer` (:mod:`~lightning_decay.integration.muon_split`)."""
+    name = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", repr(optimizer))
+    if not (isinstance(optimizer, str) and optimizer in REGISTRY and REGISTRY[optimizer].family == "muon"):
+        raise ValueError(f"others: the optimizer of the parameters Muon does not step, but optimizer is {name!r}")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"optimizer {name!r}: a Muon variant splits a module's parameters; pass the model")
+    for setting, value in (("kernel", kernel), ("betas", betas), ("eps", eps)):
+        if value is not None:
+            raise ValueError(f"{setting}: {name!r} runs torch's Muon, which has no {setting}; set others.{setting} "
+                             "for the optimizer of the other parameters")
+    routes = route_for_muon(model, others)
+    rest = [route.name for route in routes if not route.muon]
+    if not any(route.muon for route in routes):
+        filters = any(route.reason.endswith("convolution filter)") for route in routes)
+        hint = " (its convolution filters go to others unless others.flatten_convolutions is true)" if filters else ""
+        raise ValueError(f"optimizer {name!r}: {type(model).__name__} has no hidden weight matrix for Muon{hint}")
+    if rest and others is None:
+        shown = ", ".join(rest[:4]) + (", ..." if len(rest) > 4 else "")
+        raise ValueError(
+            f"others: {name!r} steps only hidden weight matrices; {len(rest)} parameters ({shown}) need another "
+            "optimizer: set decay.others, e.g. {optimizer: adamw, lr: 0.001}"
+        )
+    if others is not None and not rest:
+        raise ValueError(f"others: every trainable parameter of {type(model).__name__} is a hidden matrix that "
+                         f"{name!r} steps; others would step nothing (drop it)")
+    settings = ParamGroupSettings.coerce(groups)
+    muon_lr = lr if lr is not None else _signature_default(REGISTRY[optimizer].optimizer, "lr")
+    muon_groups, _ = split_groups(model, build_param_groups(model, settings, base_lr=muon_lr), [], routes)
+    muon = build_optimizer(muon_groups, optimizer, lr, weight_decay, decay_timescale_steps=decay_timescale_steps,
+                           optimizer_kwargs=optimizer_kwargs, tensor_lr=tensor_lr)
+    if others is None:
+        return muon
+    other_cls, _ = resolve_optimizer(others.optimizer, others.kernel)
+    other_lr = others.lr if others.lr is not None else _signature_default(other_cls, "lr")
+    _, other_groups = split_groups(model, [], build_param_groups(model, settings, base_lr=other_lr, warn_unused=False),
+                                   routes)
+    rest_optimizer = build_optimizer(
+        other_groups, others.optimizer, others.lr, others.weight_decay, decay_timescale_steps=decay_timescale_steps,
+        betas=others.betas, eps=others.eps, optimizer_kwargs=others.optimizer_kwargs, tensor_lr=tensor_lr,
+        kernel=others.kernel,
+    )
+    return CombinedOptimizer([muon, rest_optimizer])

@@ -292,6 +292,8 @@ class DecayMixin:
             optimizer_kwargs=None if injected else settings.optimizer_kwargs,
             groups=settings.groups,
             tensor_lr=settings.tensor_lr and not injected,
+            kernel=None if injected else settings.kernel,
+            others=None if injected else settings.others,
             schedule=settings.schedule,
             warmup_steps=settings.warmup_steps,
             warmup_ratio=settings.warmup_ratio,
@@ -475,6 +477,7 @@ def _check_callables(
             *(() if optimizer_callable is not None else (settings.lr, settings.weight_decay)),
             **({} if optimizer_callable is not None else {
                 "betas": settings.betas, "eps": settings.eps, "optimizer_kwargs": settings.optimizer_kwargs,
+                "kernel": settings.kernel,
             }),
         )
         scheduler = lr_scheduler_callable(trial)

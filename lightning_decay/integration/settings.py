@@ -16,6 +16,7 @@ import torch
 
 from lightning_decay.integration.factory import check_optimizer_settings
 from lightning_decay.integration.guards import NONFINITE_POLICIES, check_nonfinite_policy, check_skip_limit
+from lightning_decay.integration.muon_split import OthersSettings
 from lightning_decay.integration.param_groups import ParamGroupSettings
 from lightning_decay.integration.schedules import SCHEDULES, check_schedule_settings
 from lightning_decay.optim.conventions import weight_decay_for_timescale
@@ -25,7 +26,9 @@ from lightning_decay.validation import check_bool, check_positive
 
 __all__ = ["DecaySettings", "OPTIMIZER_FIELDS", "SCHEDULE_FIELDS", "GENERAL_FIELDS", "check_timescale_settings"]
 
-OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "betas", "eps", "optimizer_kwargs", "tensor_lr")
+OPTIMIZER_FIELDS = (
+    "optimizer", "lr", "weight_decay", "betas", "eps", "optimizer_kwargs", "tensor_lr", "kernel", "others"
+)
 #: Settings of the built-in schedule; with ``lr_scheduler_callable`` they do not apply.
 SCHEDULE_FIELDS = ("schedule", "warmup_steps", "warmup_ratio", "total_steps", "min_lr_ratio")
 #: Settings that apply whoever builds the optimizer (the gradient guard, the startup summary, the opt-in); every other
@@ -76,6 +79,14 @@ class DecaySettings:
         allow_external_optimizer: let an optimizer that DecayMixin did not build train the model (LightningCLI's
             top-level optimizer: key, or the model's own configure_optimizers given decay settings); without
             it that is an error, since the parameter groups and these settings would be lost.
+        kernel: run the variant's decay rule on another AdamW implementation's step, state and state_dict, given
+            by class path: e.g. torchao.optim.AdamW8bit (8-bit moments, 2 bytes per parameter instead of 8),
+            torchao.optim.AdamW4bit, torchao.optim.AdamWFp8, torch.optim.AdamW; null: the variant's own optimizer.
+            Scalar variants only (not the elementwise <ELEMENTWISE>).
+        others: with a Muon variant (<MUON>, which step only hidden weight matrices): the optimizer of every other
+            parameter (embeddings, the output head, biases, norms, convolution filters), e.g. {optimizer:
+            adamw-paper, lr: 0.001, weight_decay: 0.0001}; keys optimizer, lr, weight_decay, betas, eps,
+            optimizer_kwargs, kernel, muon_exclude / muon_include (name patterns). One optimizer to Lightning.
     """
 
     optimizer: str = "adamw"
@@ -98,6 +109,8 @@ class DecaySettings:
     verbose: bool = False
     allow_external_optimizer: bool = False
     tensor_lr: bool = False
+    kernel: str | None = None
+    others: OthersSettings | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -118,6 +131,10 @@ class DecaySettings:
             object.__setattr__(self, "lr", float(self.lr))
             object.__setattr__(self, "tensor_lr", True)
         check_bool("tensor_lr", self.tensor_lr)
+        if isinstance(self.kernel, type):
+            object.__setattr__(self, "kernel", f"{self.kernel.__module__}.{self.kernel.__qualname__}")
+        if self.kernel is not None and not isinstance(self.kernel, str):
+            raise TypeError(f"kernel must be an optimizer class path or null, got {type(self.kernel).__name__}")
         if self.betas is not None and not isinstance(self.betas, (str, bytes)):
             object.__setattr__(self, "betas", tuple(self.betas))
         if not isinstance(self.optimizer_kwargs, Mapping):
@@ -136,10 +153,35 @@ class DecaySettings:
         check_bool("verbose", self.verbose)
         check_bool("allow_external_optimizer", self.allow_external_optimizer)
         rule, peak_lr = check_optimizer_settings(
-            self.optimizer, self.lr, self.weight_decay, self.betas, self.eps, self.optimizer_kwargs
+            self.optimizer, self.lr, self.weight_decay, self.betas, self.eps, self.optimizer_kwargs, self.kernel
         )
         if self.decay_timescale_epochs is not None:
             check_timescale_settings(self.decay_timescale_epochs, self.weight_decay, rule, peak_lr)
+        self._check_others()
+
+    def _check_others(self) -> None:
+        """``others`` goes with a Muon variant (which steps only hidden matrices), and is itself a valid optimizer."""
+        try:
+            others = OthersSettings.coerce(self.others)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"others: {error}" if not str(error).startswith("others") else str(error)) from None
+        object.__setattr__(self, "others", others)
+        muon = self.optimizer in REGISTRY and REGISTRY[self.optimizer].family == "muon"
+        if others is None:
+            return
+        if not muon:
+            raise ValueError(
+                f"others: the optimizer of the parameters Muon does not step, but optimizer is {self.optimizer!r}; "
+                f"use a Muon variant ({_names(lambda info: info.family == 'muon')}) or drop others"
+            )
+        if others.optimizer in REGISTRY and REGISTRY[others.optimizer].family == "muon":
+            raise ValueError(f"others.optimizer: {others.optimizer!r} is a Muon variant; the others need an Adam or "
+                             "SGD variant (Muon steps matrices only)")
+        try:
+            check_optimizer_settings(others.optimizer, others.lr, others.weight_decay, others.betas, others.eps,
+                                     others.optimizer_kwargs, others.kernel)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"others: {error}") from None
 
     @classmethod
     def coerce(cls, value: DecaySettings | Mapping[str, Any] | str | None) -> DecaySettings:
@@ -165,6 +207,7 @@ class DecaySettings:
         out["betas"] = list(self.betas) if self.betas is not None else None
         out["optimizer_kwargs"] = dict(self.optimizer_kwargs)
         out["groups"] = self.groups.to_dict()
+        out["others"] = self.others.to_dict() if self.others is not None else None
         return out
 
     def replace(self, **changes: Any) -> DecaySettings:
@@ -192,6 +235,8 @@ DecaySettings.__doc__ = (
     .replace("<TORCH>", _names(lambda info: info.decoupled and not info.rule.per_unit_lr))
     .replace("<PAPER>", _names(lambda info: info.decoupled and info.rule.per_unit_lr))
     .replace("<L2>", _names(lambda info: not info.decoupled))
+    .replace("<ELEMENTWISE>", _names(lambda info: info.elementwise))
+    .replace("<MUON>", _names(lambda info: info.family == "muon"))
     .replace("<SCHEDULES>", ", ".join(SCHEDULES))
     .replace("<POLICIES>", ", ".join(NONFINITE_POLICIES))
 )

@@ -29,11 +29,14 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_decay.integration.muon_split import route_for_muon, routing_summary
 from lightning_decay.integration.param_groups import DECAY
 from lightning_decay.integration.parameter_names import clean_parameter_name
 from lightning_decay.integration.schedules import trainer_steps_per_epoch
 from lightning_decay.integration.settings import DecaySettings
+from lightning_decay.optim.combined import CombinedOptimizer
 from lightning_decay.optim.conventions import decay_rule_of, steps_to_epochs, timescale_steps
+from lightning_decay.optim.kernels import KernelRuleOptimizer
 from lightning_decay.optim.registry import REGISTRY, VariantInfo, rule_of
 from lightning_decay.optim.rules import DecayRule
 
@@ -80,6 +83,17 @@ def summarize_decay(
         resolved["decay/timescale_epochs"] = settings.decay_timescale_epochs
     names = _parameter_names(model) if settings.verbose else {}
     lines = [f"{type(model).__name__}: {_describe_variant(optimizer, info)}"]
+    if isinstance(optimizer, CombinedOptimizer):  # Muon + others: each part's variant, and who went where
+        for part in optimizer.parts:
+            lines.append(f"  part: {_describe_variant(part, _variant_of(part))}")
+        others = settings.others.optimizer if settings.others is not None else "others"
+        routes = routing_summary(route_for_muon(model, settings.others), settings.optimizer, others, settings.verbose)
+        lines.extend(f"  {line}" for line in routes.splitlines())
+    if isinstance(optimizer, KernelRuleOptimizer):  # on_kernel: the rule on another optimizer's step and state
+        kernel = type(optimizer).kernel
+        resolved["decay/kernel"] = f"{kernel.__module__}.{kernel.__qualname__}"
+        lines.append(f"  kernel: {resolved['decay/kernel']} (its step and state, run with the rule's per-step lr and "
+                     "weight decay)")
     if scheduler is not None:
         interval = scheduler_config.get("interval", "epoch")  # type: ignore[union-attr]
         monitor = scheduler_config.get("monitor")  # type: ignore[union-attr]

@@ -4,15 +4,21 @@ Modules: :mod:`~lightning_decay.optim.rules` (every decay formula, once), :mod:`
 (one record per variant), :mod:`~lightning_decay.optim.base` (what every optimizer shares),
 :mod:`~lightning_decay.optim.adam` (rules on torch's Adam kernel), :mod:`~lightning_decay.optim.elementwise` (AdamP,
 cautious decay), :mod:`~lightning_decay.optim.compiled` (the compiled multi-tensor step),
-:mod:`~lightning_decay.optim.sgd` (SGD counterparts), :mod:`~lightning_decay.optim.conventions` (conversions and
-timescales). Nothing here imports Lightning.
+:mod:`~lightning_decay.optim.sgd` (SGD counterparts), :mod:`~lightning_decay.optim.kernels` (any rule on another
+optimizer's kernel: torchao's 8-bit AdamW, Muon), :mod:`~lightning_decay.optim.muon` (the Muon variants' kernel and
+cautious Muon; torch >= 2.9), :mod:`~lightning_decay.optim.combined` (several optimizers as one: Muon + Adam),
+:mod:`~lightning_decay.optim.conventions` (conversions and timescales). Nothing here imports Lightning.
 """
 
 from lightning_decay.optim.adam import AdamC, AdamL2, AdamW, KernelAdam, ProxAdam
 from lightning_decay.optim.base import DecayOptimizer
+from lightning_decay.optim.combined import CombinedOptimizer
 from lightning_decay.optim.elementwise import AdamP, CautiousAdamW
+from lightning_decay.optim.kernels import on_kernel, set_variant_lookup
 from lightning_decay.optim.registry import REGISTRY, VARIANTS, VariantInfo, get_variant, resolve_variant, rule_of
 from lightning_decay.optim.sgd import SGDL2, SGDW, KernelSGD, ProxSGD
+
+set_variant_lookup(lambda name: (get_variant(name).rule, get_variant(name).name))  # on_kernel(kernel, "proxadam")
 
 __all__ = [
     "AdamL2",
@@ -27,10 +33,12 @@ __all__ = [
     "KernelAdam",
     "KernelSGD",
     "DecayOptimizer",
+    "CombinedOptimizer",
     "REGISTRY",
     "VARIANTS",
     "VariantInfo",
     "get_variant",
     "resolve_variant",
     "rule_of",
+    "on_kernel",
 ]

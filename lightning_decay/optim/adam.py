@@ -31,9 +31,7 @@ from lightning_decay.optim.base import (
     convention_rule,
     default_weight_decay,
     fused_supported,
-    kernel_lr,
-    precise_lr,
-    wants_tensor_lr,
+    unhooked_step,
 )
 from lightning_decay.optim.rules import (
     AdamCRule,
@@ -46,15 +44,17 @@ from lightning_decay.optim.rules import (
 )
 from lightning_decay.validation import check_bool, check_optional_real
 
-__all__ = ["KernelAdam", "AdamL2", "AdamW", "ProxAdam", "AdamC", "CONVENTIONS"]
+__all__ = ["KernelAdam", "AdamL2", "AdamW", "ProxAdam", "AdamC", "AdamCGroups", "CONVENTIONS", "check_tensor_lr_path"]
 
 
-def _torch_adam_step(optimizer: torch.optim.Adam) -> None:
-    """torch's ``Adam.step`` without the step-hook wrapper torch adds once an Adam exists (ours already ran)."""
-    step = torch.optim.Adam.step
-    if getattr(step, "hooked", False):
-        step = step.__wrapped__
-    step(optimizer)
+def check_tensor_lr_path(group: dict[str, Any], where: str) -> None:
+    """torch's foreach Adam kernel refuses a tensor lr unless capturable: the same error, but raised before any
+    group is updated (ValueError naming ``lr``)."""
+    if isinstance(group["lr"], Tensor) and group.get("foreach") and not group.get("capturable"):
+        raise ValueError(
+            f"lr as a Tensor is not supported for capturable=False and foreach=True{where} (torch's foreach Adam "
+            "kernel): give a float lr, foreach=False or capturable=True"
+        )
 
 
 class KernelAdam(DecayOptimizer, torch.optim.Adam):
@@ -112,11 +112,7 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
 
     def _check_settings(self, group: dict[str, Any], where: str) -> None:
         super()._check_settings(group, where)
-        if isinstance(group["lr"], Tensor) and group.get("foreach") and not group.get("capturable"):
-            raise ValueError(  # torch's own error, but before any group is updated
-                f"lr as a Tensor is not supported for capturable=False and foreach=True{where} (torch's foreach Adam "
-                "kernel): give a float lr, foreach=False or capturable=True"
-            )
+        check_tensor_lr_path(group, where)
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
         super()._prepare_group(group)
@@ -129,27 +125,10 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
                     "kernels step a complex parameter as its real pair)"
                 )
 
-    def _kernel_settings(self, group: dict[str, Any]) -> tuple[float | Tensor, float]:
-        """``(lr', wd')`` for torch's kernel: ``lr'`` a tensor where the group's lr is one and the kernel wants
-        one (:func:`~lightning_decay.optim.base.wants_tensor_lr`), else a float; ``wd'`` a float."""
-        rule = self.rule_for(group)
-        assert isinstance(rule, KernelDecayRule)
-        lr = group["lr"]
-        settings = rule.kernel_settings(precise_lr(lr), self.initial_lr(group), group["weight_decay"])
-        return kernel_lr(settings.lr, lr, isinstance(lr, Tensor) and wants_tensor_lr(group)), settings.weight_decay
-
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step: every group is checked, then torch's kernel runs with the rule's settings."""
         loss = self._closure_then_checks(closure)
-        kernel_settings = [self._kernel_settings(group) for group in self.param_groups]
-        saved = [(group["lr"], group["weight_decay"]) for group in self.param_groups]
-        try:
-            for group, settings in zip(self.param_groups, kernel_settings):
-                group["lr"], group["weight_decay"] = settings
-            _torch_adam_step(self)
-        finally:
-            for group, (lr, weight_decay) in zip(self.param_groups, saved):
-                group["lr"], group["weight_decay"] = lr, weight_decay
+        self._run_kernel_with_rule_settings(lambda: unhooked_step(torch.optim.Adam)(self))
         return loss
 
 
@@ -245,7 +224,57 @@ class ProxAdam(KernelAdam):
         )
 
 
-class AdamC(KernelAdam):
+class AdamCGroups:
+    """AdamC's per-group rule, for any optimizer of this package that runs kernel settings (:class:`AdamC`, and
+    AdamC on another kernel, :func:`~lightning_decay.optim.kernels.on_kernel`): groups with ``normalized`` follow
+    :class:`AdamCRule` with the group's ``lr_max``, the others torch's AdamW rule. Call :meth:`_init_adamc` before
+    the optimizer's ``__init__`` (it adds the groups) and ``self.defaults.update(self._adamc_defaults)`` after."""
+
+    defaults: dict[str, Any]
+    param_groups: list[dict[str, Any]]
+
+    def _init_adamc(self, normalized: bool, lr_max: float | None) -> None:
+        self._adamc_defaults = {"normalized": normalized, "lr_max": lr_max}
+        self._check_adamc_settings(self._adamc_defaults, "")
+        self._unnormalized_rule = AdamWTorchRule()
+
+    @staticmethod
+    def _check_adamc_settings(group: dict[str, Any], where: str) -> None:
+        check_bool("normalized", group["normalized"], where)
+        check_optional_real("lr_max", group["lr_max"], positive=True, where=where)
+
+    def rule_for(self, group: dict[str, Any]) -> DecayRule:
+        """:class:`AdamCRule` with the group's ``lr_max`` for normalized groups, torch's AdamW rule otherwise."""
+        if group["normalized"]:
+            return AdamCRule(group["lr_max"])
+        return self._unnormalized_rule
+
+    def lr_max(self, group: dict[str, Any]) -> float:
+        """The peak lr AdamC divides by for ``group``: ``group["lr_max"]``, else alpha."""
+        return AdamCRule(group["lr_max"]).peak_lr(self.initial_lr(group))  # type: ignore[attr-defined]
+
+    def _check_settings(self, group: dict[str, Any], where: str) -> None:
+        super()._check_settings(group, where)  # type: ignore[misc]
+        self._check_adamc_settings(group, where)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in self._adamc_defaults.items():
+            param_group.setdefault(key, value)
+        super().add_param_group(param_group)  # type: ignore[misc]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        if not hasattr(self, "_unnormalized_rule"):  # unpickled or deep-copied
+            self._unnormalized_rule = AdamWTorchRule()
+            self._adamc_defaults = {
+                "normalized": self.defaults.get("normalized", True), "lr_max": self.defaults.get("lr_max")
+            }
+        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict
+            for key, value in self._adamc_defaults.items():
+                group.setdefault(key, value)
+
+
+class AdamC(AdamCGroups, KernelAdam):
     """Defazio et al. 2025's AdamC: torch's AdamW whose decay on normalized layers follows the schedule.
 
     * groups with ``group["normalized"] = True``: ``w <- (1 - lr_t^2 / lr_max * wd) w - lr_t u_t``, i.e. torch's
@@ -276,46 +305,9 @@ class AdamC(KernelAdam):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        self._adamc_defaults = {"normalized": normalized, "lr_max": lr_max}
-        self._check_adamc_settings(self._adamc_defaults, "")
-        self._unnormalized_rule = AdamWTorchRule()
+        self._init_adamc(normalized, lr_max)
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, rule=AdamCRule(), maximize=maximize, foreach=foreach,
             capturable=capturable, differentiable=differentiable, fused=fused,
         )
         self.defaults.update(self._adamc_defaults)
-
-    @staticmethod
-    def _check_adamc_settings(group: dict[str, Any], where: str) -> None:
-        check_bool("normalized", group["normalized"], where)
-        check_optional_real("lr_max", group["lr_max"], positive=True, where=where)
-
-    def rule_for(self, group: dict[str, Any]) -> DecayRule:
-        """:class:`AdamCRule` with the group's ``lr_max`` for normalized groups, torch's AdamW rule otherwise."""
-        if group["normalized"]:
-            return AdamCRule(group["lr_max"])
-        return self._unnormalized_rule
-
-    def lr_max(self, group: dict[str, Any]) -> float:
-        """The peak lr AdamC divides by for ``group``: ``group["lr_max"]``, else alpha."""
-        return AdamCRule(group["lr_max"]).peak_lr(self.initial_lr(group))
-
-    def _check_settings(self, group: dict[str, Any], where: str) -> None:
-        super()._check_settings(group, where)
-        self._check_adamc_settings(group, where)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        for key, value in self._adamc_defaults.items():
-            param_group.setdefault(key, value)
-        super().add_param_group(param_group)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if not hasattr(self, "_unnormalized_rule"):  # unpickled or deep-copied
-            self._unnormalized_rule = AdamWTorchRule()
-            self._adamc_defaults = {
-                "normalized": self.defaults.get("normalized", True), "lr_max": self.defaults.get("lr_max")
-            }
-        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict
-            for key, value in self._adamc_defaults.items():
-                group.setdefault(key, value)

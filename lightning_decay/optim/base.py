@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_decay.optim.rules import DecayRule, KernelDecayRule
+from lightning_decay.optim.rules import DecayRule, KernelDecayRule, KernelSettings
 from lightning_decay.validation import check_betas, check_bool, check_lr, check_nonnegative, tensor_value_readable
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "precise_lr",
     "wants_tensor_lr",
     "kernel_lr",
+    "unhooked_step",
 ]
 
 #: Group key holding the lr a group was built with: the blog's alpha when no scheduler set ``initial_lr``.
@@ -79,6 +80,15 @@ def kernel_lr(value: float | Tensor, lr: float | Tensor, as_tensor: bool) -> flo
     if as_tensor:
         return value.to(lr.dtype) if isinstance(lr, Tensor) else value
     return value.item()
+
+
+def unhooked_step(kernel: type[Optimizer]) -> Callable[..., Any]:
+    """``kernel.step`` without the step-hook wrapper torch adds to a class once an instance exists (a subclass's own
+    step already ran the hooks: calling the kernel's hooked step would run them twice)."""
+    step = kernel.step
+    if getattr(step, "hooked", False):
+        step = step.__wrapped__  # type: ignore[attr-defined]
+    return step
 
 
 def default_weight_decay(
@@ -164,6 +174,35 @@ class DecayOptimizer:
         rule = self.rule_for(group)
         factor = rule.decay_factor(precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"], denominator)
         return scalar_value(factor, denominator)
+
+    def kernel_settings_for(self, group: dict[str, Any]) -> KernelSettings:
+        """``(lr', wd', decoupled)`` of this step for ``group``: ``rule.kernel_settings(lr_t, alpha, wd)`` of the
+        (scalar) rule the group follows, computed from the lr in float64 (:func:`precise_lr`)."""
+        rule = self.rule_for(group)
+        if not isinstance(rule, KernelDecayRule):
+            raise TypeError(f"{type(self).__name__}: the rule {rule!r} has no kernel settings (it is elementwise)")
+        return rule.kernel_settings(precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"])
+
+    def _kernel_values(self, group: dict[str, Any], settings: KernelSettings) -> tuple[Any, Any]:
+        """``(lr', wd')`` as the kernel reads them from the group: ``lr'`` a tensor where the group's lr is one and
+        the kernel wants one (:func:`wants_tensor_lr`), else a float; ``wd'`` a float."""
+        lr = group["lr"]
+        return kernel_lr(settings.lr, lr, isinstance(lr, Tensor) and wants_tensor_lr(group)), settings.weight_decay
+
+    def _run_kernel_with_rule_settings(self, kernel_step: Callable[[], Any]) -> None:
+        """Run ``kernel_step`` (the kernel's own step over :attr:`param_groups`) with every group's ``lr`` and
+        ``weight_decay`` set to the rule's ``(lr', wd')``: one kernel step ``w <- (1 - lr'*wd') w - f(lr') u`` is then
+        the rule's step. The group's own values (the scheduler's lr tensor, the user's weight decay) are restored
+        after, also when the kernel raises."""
+        values = [self._kernel_values(group, self.kernel_settings_for(group)) for group in self.param_groups]
+        saved = [(group["lr"], group["weight_decay"]) for group in self.param_groups]
+        try:
+            for group, (lr, weight_decay) in zip(self.param_groups, values):
+                group["lr"], group["weight_decay"] = lr, weight_decay
+            kernel_step()
+        finally:
+            for group, (lr, weight_decay) in zip(self.param_groups, saved):
+                group["lr"], group["weight_decay"] = lr, weight_decay
 
     def _check_settings(self, group: dict[str, Any], where: str) -> None:
         """The optimizer family's own settings (Adam's betas and eps here; SGD overrides)."""

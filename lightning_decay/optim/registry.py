@@ -30,7 +30,11 @@ from lightning_decay.optim.rules import (
     CautiousRule,
     DecayRule,
     KernelDecayRule,
+    MuonCRule,
+    MuonPaperRule,
+    MuonTorchRule,
     ProxAdamRule,
+    ProxMuonRule,
     ProxSGDRule,
     SGDL2Rule,
     SGDWPaperRule,
@@ -53,8 +57,9 @@ __all__ = [
     "rule_of",
 ]
 
-#: Optimizer families: the update ``u_t`` the decay acts next to (Adam's ``m_hat / D``, SGD's momentum direction).
-FAMILIES = ("adam", "sgd")
+#: Optimizer families: the update ``u_t`` the decay acts next to (Adam's ``m_hat / D``, SGD's momentum direction,
+#: Muon's orthogonalized momentum ``adjust(lr_t) O_t``; Muon steps only 2-D matrices).
+FAMILIES = ("adam", "sgd", "muon")
 #: How a variant's step runs: torch's own kernel with per-step ``(lr', wd')``, or a compiled multi-tensor step.
 KERNELS = ("torch", "compiled")
 #: What ``EffectiveDecayMonitor`` logs for a variant besides ``lr/<group>`` and ``eta/<group>``, and the keys:
@@ -132,6 +137,29 @@ class VariantInfo:
 _SCALAR = ("decay_factor",)
 _L2 = ("preconditioned_decay", "l2_grad_ratio")
 
+
+def _muon_records() -> tuple[VariantInfo, ...]:
+    """The Muon variants: torch's ``torch.optim.Muon`` kernel with each rule (none on a torch without Muon)."""
+    if not hasattr(torch.optim, "Muon"):
+        return ()
+    from lightning_decay.optim.muon import CautiousMuon, KernelMuon
+
+    return (
+        VariantInfo("muon", KernelMuon, MuonTorchRule(), "muon", "torch", "w <- (1 - lr_t*wd) w - adjust(lr_t) O_t",
+                    _SCALAR, source="torch.optim.Muon (Jordan et al. 2024)"),
+        VariantInfo("muon-paper", KernelMuon, MuonPaperRule(), "muon", "torch",
+                    "w <- (1 - eta_t*wd) w - adjust(lr_t) O_t", _SCALAR, source="Muon, Loshchilov & Hutter's decay"),
+        VariantInfo("proxmuon", KernelMuon, ProxMuonRule(), "muon", "torch",
+                    "w <- (w - adjust(lr_t) O_t) / (1 + eta_t*wd)", _SCALAR, source="Muon, ProxAdam's proximal decay"),
+        VariantInfo("muonc", KernelMuon, MuonCRule(), "muon", "torch",
+                    "w <- (1 - lr_t^2/lr_max*wd) w - adjust(lr_t) O_t", _SCALAR,
+                    source="Muon, AdamC's correction (Defazio et al. 2025)"),
+        VariantInfo("muon-cautious", CautiousMuon, CautiousRule(MuonTorchRule()), "muon", "torch",
+                    "w <- w - adjust(lr_t) O_t - lr_t*wd 1[O_t*w >= 0] w", ("decay_factor", "decayed_fraction"),
+                    {"convention": "torch"},
+                    "Muon, Chen et al. 2025's cautious decay"),
+    )
+
 #: Every variant, by name.
 REGISTRY: Mapping[str, VariantInfo] = MappingProxyType({info.name: info for info in (
     VariantInfo("adaml2", AdamL2, AdamL2Rule(), "adam", "torch", "g <- g + wd*w, then Adam", _L2,
@@ -161,6 +189,7 @@ REGISTRY: Mapping[str, VariantInfo] = MappingProxyType({info.name: info for info
                 {"convention": "paper"}, "Loshchilov & Hutter 2019"),
     VariantInfo("proxsgd", ProxSGD, ProxSGDRule(), "sgd", "compiled", "w <- (w - lr_t d_t) / (1 + eta_t*wd)",
                 _SCALAR, source="the SGD counterpart of ProxAdam"),
+    *_muon_records(),
 )})
 
 #: ``name -> (optimizer class, fixed keyword arguments)``: the registry's build recipes (read-only view).
@@ -231,7 +260,8 @@ def rule_of(
 
     This package's optimizers answer themselves (``rule_for(group)``, else ``decay_rule``). torch's optimizers map
     to the rule they implement exactly: ``torch.optim.AdamW`` (and ``Adam(decoupled_weight_decay=True)``) to the
-    torch-convention AdamW rule, ``torch.optim.Adam`` to Adam's L2 rule, ``torch.optim.SGD`` to SGD's L2 rule.
+    torch-convention AdamW rule, ``torch.optim.Adam`` to Adam's L2 rule, ``torch.optim.SGD`` to SGD's L2 rule,
+    ``torch.optim.Muon`` to torch's Muon rule.
     """
     if isinstance(optimizer, DecayRule):
         return optimizer
@@ -241,14 +271,17 @@ def rule_of(
         record = record_of_class(optimizer, {})
         if record is not None:
             return record.rule
-        if issubclass(optimizer, DecayOptimizer):  # a class outside the registry: its instances know their rule
-            return None
+        if issubclass(optimizer, DecayOptimizer):  # a class outside the registry: its instances know their rule,
+            rule = getattr(optimizer, "decay_rule", None)  # a class built for one rule (on_kernel's) says it
+            return rule if isinstance(rule, DecayRule) else None
         if issubclass(optimizer, torch.optim.AdamW):
             return REGISTRY["adamw"].rule
         if issubclass(optimizer, torch.optim.Adam):
             return REGISTRY["adaml2"].rule
         if issubclass(optimizer, torch.optim.SGD):
             return REGISTRY["sgd-l2"].rule
+        if "muon" in REGISTRY and issubclass(optimizer, torch.optim.Muon):
+            return REGISTRY["muon"].rule
         return None
     if group is not None and callable(getattr(optimizer, "rule_for", None)):
         rule = optimizer.rule_for(group)  # type: ignore[attr-defined]
@@ -264,4 +297,6 @@ def rule_of(
         return REGISTRY["adamw" if decoupled else "adaml2"].rule
     if isinstance(optimizer, torch.optim.SGD):
         return REGISTRY["sgd-l2"].rule
+    if "muon" in REGISTRY and isinstance(optimizer, torch.optim.Muon):
+        return REGISTRY["muon"].rule
     return None

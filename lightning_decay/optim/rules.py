@@ -4,7 +4,8 @@ Notation (the blog's): ``alpha`` is a group's initial learning rate, ``eta_t`` t
 ``lr_t = alpha * eta_t`` the learning rate a scheduler sets, ``wd`` the group's ``weight_decay``,
 ``u_t = m_hat / D`` the Adam direction with ``D = sqrt(v_hat) + eps``, ``d_t`` the SGD direction (torch's momentum:
 ``b_1 = g_1``, ``b_t = mu * b_{t-1} + (1 - tau) * g_t``; ``d_t = b_t``, or ``g_t + mu * b_t`` with Nesterov, or ``g_t``
-without momentum), ``1[.]`` an elementwise indicator.
+without momentum), ``O_t`` Muon's Newton-Schulz-orthogonalized momentum and ``adjust(lr)`` torch's shape-dependent
+Muon lr (linear in ``lr``), ``1[.]`` an elementwise indicator.
 
 | rule | one step |
 |---|---|
@@ -20,6 +21,11 @@ without momentum), ``1[.]`` an elementwise indicator.
 | ``sgdw`` (torch convention) | ``w <- (1 - lr_t * wd) * w - lr_t * d_t`` |
 | ``sgdw-paper`` (Loshchilov & Hutter) | ``w <- (1 - eta_t * wd) * w - lr_t * d_t`` |
 | ``proxsgd`` | ``w <- (w - lr_t * d_t) / (1 + eta_t * wd)`` |
+| ``muon`` (torch's) | ``w <- (1 - lr_t * wd) * w - adjust(lr_t) * O_t`` |
+| ``muon-paper`` | ``w <- (1 - eta_t * wd) * w - adjust(lr_t) * O_t`` |
+| ``proxmuon`` | ``w <- (w - adjust(lr_t) * O_t) / (1 + eta_t * wd)`` |
+| ``muonc`` | ``w <- (1 - lr_t^2 / lr_max * wd) * w - adjust(lr_t) * O_t`` |
+| ``muon-cautious`` | ``w <- w - adjust(lr_t) * O_t - lr_t * wd * 1[O_t * w >= 0] * w`` |
 
 AdamC's groups that are not normalized follow ``adamw``. The decay formulas themselves are shared: AdamW and SGDW
 (torch convention) are :class:`TorchConventionRule`, the paper conventions :class:`PaperConventionRule`, ProxAdam
@@ -66,6 +72,10 @@ __all__ = [
     "SGDWTorchRule",
     "SGDWPaperRule",
     "ProxSGDRule",
+    "MuonTorchRule",
+    "MuonPaperRule",
+    "ProxMuonRule",
+    "MuonCRule",
     "adam_denominator",
 ]
 
@@ -426,3 +436,38 @@ class ProxSGDRule(ProximalRule):
 
     name = "proxsgd"
     scale_free = False
+
+
+# --- Muon ----------------------------------------------------------------------------------------------------------
+
+
+class MuonTorchRule(TorchConventionRule):
+    """torch's Muon: ``w <- (1 - lr_t * wd) * w - adjust(lr_t) * O_t``, ``O_t`` the orthogonalized momentum."""
+
+    name = "muon"
+    scale_free = True  # O_t is normalized before the Newton-Schulz iteration: the loss scale cancels
+
+
+class MuonPaperRule(PaperConventionRule):
+    """Muon in Loshchilov & Hutter's convention: ``w <- (1 - eta_t * wd) * w - adjust(lr_t) * O_t``."""
+
+    name = "muon-paper"
+    scale_free = True
+
+
+class ProxMuonRule(ProximalRule):
+    """Proximal Muon: ``w <- (w - adjust(lr_t) * O_t) / (1 + eta_t * wd)`` (torch's Muon kernel with
+    ``lr' = lr_t / (1 + eta_t * wd)``, ``wd' = wd / alpha``: exact, since ``adjust`` is linear in the lr)."""
+
+    name = "proxmuon"
+    scale_free = True
+
+
+class MuonCRule(AdamCRule):
+    """AdamC's correction on Muon's matrices: ``w <- (1 - lr_t^2 / lr_max * wd) * w - adjust(lr_t) * O_t``."""
+
+    name = "muonc"
+
+    def __repr__(self) -> str:
+        return f"MuonCRule(lr_max={self.lr_max!r})" if self.lr_max is not None else "MuonCRule()"
+

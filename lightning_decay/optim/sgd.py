@@ -165,9 +165,7 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
         rows: list[list[float | Tensor]] = []  # per compiled group: its steady-state row, then its first-step row
         use_compile = True
         for group in self.param_groups:
-            rule = self.rule_for(group)
-            assert isinstance(rule, KernelDecayRule)
-            settings = rule.kernel_settings(precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"])
+            settings = self.kernel_settings_for(group)
             momentum = group["momentum"]
             params = [param for param in group["params"] if param.grad is not None]
             if not params:

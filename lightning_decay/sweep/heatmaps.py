@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_decay.sweep.decoupling import DEFAULT_TOLERANCE, good_region, measure_tables
+from lightning_decay.sweep.decoupling import DEFAULT_TOLERANCE, good_region, measure_table_slope, measure_tables
 from lightning_decay.sweep.results import FIXED_COLUMNS, RESULT_FILE, ResultTable, cell_dir, read_json, result_tables
 
 __all__ = [
@@ -118,6 +118,7 @@ def _heatmaps(
     log_scale: bool = False,
     cmap: str = "viridis",
     scale: float = 1.0,
+    spreads: Sequence[np.ndarray | None] | None = None,
 ) -> Path:
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm, Normalize
@@ -135,14 +136,21 @@ def _heatmaps(
     colours = colormaps[cmap].with_extremes(bad="0.85")
     figure, axes = _figure(len(tables))
     image = None
-    for ax, table, values, mark, outline, subtitle in zip(axes, tables, shown, marks, outlines, subtitles):
+    spreads = list(spreads) if spreads is not None else [None] * len(tables)
+    for ax, table, values, mark, outline, subtitle, spread in zip(
+        axes, tables, shown, marks, outlines, subtitles, spreads
+    ):
         image = ax.imshow(np.ma.masked_invalid(values), origin="lower", cmap=colours, norm=norm, aspect="auto")
+        small = len(table.x_values) > 4 or len(table.y_values) > 4
         for i in range(len(table.y_values)):
             for j in range(len(table.x_values)):
                 value = values[i, j]
                 shade = norm(value) if np.isfinite(value) else 1.0
+                text = cell_text(value) if np.isfinite(value) else "-"
+                if spread is not None and np.isfinite(spread[i, j]):
+                    text += f"\n±{cell_text(spread[i, j] * scale)}"
                 ax.text(
-                    j, i, cell_text(value) if np.isfinite(value) else "-", ha="center", va="center", fontsize=8,
+                    j, i, text, ha="center", va="center", fontsize=6 if small else 8, linespacing=0.9,
                     color="black" if shade > 0.55 else "white",
                 )
                 if outline is not None and outline[i, j]:
@@ -192,17 +200,38 @@ def plot_accuracy_heatmaps(
     label = metric or value
     percent = _as_percent(tables)
     measures = measure_tables(tables, tolerance)
+    seeds = max(int(t.counts.max()) for t in tables)
+    subtitles = [f"rectangularity {m.rectangularity:.2f} ({m.good_cells}/{m.box_cells})" for m in measures]
+    if seeds > 1:
+        for k, table in enumerate(tables):
+            low, high = int(table.counts[table.counts > 0].min()), int(table.counts.max())
+            subtitles[k] += f", n={low}" if low == high else f", n={low}-{high}"
+            slope = _slope_text(table, tolerance)
+            subtitles[k] += f"\n{slope}" if slope else ""
+    spread_note = f"mean ± std over {seeds} seeds; " if seeds > 1 else ""
     return _heatmaps(
         tables,
         Path(path),
-        title=f"{title or metric_title(label)} (red: best; dashed: good region, tolerance {tolerance:g})",
+        title=f"{title or metric_title(label)} ({spread_note}red: best; dashed: good region, tolerance {tolerance:g})",
         colorbar_label=f"{label} (%)" if percent else label,
         cell_text=(lambda v: f"{v:.1f}") if percent else (lambda v: f"{v:.3g}"),
         scale=100.0 if percent else 1.0,
         marks=[m.best_cell for m in measures],
         outlines=[np.array(m.good_mask) for m in measures],
-        subtitles=[f"rectangularity {m.rectangularity:.2f} ({m.good_cells}/{m.box_cells})" for m in measures],
+        subtitles=subtitles,
+        spreads=[t.stds for t in tables] if seeds > 1 else None,
     )
+
+
+def _slope_text(table: ResultTable, tolerance: float) -> str:
+    """``lr-wd slope -0.45 [-0.6, -0.3]`` for a panel with numeric positive axes and 2+ rows, else ``""``."""
+    if len(table.y_values) < 3:
+        return ""
+    try:
+        slope = measure_table_slope(table, tolerance).slope
+    except ValueError:
+        return ""
+    return f"{table.x_name}-{table.y_name} slope {slope.format(2)}" if slope.n else ""
 
 
 def plot_norm_heatmaps(

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import torch
 
+from lightning_decay.experiments.cifar10 import DISK_CACHE_ENV
 from lightning_decay.sweep.cell import cell_spec
 from lightning_decay.sweep.check import check_cells
 from lightning_decay.sweep.grid import Cell, GridError, GridSpec
@@ -147,6 +148,7 @@ def _run_cells(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *filter(None, [env.get("PYTHONPATH")])])
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), WANDB_SILENT="true")
+    env.setdefault(DISK_CACHE_ENV, str(default_data_cache()))  # decode CIFAR-10's JPEGs once, not once per cell
     if grid.wandb is not None:
         env["WANDB_MODE"] = wandb_mode()
 
@@ -206,6 +208,12 @@ def _stop_signals(requests: list[int]) -> Iterator[None]:
     finally:
         for signum, handler_before in previous.items():
             signal.signal(signum, handler_before if handler_before is not None else signal.SIG_DFL)
+
+
+def default_data_cache() -> Path:
+    """The decoded-data cache the cells use unless ``LIGHTNING_DECAY_DATA_CACHE`` is set (empty: off):
+    ``$XDG_CACHE_HOME/lightning_decay`` (``~/.cache/lightning_decay``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning_decay"
 
 
 def _launch(

@@ -164,8 +164,8 @@ class ResultTable:
     """One panel of a sweep: a variant (and fixed values of any extra axes) as a 2-D table over two axes.
 
     ``values[i, j]`` is the mean over seeds (and any other repeated rows) at ``y_values[i]``, ``x_values[j]``;
-    NaN where no finished cell exists. ``counts`` holds the number of rows averaged per entry; ``rows`` are the
-    panel's finished rows.
+    NaN where no finished cell exists. ``counts`` holds the number of rows averaged per entry, ``stds`` their
+    standard deviation (``ddof=1``; NaN where fewer than 2); ``rows`` are the panel's finished rows.
     """
 
     label: str
@@ -178,6 +178,31 @@ class ResultTable:
     values: np.ndarray  # shape (len(y_values), len(x_values))
     counts: np.ndarray
     rows: list[dict[str, Any]]
+    stds: np.ndarray | None = None
+    value: str = "accuracy"
+
+    def by_seed(self, value: str | None = None, by: str = "seed") -> dict[Any, np.ndarray]:
+        """One table of ``value`` (default: the table's own column) per value of the ``by`` column (the seed),
+        shaped like ``values`` (NaN where that seed has no finite value), in order of first appearance."""
+        value = value or self.value
+        out: dict[Any, np.ndarray] = {}
+        for row in self.rows:
+            number = finite(row.get(value))
+            table = out.setdefault(row.get(by), np.full(self.values.shape, np.nan))
+            if number is not None:
+                table[self.y_values.index(row[self.y_name]), self.x_values.index(row[self.x_name])] = number
+        return out
+
+    def samples(self, i: int, j: int, value: str | None = None, by: str = "seed") -> dict[Any, float]:
+        """The finite ``value`` (default: the table's column) of each row at ``y_values[i]``, ``x_values[j]``, keyed
+        by its ``by`` column (the seed): the samples behind ``values[i, j]``."""
+        out: dict[Any, float] = {}
+        for row in self.rows:
+            number = finite(row.get(value or self.value))
+            at = row.get(self.y_name) == self.y_values[i] and row.get(self.x_name) == self.x_values[j]
+            if number is not None and at:
+                out[row.get(by)] = number
+        return out
 
 
 def _sorted_values(values: Iterable[Any]) -> list[Any]:
@@ -216,18 +241,22 @@ def result_tables(
         fixed = {key: first.get(key) for key in extra}
         x_values = _sorted_values(row[x] for row in group_rows)
         y_values = _sorted_values(row[y] for row in group_rows)
-        sums = np.zeros((len(y_values), len(x_values)))
-        counts = np.zeros((len(y_values), len(x_values)), dtype=int)
+        samples: dict[tuple[int, int], list[float]] = {}
         for row in group_rows:
             number = finite(row.get(value))
             if number is not None:
-                i, j = y_values.index(row[y]), x_values.index(row[x])
-                sums[i, j] += number
-                counts[i, j] += 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                samples.setdefault((y_values.index(row[y]), x_values.index(row[x])), []).append(number)
+        means = np.full((len(y_values), len(x_values)), np.nan)
+        stds = np.full((len(y_values), len(x_values)), np.nan)
+        counts = np.zeros((len(y_values), len(x_values)), dtype=int)
+        for (i, j), numbers in samples.items():
+            means[i, j], counts[i, j] = float(np.mean(numbers)), len(numbers)
+            if len(numbers) > 1:
+                stds[i, j] = float(np.std(numbers, ddof=1))
         label = first["variant"] + "".join(f", {key}={format_value(v)}" for key, v in fixed.items())
         tables.append(
-            ResultTable(label, first["variant"], fixed, x, y, x_values, y_values, means, counts, list(group_rows))
+            ResultTable(
+                label, first["variant"], fixed, x, y, x_values, y_values, means, counts, list(group_rows), stds, value
+            )
         )
     return tables

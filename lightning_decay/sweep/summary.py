@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_decay.sweep.decoupling import DEFAULT_TOLERANCE, decoupling_report, measure_tables
+from lightning_decay.sweep.decoupling import DEFAULT_TOLERANCE, decoupling_report, measure_tables, panel_slopes
 from lightning_decay.sweep.grid import GridSpec, format_value
 from lightning_decay.sweep.heatmaps import plot_sweep
 from lightning_decay.sweep.results import (
@@ -20,6 +20,7 @@ from lightning_decay.sweep.results import (
     write_results,
     write_text_atomic,
 )
+from lightning_decay.sweep.statistics import best_cell
 from lightning_decay.sweep.wandb_export import log_wandb_summary
 
 __all__ = ["SweepSummary", "finish_sweep", "format_number"]
@@ -75,11 +76,14 @@ def finish_sweep(grid: GridSpec, summary: SweepSummary, log: Callable[[str], Any
     tolerance = grid.plot["tolerance"] if grid.plot["tolerance"] is not None else DEFAULT_TOLERANCE
     tables = result_tables(ok, x, y, "accuracy")
     measures = measure_tables(tables, tolerance)
-    write_text_atomic(grid.output / "decoupling.md", decoupling_report(tables, measures, tolerance))
-    write_json_atomic(
-        grid.output / "decoupling.json",
-        {"tolerance": tolerance, "x": x, "y": y, "panels": {t.label: m.to_dict() for t, m in zip(tables, measures)}},
-    )
+    slopes = panel_slopes(tables, tolerance)
+    write_text_atomic(grid.output / "decoupling.md", decoupling_report(tables, measures, tolerance, slopes))
+    panels = {}
+    for table, measure, slope in zip(tables, measures, slopes):
+        panels[table.label] = measure.to_dict()
+        if slope is not None and int(table.counts.max()) > 1:
+            panels[table.label]["over_seeds"] = {"best_cell": best_cell(table).to_dict(), **slope.to_dict()}
+    write_json_atomic(grid.output / "decoupling.json", {"tolerance": tolerance, "x": x, "y": y, "panels": panels})
     summary.plots = plot_sweep(
         ok, grid.output, x=x, y=y, tolerance=tolerance, norm_min_accuracy=grid.plot["norm_min_accuracy"],
         accuracy_metric_name=grid.metrics["accuracy"],
