@@ -119,10 +119,14 @@ def test_image_classifier_builds_the_named_network() -> None:
 
 
 def test_build_model() -> None:
-    assert set(MODELS) == {"resnet20", "small_cnn"}
+    assert set(MODELS) == {"resnet20", "small_cnn", "mlp"}
     model = build_model("resnet20", num_classes=5, batch_norm=False)
     assert isinstance(model, ResNet20) and model.fc.out_features == 5 and not model.batch_norm
     assert isinstance(build_model("small_cnn", channels=(4,)), SmallCNN)
+    mlp = build_model("mlp", num_classes=3, hidden=(8, 6))
+    shapes = [layer.weight.shape for layer in mlp.modules() if isinstance(layer, nn.Linear)]
+    assert shapes == [(8, 3072), (6, 8), (3, 6)]
+    assert mlp(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     assert isinstance(build_model("ResNet20"), ResNet20)
 
 

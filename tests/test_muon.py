@@ -368,3 +368,23 @@ def test_muon_variants_keep_torchs_optimizer_contract(name: str) -> None:
     with pytest.raises(RuntimeError, match="sparse gradients"):
         optimizer.step()
     assert all(torch.equal(p, w) for p, w in zip(params, weights))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"optimizer": "adamw", "others": {"optimizer": "adamw"}}, r"others: the optimizer of the parameters Muon"),
+        ({"optimizer": "muon", "others": {"optimizer": "proxmuon"}}, r"others.optimizer: 'proxmuon' is a Muon"),
+        ({"optimizer": "muon", "others": {"optimzer": "adamw"}}, r"others.optimzer: unknown key"),
+        ({"optimizer": "muon", "others": {"optimizer": "adamw", "lr": -1.0}}, r"others: lr must be"),
+        ({"optimizer": "proxmuon", "betas": (0.9, 0.99)}, r"betas: KernelMuon takes no argument 'betas'"),
+        ({"optimizer": "proxmuon", "kernel": "torchao.optim.AdamW8bit"}, r"kernel: 'proxmuon' runs torch's Muon"),
+        ({"optimizer": "muon", "optimizer_kwargs": {"orthogonalize_dtype": "half"}},
+         r"optimizer_kwargs.orthogonalize_dtype must be one of"),
+    ],
+)
+def test_muon_settings_are_checked_when_built_naming_the_key(settings: dict, message: str) -> None:
+    from lightning_decay.integration import DecaySettings
+
+    with pytest.raises((TypeError, ValueError), match=message):
+        DecaySettings(**settings)

@@ -167,6 +167,15 @@ class DecaySettings:
             raise type(error)(f"others: {error}" if not str(error).startswith("others") else str(error)) from None
         object.__setattr__(self, "others", others)
         muon = self.optimizer in REGISTRY and REGISTRY[self.optimizer].family == "muon"
+        if muon and self.kernel is not None:
+            raise ValueError(f"kernel: {self.optimizer!r} runs torch's Muon kernel; kernel runs an Adam variant on "
+                             "another AdamW (set others.kernel for the parameters Muon does not step)")
+        if muon and "orthogonalize_dtype" in self.optimizer_kwargs:
+            from lightning_decay.optim.muon import ORTHOGONALIZE_DTYPES
+
+            if self.optimizer_kwargs["orthogonalize_dtype"] not in ORTHOGONALIZE_DTYPES:
+                raise ValueError(f"optimizer_kwargs.orthogonalize_dtype must be one of {ORTHOGONALIZE_DTYPES}, got "
+                                 f"{self.optimizer_kwargs['orthogonalize_dtype']!r}")
         if others is None:
             return
         if not muon:

@@ -17,6 +17,7 @@ colour-bar labels name the logged metric behind the ``accuracy`` column (the gri
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,7 @@ def _heatmaps(
 
 def _save(figure: Any, path: str | Path, title: str) -> Path:
     """Give ``figure`` its title, write it as a PNG (the title also in the PNG's metadata) and return the path."""
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(textwrap.fill(title, width=max(40, int(figure.get_figwidth() * 14))), fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, metadata={"Title": title})
