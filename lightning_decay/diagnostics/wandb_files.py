@@ -137,26 +137,24 @@ def _item_key(item: Any) -> str:
 def read_summary(path: str | Path, quiet_seconds: float = 0.5) -> dict[str, Any]:
     """The run's summary as the file's summary records leave it (the latest update of each key; a key with a
     ``define_metric`` summary holds e.g. ``{"min": ...}``). Waits like :func:`read_history`."""
-    if quiet_seconds > 0:
-        wait_until_written(path, quiet_seconds)
-    summary: dict[str, Any] = {}
-    for record in iter_records(path):
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                summary[_item_key(item)] = json.loads(item.value_json)
-    return summary
+    return _latest_updates(path, "summary", quiet_seconds)
 
 
 def read_config(path: str | Path, quiet_seconds: float = 0.5) -> dict[str, Any]:
     """The run's config (the latest value of each key, JSON-decoded; nested dicts as logged)."""
+    return _latest_updates(path, "config", quiet_seconds)
+
+
+def _latest_updates(path: str | Path, record_type: str, quiet_seconds: float) -> dict[str, Any]:
+    """The latest JSON-decoded value of each key of the file's ``record_type`` records (``summary``, ``config``)."""
     if quiet_seconds > 0:
         wait_until_written(path, quiet_seconds)
-    config: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for record in iter_records(path):
-        if record.WhichOneof("record_type") == "config":
-            for item in record.config.update:
-                config[_item_key(item)] = json.loads(item.value_json)
-    return config
+        if record.WhichOneof("record_type") == record_type:
+            for item in getattr(record, record_type).update:
+                values[_item_key(item)] = json.loads(item.value_json)
+    return values
 
 
 def read_metric_definitions(path: str | Path, quiet_seconds: float = 0.5) -> list[dict[str, Any]]:
