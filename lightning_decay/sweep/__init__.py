@@ -12,7 +12,8 @@ including cells whose process was killed (no result, a lock whose processes are 
 output files and the decoupling number are documented in ``docs/sweeps.md``.
 
 Modules, in dependency order: :mod:`~lightning_decay.sweep.grid` (the grid file), :mod:`~.results` (the results
-store and tables), :mod:`~.decoupling` (the decoupling number), :mod:`~.heatmaps` (the pictures),
+store and tables), :mod:`~.decoupling` (the decoupling number), :mod:`~.comparison` (slopes of several sweeps
+compared), :mod:`~.heatmaps` (the pictures),
 :mod:`~.wandb_export` (W&B mode, summary run and sweep files), :mod:`~.cell` (one cell's run), :mod:`~.locks`
 (cell locks and states), :mod:`~.check` (the up-front LightningCLI check), :mod:`~.summary` (what a sweep
 leaves behind), :mod:`~.pool` (the process pool), :mod:`~.command` (the command line).

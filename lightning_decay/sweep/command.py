@@ -2,6 +2,7 @@
 
     lightning-decay sweep --config grid.yaml [--jobs N] [--dry-run] [--plot-only] [--output DIR]
     lightning-decay sweep cell --config grid.yaml --variant V --lr X ...   # one cell here (W&B agents)
+    lightning-decay sweep compare DIR [DIR ...] [--output FILE.md]        # lr-wd slopes of sweeps compared
     python -m lightning_decay.sweep run-cell <cell folder>/spec.json      # one cell process (the runner's)
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_decay.sweep.cell import cell_spec, run_cell
+from lightning_decay.sweep.comparison import main as compare_main
 from lightning_decay.sweep.grid import Cell, GridError, GridSpec, number_or_value
 from lightning_decay.sweep.locks import acquire_lock, cell_state, clear_attempt, lock_owner
 from lightning_decay.sweep.pool import run_sweep
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["cell"]:
             return _run_one_cell(argv[1:])
+        if argv[:1] == ["compare"]:
+            return compare_main(argv[1:])
         parser = argparse.ArgumentParser(
             prog="lightning-decay sweep",
             description="Run a grid of lightning-decay fits (resumable), then draw heatmaps and measure decoupling.",

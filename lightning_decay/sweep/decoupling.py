@@ -44,9 +44,9 @@ from lightning_decay.sweep.statistics import (
 from lightning_decay.validation import check_real
 
 __all__ = [
-    "DEFAULT_TOLERANCE", "Decoupling", "LrWdSlope", "best_log_x", "decoupling_report", "good_region",
-    "informative_rows", "measure_decoupling", "measure_lr_wd_slope", "measure_table_slope", "measure_tables",
-    "panel_slopes", "seed_report", "slope_verdict",
+    "DEFAULT_TOLERANCE", "NEGLIGIBLE_SLOPE", "Decoupling", "LrWdSlope", "best_log_x", "decoupling_report",
+    "good_region", "informative_rows", "measure_decoupling", "measure_lr_wd_slope", "measure_table_slope",
+    "measure_tables", "panel_slopes", "seed_report", "slope_verdict",
 ]
 
 #: Default ``tolerance``: good cells are at least halfway from the median up to the best.
@@ -229,22 +229,34 @@ class LrWdSlope:
         return out
 
 
+#: A slope this small is negligible: across the 2.5 decades of weight decay of the fine grids it moves the best lr by
+#: 0.25 decades, less than one step (a factor 2, 0.3 decades) of their lr grid.
+NEGLIGIBLE_SLOPE = 0.1
+
+
 def slope_verdict(slope: Interval) -> str:
-    """Which ideal the slope's interval is nearer to, everywhere: ``decoupled`` (inside (-0.5, 0.5): nearer 0 than
-    to -1 or +1), ``coupled`` (inside (-1.5, -0.5): nearer -1, the best lr falls as 1/wd), ``coupled, rising``
-    (inside (0.5, 1.5): the best lr rises with wd), else ``undetermined`` (the interval reaches across +-0.5, or
-    there is none); `` (shift detectable)`` is appended when the interval excludes 0."""
+    """Which ideal the slope's interval lies nearer to, everywhere (the bands of ``docs/statistics.md``):
+
+    * inside (-0.5, 0.5), nearer 0 than +-1: ``weakly coupled`` when it lies below ``-NEGLIGIBLE_SLOPE`` (the best lr
+      falls with wd, detectably, but less than half the way to 1/wd), ``weakly coupled, rising`` when it lies above
+      ``+NEGLIGIBLE_SLOPE``, else ``decoupled``;
+    * inside (-1.5, -0.5): ``coupled`` (nearer -1: the best lr falls as 1/wd); inside (0.5, 1.5): ``coupled, rising``;
+    * otherwise ``undetermined`` (the interval reaches across -0.5 or +0.5, or there is none), with `` (shift
+      detectable)`` when it excludes 0.
+    """
     if not (math.isfinite(slope.low) and math.isfinite(slope.high)):
         return "undetermined"
     if -0.5 < slope.low and slope.high < 0.5:
-        label = "decoupled"
-    elif -1.5 < slope.low and slope.high < -0.5:
-        label = "coupled"
-    elif 0.5 < slope.low and slope.high < 1.5:
-        label = "coupled, rising"
-    else:
-        label = "undetermined"
-    return label + (" (shift detectable)" if slope.excludes(0.0) else "")
+        if slope.high < -NEGLIGIBLE_SLOPE:
+            return "weakly coupled"
+        if slope.low > NEGLIGIBLE_SLOPE:
+            return "weakly coupled, rising"
+        return "decoupled"
+    if -1.5 < slope.low and slope.high < -0.5:
+        return "coupled"
+    if 0.5 < slope.low and slope.high < 1.5:
+        return "coupled, rising"
+    return "undetermined" + (" (shift detectable)" if slope.excludes(0.0) else "")
 
 
 def _seed_slope(table: np.ndarray, x_values: Sequence[Any], log_y: np.ndarray, refine: bool) -> Interval:
