@@ -29,7 +29,7 @@ from lightning_decay.sweep.decoupling import (
     measure_table_slope,
 )
 from lightning_decay.sweep.grid import format_value
-from lightning_decay.sweep.results import load_results, result_tables, write_text_atomic
+from lightning_decay.sweep.results import ResultTable, load_results, result_tables, write_text_atomic
 from lightning_decay.sweep.statistics import Interval, difference_interval
 
 __all__ = ["PanelSlope", "comparison_report", "load_panel_slopes", "main", "panel_slope", "slope_difference"]
@@ -52,21 +52,21 @@ class PanelSlope:
 
 
 def panel_slope(
-    table: object, source: str, tolerance: float = DEFAULT_TOLERANCE, confidence: float = 0.95
+    table: ResultTable, source: str, tolerance: float = DEFAULT_TOLERANCE, confidence: float = 0.95
 ) -> PanelSlope:
     """:class:`PanelSlope` of a :class:`~lightning_decay.sweep.results.ResultTable` (rows: weight decays, columns:
     lrs, a ``seed`` column); ``source`` names where it came from (the sweep folder's name)."""
     slope = measure_table_slope(table, tolerance, confidence)
-    values = table.values  # type: ignore[attr-defined]
-    best, edge = best_log_x(values, table.x_values)  # type: ignore[attr-defined]
+    values = table.values
+    best, edge = best_log_x(values, table.x_values)
     use = informative_rows(values)
     with np.errstate(invalid="ignore"):
         best_accuracies = tuple(float(np.nanmax(row)) if np.isfinite(row).any() else math.nan for row in values)
     return PanelSlope(
-        label=table.label,  # type: ignore[attr-defined]
+        label=table.label,
         source=source,
-        seeds=tuple(table.by_seed()),  # type: ignore[attr-defined]
-        weight_decays=tuple(float(v) for v in table.y_values),  # type: ignore[attr-defined]
+        seeds=tuple(table.by_seed()),
+        weight_decays=tuple(float(v) for v in table.y_values),
         best_lrs=tuple(float(10.0**b) if ok and math.isfinite(b) else None for b, ok in zip(best, use)),
         at_edge=tuple(bool(e and ok) for e, ok in zip(edge, use)),
         best_accuracies=best_accuracies,
