@@ -212,6 +212,37 @@ def test_bitwise_resume_through_lightning_with_an_8bit_kernel(tmp_path) -> None:
             assert torch.equal(a.dequantize(), b.dequantize()), key
 
 
+@needs_torchao
+@pytest.mark.parametrize("kernel", ["torchao.optim.Adam8bit", "torchao.optim.Adam4bit"])
+def test_the_monitor_reads_adams_quantized_state(tmp_path, kernel: str) -> None:
+    """Adam + L2 on a quantized-state Adam through DecayMixin with EffectiveDecayMonitor: the monitor reads Adam's
+    8-/4-bit second moment (a torchao tensor subclass), and its logged preconditioned decay at the last step is
+    ``lr * wd / D``, ``D = sqrt(v / (1 - beta2^t)) + eps``, evaluated here in float64 on the dequantized state."""
+    import csv
+
+    from lightning_decay.callbacks import EffectiveDecayMonitor
+
+    model = two_matrix_model(optimizer="adaml2", kernel=kernel)
+    trainer = fit(model, tmp_path, 1, callbacks=[EffectiveDecayMonitor()])
+    optimizer = trainer.optimizers[0]
+    rows = [row for row in csv.DictReader(open(tmp_path / "metrics.csv")) if row.get("preconditioned_decay/decay")]
+    assert len(rows) == trainer.global_step == 4
+    last, group = rows[-1], optimizer.param_groups[0]
+    beta2, eps, lr = group["betas"][1], group["eps"], float(last["lr/decay"])
+    expected = {}
+    for name, param in model.named_parameters():
+        state = optimizer.state[param]
+        assert type(state["exp_avg_sq"]).__name__.startswith("OptimState")  # quantized, not a plain tensor
+        v = state["exp_avg_sq"].dequantize().double()
+        step = float(state["step"])
+        denominator = (v / (1 - beta2**step)).sqrt() + eps
+        expected[name] = lr * group["weight_decay"] / denominator
+        assert float(last[f"preconditioned_decay_mean/{name}"]) == pytest.approx(float(expected[name].mean()), rel=1e-5)
+        assert float(last[f"preconditioned_decay_max/{name}"]) == pytest.approx(float(expected[name].max()), rel=1e-5)
+    overall = torch.cat([e.flatten() for e in expected.values()]).mean()
+    assert float(last["preconditioned_decay/decay"]) == pytest.approx(float(overall), rel=1e-5)
+
+
 # --- bitsandbytes (where installed: its CPU backend runs the 8-bit AdamW here) ----------------------------------------
 
 needs_bitsandbytes = pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")

@@ -62,7 +62,12 @@ def is_sharded(tensors: Sequence[Tensor], flat_shard_group: Any = None) -> bool:
 
 
 def _local(tensor: Tensor) -> Tensor:
-    return tensor.to_local() if _is_dtensor(tensor) else tensor
+    """This rank's shard as a plain tensor: a DTensor's local part; a quantized optimizer state (torchao's 8-bit,
+    4-bit and float8 Adam states, tensor subclasses with their own ``dequantize``) dequantized."""
+    local = tensor.to_local() if _is_dtensor(tensor) else tensor
+    if type(local).dequantize is not Tensor.dequantize:
+        local = local.dequantize()
+    return local
 
 
 class ShardedTensors:
