@@ -289,14 +289,18 @@ def test_compare_errors_name_the_folder_or_panel(tmp_path: Path, capsys: pytest.
     assert "--confidence" in capsys.readouterr().err
 
 
-FINE_GRIDS = [Path(__file__).parents[1] / "docs" / "results" / f"decoupling-fine-{name}"
-              for name in ("l2", "torch", "paper", "prox")]
+RESULTS = Path(__file__).parents[1] / "docs" / "results"
+COMMITTED_COMPARISONS = {
+    "decoupling-fine.md": [f"decoupling-fine-{name}" for name in ("l2", "torch", "paper", "prox")],
+    "muon-decoupling.md": ["muon-torch-scale", "muon-paper-scale"],
+}
 
 
-def test_committed_comparison_is_the_commands_output() -> None:
-    """``docs/results/decoupling-fine.md`` is what ``lightning-decay sweep compare`` makes of the committed grids."""
-    committed = (FINE_GRIDS[0].parent / "decoupling-fine.md").read_text()
-    assert committed == comparison_report(load_panel_slopes(FINE_GRIDS))
+@pytest.mark.parametrize("report", sorted(COMMITTED_COMPARISONS))
+def test_committed_comparison_is_the_commands_output(report: str) -> None:
+    """The committed comparisons are what ``lightning-decay sweep compare`` makes of the committed sweeps."""
+    folders = [RESULTS / name for name in COMMITTED_COMPARISONS[report]]
+    assert (RESULTS / report).read_text() == comparison_report(load_panel_slopes(folders))
 
 
 # -- the decoded-data cache ----------------------------------------------------------------------------------------

@@ -282,6 +282,31 @@ def test_committed_results_are_portable() -> None:
         assert configs and all((REPO / item).exists() for item in configs), (path, configs)
 
 
+BLOG_GRIDS = sorted(
+    path for path in (REPO / "configs" / "blog").glob("*.yaml") if "axes" in (yaml.safe_load(path.read_text()) or {})
+)
+
+
+@pytest.mark.parametrize("path", BLOG_GRIDS, ids=lambda path: path.stem)
+def test_committed_results_are_what_the_grid_file_runs(path: Path) -> None:
+    """Each grid of configs/blog/ and its committed output agree: every cell finished with the grid's current settings
+    (the fingerprint of the parsed configs and overrides), no other cell in the folder, and the W&B sweep files list
+    the grid's axes. A grid edited without re-running it (e.g. a new weight decay) fails here."""
+    from lightning_decay.sweep.locks import cell_state
+
+    grid = GridSpec.load(path)
+    cells = grid.cells()
+    states = {cell.id: cell_state(grid, cell, grid.fingerprint(cell)) for cell in cells}
+    assert all(state == "done" for state in states.values()), {k: v for k, v in states.items() if v != "done"}
+    committed = {folder.name for folder in (grid.output / "cells").iterdir() if folder.is_dir()}
+    assert committed == set(states)
+    parameters = yaml.safe_load((grid.output / "wandb_sweep.yaml").read_text())["parameters"]
+    assert parameters == {
+        "variant": {"values": [variant.name for variant in grid.variants]},
+        **{axis.name: {"values": list(axis.values)} for axis in grid.axes},
+    }
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Results tables and pictures (synthetic rows, no training)
 # --------------------------------------------------------------------------------------------------------------
