@@ -2,7 +2,7 @@
 
     lightning-decay sweep compare DIR [DIR ...] [--output FILE.md] [--tolerance T] [--confidence C]
 
-Each ``DIR`` is a sweep's output folder (its ``cells/*/result.json``); each of its panels (a variant and any
+Each ``DIR`` is a sweep's output folder (its ``results.json``); each of its panels (a variant and any
 extra-axis values) with 3 or more weight decays gets its :class:`~lightning_decay.sweep.decoupling.LrWdSlope`. The
 difference of two panels' slopes, ``slope(a) - slope(b)``, is the mean of the per-seed differences with its t interval
 when both panels have the same seeds (a seed starts both variants from the same initialization and batches), else
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="lightning-decay sweep compare",
         description="Compare the lr-wd slopes of sweeps (each folder: a sweep's output) with intervals over seeds.",
     )
-    parser.add_argument("folders", nargs="+", help="sweep output folders (holding cells/*/result.json)")
+    parser.add_argument("folders", nargs="+", help="sweep output folders (holding results.json)")
     parser.add_argument("--output", help="write the Markdown report here instead of printing it")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="rectangularity tolerance")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval confidence, in (0, 1)")
