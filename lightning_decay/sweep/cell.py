@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_decay.cli import DecayCLI
 from lightning_decay.integration.wandb_logger import AutoWandbLogger
@@ -71,6 +73,7 @@ class CellRecorder(Callback):
         self._clock: float | None = None
         self._timing = False
         self._paused = False
+        self.validated_step: int | None = None  # the global step of the last validation inside fit
 
     @staticmethod
     def _sync(pl_module: LightningModule) -> None:
@@ -101,6 +104,8 @@ class CellRecorder(Callback):
         self._stop_clock(pl_module)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.validated_step = trainer.global_step
         if self._paused:  # validation inside fit: training resumes now
             self._paused = False
             self._sync(pl_module)
@@ -131,6 +136,18 @@ def _batch_size(batch: Any) -> int:
             if size:
                 return size
     return 0
+
+
+def _validation_missed(
+    trainer: Trainer, model: LightningModule, datamodule: LightningDataModule | None, recorder: CellRecorder
+) -> bool:
+    """True when the model validates but its fit ended after its last validation (``max_steps`` mid-epoch, an
+    epoch skipped by ``check_val_every_n_epoch``): the cell then validates once more, on the trained model."""
+    if not is_overridden("validation_step", model) or not trainer.limit_val_batches:
+        return False
+    if not (is_overridden("val_dataloader", model) or is_overridden("val_dataloader", datamodule)):
+        return False
+    return recorder.validated_step != trainer.global_step
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
@@ -234,6 +251,9 @@ def _fit_and_test(spec: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
     metrics = _scalar_metrics(trainer.callback_metrics)
+    if _validation_missed(trainer, model, datamodule, recorder):  # e.g. max_steps ended the fit mid-epoch
+        for validated in trainer.validate(model, datamodule=datamodule, verbose=False):
+            metrics.update(_scalar_metrics(validated))
     if spec["test"]:
         for tested in trainer.test(model, datamodule=datamodule, verbose=False):
             metrics.update(_scalar_metrics(tested))
