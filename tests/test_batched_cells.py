@@ -6,11 +6,16 @@ images, batch 8: 5 steps per epoch) in real cell processes.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from lightning_decay.sweep import GridSpec, load_results, run_sweep
+from lightning_decay.optim.registry import REGISTRY
+from lightning_decay.sweep import GridError, GridSpec, load_results, run_sweep
+from lightning_decay.sweep.batched import describe_batches, plan_batches, share_key
 from tests.test_sweep import write_base_config, write_grid
 
 GRID_MID_EPOCH = """
@@ -52,3 +57,106 @@ def test_cells_stopping_mid_epoch_validate_at_the_end_of_their_fit(
         val_steps = [int(line.split(",")[header.index("step")]) for line in logged[1:]
                      if line.split(",")[header.index("val/acc")]]
         assert val_steps[-1] >= row["steps"] - 1  # validated after the last training step (0-based), not at step 4
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Batched cells: which cells share a process, and the same numbers as one process per cell
+# --------------------------------------------------------------------------------------------------------------
+
+#: Every scalar Adam variant of the registry (torch's kernel) and AdamP (compiled): the test's variants.
+BATCH_VARIANTS = [name for name, info in REGISTRY.items() if info.family == "adam" and info.kernel == "torch"]
+BATCH_VARIANTS.append("adamp")
+
+GRID_BATCH = """
+name: batched
+configs: base.yaml
+variant_key: model.init_args.variant
+variants:
+VARIANTS
+  adamp-seed1: {overrides: {model.init_args.variant: adamp, seed_everything: 1}}
+axes:
+  lr: {key: model.init_args.lr, values: [3e-2]}
+  weight_decay: {key: model.init_args.weight_decay, values: [1e-2]}
+overrides:
+  seed_everything: 0
+  trainer.max_epochs: 1
+  trainer.max_steps: 3
+  trainer.limit_val_batches: 1
+  data.init_args.eval_batch_size: 10
+threads: 1
+output: OUTPUT
+"""
+
+
+def batch_grid(folder: Path, output: Path, extra: str = "") -> GridSpec:
+    variants = "\n".join(f"  {name}: {{}}" for name in BATCH_VARIANTS)
+    text = GRID_BATCH.replace("VARIANTS", variants).replace("OUTPUT", str(output)) + extra
+    return GridSpec.load(write_grid(folder, text))
+
+
+def test_cells_sharing_model_and_data_are_batched(tmp_path: Path, cifar_jpeg_tar: Path) -> None:
+    """Variants, lr, weight decay and seed may differ within a batch; a model setting (the conv width) may not;
+    the cells of a group are split into batches of at most N, at least one per job."""
+    write_base_config(tmp_path, cifar_jpeg_tar)
+    grid = batch_grid(tmp_path, tmp_path / "out")
+    cells = grid.cells()
+    assert len({share_key(grid, cell) for cell in cells}) == 1
+    assert [len(batch) for batch in plan_batches(grid, cells, 3)] == [3, 2, 2]
+    assert [len(batch) for batch in plan_batches(grid, cells, 7, jobs=2)] == [4, 3]
+    assert plan_batches(grid, cells, 1) == [[cell] for cell in cells]
+    assert [cell for batch in plan_batches(grid, cells, 4) for cell in batch] == cells  # grid order kept
+
+    raw = yaml.safe_load(GRID_BATCH.replace("VARIANTS", "  adamw: {}").replace("OUTPUT", str(tmp_path / "out")))
+    raw["axes"]["width"] = {"key": "model.init_args.width", "values": [4, 8]}  # the model's conv width
+    grid = GridSpec.from_dict(raw, path=tmp_path / "grid.yaml")
+    batches = plan_batches(grid, grid.cells(), 8)
+    assert [[(cell.variant.name, cell.axis_values["width"]) for cell in batch] for batch in batches] == [
+        [("adamw", 4), ("adamp-seed1", 4)], [("adamw", 8), ("adamp-seed1", 8)]
+    ]
+    assert "2 process(es) for 4 cell(s)" in describe_batches(batches)[0]
+    assert grid.batch_cells is None
+    assert GridSpec.from_dict({**raw, "batch_cells": 4}, path=tmp_path / "grid.yaml").batch_cells == 4
+    with pytest.raises(GridError, match="batch_cells"):
+        GridSpec.from_dict({**raw, "batch_cells": 0}, path=tmp_path / "grid.yaml")
+
+
+#: The numbers of a cell's ``result.json`` that must not depend on how the cells were run (timings may).
+SAME_FIGURES = ("status", "accuracy", "train_loss", "weight_norm", "norm_history", "metrics", "epochs", "steps")
+
+
+def figures(output: Path) -> dict[str, dict]:
+    results = {path.parent.name: json.loads(path.read_text()) for path in output.glob("cells/*/result.json")}
+    return {cell: {key: result.get(key) for key in SAME_FIGURES} for cell, result in results.items()}
+
+
+def test_cells_in_one_process_give_the_figures_of_one_process_each(
+    tmp_path: Path, cifar_jpeg_tar: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every scalar Adam variant of the registry and AdamP (twice: the second reuses the compiled kernel), each
+    cell in its own process vs all seven one after another in one process (with W&B offline): bitwise the same
+    result.json numbers, one output.log, one W&B run and one row per cell."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    write_base_config(tmp_path, cifar_jpeg_tar)
+    alone, batched = tmp_path / "alone", tmp_path / "batched"
+    grid = batch_grid(tmp_path, alone)
+    cells = [cell.id for cell in grid.cells()]
+    summary = run_sweep(grid, jobs=2, validate=False, log=lambda line: None)
+    assert summary.exit_code == 0, summary
+    lines: list[str] = []
+    grid = dataclasses.replace(batch_grid(tmp_path, batched), batch_cells=len(cells), wandb={})
+    summary = run_sweep(grid, jobs=1, validate=False, log=lines.append)
+    assert summary.exit_code == 0 and sorted(summary.ran) == sorted(cells), (summary, lines)
+
+    expected, got = figures(alone), figures(batched)
+    assert sorted(expected) == sorted(cells) and sorted(got) == sorted(cells)
+    for cell in cells:
+        assert got[cell] == expected[cell], cell
+    # the cells differ (AdamC equals AdamW on this model: it has no normalized groups, where AdamC's decay differs)
+    others = [cell for cell in cells if not cell.startswith("adamc_")]
+    assert len({json.dumps(expected[cell]["metrics"], sort_keys=True) for cell in others}) == len(others)
+    for cell in cells:
+        folder = batched / "cells" / cell
+        assert list((folder / "wandb").glob("offline-run-*/run-*.wandb")), cell  # its own W&B run
+        assert (folder / "logs" / "metrics.csv").exists()
+        assert (folder / "output.log").read_text().count("Seed set to") == 1  # its own output only
+    assert [row["cell"] for row in load_results(batched)] == cells
