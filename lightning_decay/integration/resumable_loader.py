@@ -25,20 +25,36 @@ checkpoint written at its end (``on_train_epoch_end``: ``ModelCheckpoint``'s def
 checkpoint's loop state, as the resume reads it, into the state of a checkpoint saved after that epoch's last trained
 batch (the preemption path), so the continued fit finishes the epoch first. Where that is not done, the sampler
 warns when Lightning skips the rest of a resumed epoch (:meth:`ResumableSampler.set_epoch`).
+
+**Any training loader** (:func:`continue_train_loaders`, which ``DecayMixin.on_train_start`` calls): at a mid-epoch
+resume, a stateful loader (torchdata's ``StatefulDataLoader``, :class:`ResumableDataLoader`) gets its saved state
+also where Lightning left it unapplied (the loader built before the checkpoint was read), a plain ``DataLoader`` over a
+:class:`ResumableSampler` continues after the batches the epoch consumed, and any other loader warns once
+(:func:`mid_epoch_resume_warning`): the rest of that epoch sees other batches than the uninterrupted fit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-__all__ = ["ResumableDataLoader", "ResumableSampler", "TrainProgress", "continue_stopped_epoch"]
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
+__all__ = [
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "TrainProgress",
+    "continue_stopped_epoch",
+    "continue_train_loaders",
+    "mid_epoch_resume_warning",
+]
 
 
 class ResumableSampler(DistributedSampler):
@@ -217,3 +233,105 @@ def continue_stopped_epoch(checkpoint: dict[str, Any], position: Mapping[str, An
     if isinstance(loop_state, dict) and isinstance(loop_state.get("_batches_that_stepped"), int):
         loop_state["_batches_that_stepped"] -= 1  # Lightning adds the step back when it resumes after a batch
     return True
+
+
+# ---- any training loader at a mid-epoch resume -------------------------------------------------------------------
+
+
+def is_stateful_loader(loader: Any) -> bool:
+    """True for a loader with ``state_dict`` and ``load_state_dict`` (torchdata's ``StatefulDataLoader``,
+    :class:`ResumableDataLoader`): Lightning saves its state in checkpoints and a resume restores it."""
+    return callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))
+
+
+def resumable_sampler_of(loader: Any) -> ResumableSampler | None:
+    """The :class:`ResumableSampler` that orders ``loader`` (as its ``sampler`` or its batch sampler's) in batches
+    of a known size, else None."""
+    if not _batch_size(loader):
+        return None
+    for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if isinstance(sampler, ResumableSampler):
+            return sampler
+    return None
+
+
+def _batch_size(loader: Any) -> int:
+    size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return int(size) if isinstance(size, int) else 0
+
+
+def _why_not_exact(loader: Any) -> str:
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    sampler = getattr(batch_sampler, "sampler", sampler) if batch_sampler is not None else sampler
+    what = type(loader).__name__ + (f" with a {type(sampler).__name__}" if sampler is not None else "")
+    if isinstance(sampler, RandomSampler):
+        return f"{what} draws a new order"
+    if isinstance(sampler, SequentialSampler):
+        return f"{what} starts again at the first samples"
+    return f"{what} starts its iteration again"
+
+
+def mid_epoch_resume_warning(
+    loaders: Iterable[Any], epoch: int | None = None, batches: int | None = None, total: int | float | None = None
+) -> str | None:
+    """None when a fit resumed part-way through an epoch continues every training loader in ``loaders`` exactly
+    (a stateful loader, or a loader over a :class:`ResumableSampler`); else the warning, naming both fixes.
+    ``epoch``, ``batches`` (consumed before the checkpoint) and ``total`` (the epoch's batches) go into the text."""
+    problems = [
+        _why_not_exact(loader)
+        for loader in loaders
+        if not is_stateful_loader(loader) and resumable_sampler_of(loader) is None
+    ]
+    if not problems:
+        return None
+    where = "part-way through its epoch"
+    if epoch is not None and batches is not None:
+        where = f"part-way through epoch {epoch} ({batches}" + (f" of its {int(total)}" if total else "") + " batches"
+        where += " consumed)"
+    return (
+        f"this fit resumes {where}, but the training loader cannot continue an epoch part-way: "
+        f"{'; '.join(problems)}. The rest of that epoch will see other batches than the uninterrupted fit, which is "
+        "not an exact continuation. For an exact resume use torchdata's StatefulDataLoader (pip install torchdata; "
+        "from torchdata.stateful_dataloader import StatefulDataLoader, a drop-in for DataLoader) or give the "
+        "DataLoader lightning_decay.integration.resumable_loader.ResumableSampler as its sampler "
+        "(DataLoader(data, batch_size=..., sampler=ResumableSampler(data, seed=...))); see docs/reliability.md"
+    )
+
+
+def continue_train_loaders(trainer: Trainer) -> None:
+    """At the start of a fit resumed part-way through an epoch (``on_train_start``), continue the training loaders
+    where the checkpoint left them, and warn once (rank zero) when one cannot (:func:`mid_epoch_resume_warning`).
+
+    Stateful loaders get the state the checkpoint saved for them where Lightning left it unapplied: Lightning 2.6
+    applies it only to a loader built after it read the checkpoint, not to one that ``configure_optimizers`` built
+    earlier by asking for ``trainer.estimated_stepping_batches`` (as every schedule over the whole fit does;
+    Lightning-AI/pytorch-lightning#20550). A :class:`ResumableSampler` in a loader that is not stateful starts the
+    epoch after the batches consumed before the checkpoint (Lightning's count). The training iterator is then made
+    again from the loaders. Does nothing in a fit that starts fresh or at an epoch's start."""
+    loop = trainer.fit_loop
+    combined = getattr(loop, "_combined_loader", None)
+    if combined is None or not loop.restarted_mid_epoch:
+        return
+    batches, total = int(loop.epoch_loop.batch_progress.current.processed), trainer.num_training_batches
+    if batches < 1 or batches >= total:  # nothing consumed yet, or the epoch's last batch: Lightning goes on itself
+        return
+    epoch = int(loop.epoch_progress.current.processed)  # the epoch Lightning sets on the samplers
+    loaders = list(combined.flattened)
+    restarted = False
+    pending = getattr(loop, "_combined_loader_states_to_load", None)
+    if pending:  # Lightning built the loader before it read the checkpoint and left the saved states unapplied
+        combined._load_state_dicts(pending)
+        loop._combined_loader_states_to_load = []
+        restarted = True
+    for loader in loaders:
+        sampler = resumable_sampler_of(loader)
+        if sampler is not None and not is_stateful_loader(loader):
+            sampler.resume(epoch, batches * _batch_size(loader) * sampler.num_replicas)
+            restarted = True
+    fetcher = getattr(loop, "_data_fetcher", None)
+    if restarted and fetcher is not None:
+        iter(fetcher)  # the iterator Lightning made before the resume still starts at the epoch's first batch
+    message = mid_epoch_resume_warning(loaders, epoch=epoch, batches=batches, total=total)
+    if message is not None:
+        rank_zero_warn(message)
