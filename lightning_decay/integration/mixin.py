@@ -321,6 +321,16 @@ class DecayMixin:
                 for group, note in summary.notes.items():
                     logger.experiment.summary[f"decay/note/{group}"] = note
 
+    def on_train_start(self) -> None:
+        """At a resume part-way through an epoch, continue the training loaders where the checkpoint left them, or
+        warn once that the rest of the epoch sees other batches
+        (:func:`~lightning_decay.integration.resumable_loader.continue_train_loaders`)."""
+        super().on_train_start()  # type: ignore[misc]
+        from lightning_decay.integration.resumable_loader import continue_train_loaders
+
+        if self._trainer is not None:  # type: ignore[attr-defined]
+            continue_train_loaders(self._trainer)  # type: ignore[attr-defined]
+
 
 def _mark(optimizer: Any, attribute: str) -> None:
     try:
