@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import math
 import warnings
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 import torch
 
+import lightning_decay.optim.compiled as compiled_module
+from lightning_decay import on_kernel
 from lightning_decay.optim import REGISTRY
 from lightning_decay.optim.base import LR_AT_CONSTRUCTION
 from lightning_decay.optim.compiled import CompiledStep
@@ -124,6 +127,50 @@ def test_each_kernel_warns_once_about_its_compile_failure(monkeypatch) -> None:
             warnings.simplefilter("error")
             optimizer.step()
         assert optimizer._kernel.failed
+
+
+def compile_eagerly(function: Any, **kwargs: Any) -> Any:
+    """A stand-in for ``torch.compile`` that compiles nothing (the step runs eagerly, at once)."""
+    return function
+
+
+def test_the_first_compiled_step_says_once_that_it_compiles(monkeypatch, caplog) -> None:
+    """The first step of a compiled kernel says that it compiles and that later steps are fast: once per kernel and
+    process (a second optimizer of the same kernel, and later steps, say nothing); another kernel says it too."""
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    monkeypatch.setattr(compiled_module, "_ANNOUNCED", set())
+    caplog.set_level(logging.WARNING, logger=compiled_module.__name__)
+
+    def announcements() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "the first step compiles" in r.getMessage()]
+
+    for name in ("adamp", "adamp", "sgdw"):
+        params, grads = problem()
+        optimizer = build(name, params, lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g
+            optimizer.step()
+    assert [message.split(":")[0] for message in announcements()] == ["AdamP", "SGDW"]
+    assert "after it run the compiled kernel and are fast" in announcements()[0]
+
+
+def test_a_torchao_kernel_says_once_that_its_first_step_compiles(monkeypatch, caplog) -> None:
+    """An on_kernel class of a kernel that compiles its first step (torchao's) says so at its first step only."""
+    monkeypatch.setattr(compiled_module, "_ANNOUNCED", set())
+    caplog.set_level(logging.WARNING, logger=compiled_module.__name__)
+    cls = on_kernel(torch.optim.AdamW, "proxadam")
+    assert not cls.compiles_first_step  # torch's AdamW: eager
+    monkeypatch.setattr(cls, "compiles_first_step", True)
+    for _ in range(2):
+        weight = torch.nn.Parameter(torch.randn(3, 3))
+        optimizer = cls([weight], lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            weight.grad = torch.ones_like(weight)
+            optimizer.step()
+    messages = [r.getMessage() for r in caplog.records if "the first step compiles" in r.getMessage()]
+    assert messages == [f"{cls.__name__}: the first step compiles its kernel with torch.compile (seconds to "
+                        "minutes, once per process); the steps after it run the compiled kernel and are fast"]
 
 
 # --- Complex parameters: the contract around the trajectory tests --------------------------------------------------

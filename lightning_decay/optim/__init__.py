@@ -14,11 +14,9 @@ from lightning_decay.optim.adam import AdamC, AdamL2, AdamW, KernelAdam, ProxAda
 from lightning_decay.optim.base import DecayOptimizer
 from lightning_decay.optim.combined import CombinedOptimizer
 from lightning_decay.optim.elementwise import AdamP, CautiousAdamW
-from lightning_decay.optim.kernels import on_kernel, set_variant_lookup
+from lightning_decay.optim.kernels import on_kernel
 from lightning_decay.optim.registry import REGISTRY, VARIANTS, VariantInfo, get_variant, resolve_variant, rule_of
 from lightning_decay.optim.sgd import SGDL2, SGDW, KernelSGD, ProxSGD
-
-set_variant_lookup(lambda name: (get_variant(name).rule, get_variant(name).name))  # on_kernel(kernel, "proxadam")
 
 __all__ = [
     "AdamL2",

@@ -94,7 +94,6 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
         check_adam_hyperparameters({"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": betas}, "")
         if fused is None and foreach is None and not differentiable and fused_supported(params):
             fused = True  # the fastest exact path: torch's fused kernel (memory-bandwidth bound)
-        decoupled = rule.kernel_settings(lr, lr, weight_decay).decoupled
         super().__init__(
             params,
             lr=lr,
@@ -107,7 +106,7 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
             capturable=capturable,
             differentiable=differentiable,
             fused=fused,
-            decoupled_weight_decay=decoupled,
+            decoupled_weight_decay=rule.decoupled,
         )
 
     def _check_settings(self, group: dict[str, Any], where: str) -> None:

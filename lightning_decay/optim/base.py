@@ -189,12 +189,38 @@ class DecayOptimizer:
         lr = group["lr"]
         return kernel_lr(settings.lr, lr, isinstance(lr, Tensor) and wants_tensor_lr(group)), settings.weight_decay
 
+    def _checked_entry(self, group: dict[str, Any]) -> _CheckedGroup | None:
+        """The record of ``group``'s last check, where it still holds (None while torch.compile traces)."""
+        entry = self.__dict__.get("_checked_groups", {}).get(id(group))
+        if entry is None or entry.group is not group or torch.compiler.is_compiling():
+            return None
+        return entry
+
+    def _cached_kernel_settings(self, group: dict[str, Any]) -> KernelSettings:
+        """:meth:`kernel_settings_for`, computed once per change of the group's settings (the cache of
+        :meth:`_check_changed_groups`, which a step runs first)."""
+        entry = self._checked_entry(group)
+        if entry is None:
+            return self.kernel_settings_for(group)
+        if entry.kernel_settings is None:
+            entry.kernel_settings = self.kernel_settings_for(group)
+        return entry.kernel_settings
+
+    def _cached_kernel_values(self, group: dict[str, Any]) -> tuple[Any, Any]:
+        """:meth:`_kernel_values` of :meth:`kernel_settings_for`, computed once per change of the group."""
+        entry = self._checked_entry(group)
+        if entry is None:
+            return self._kernel_values(group, self.kernel_settings_for(group))
+        if entry.kernel_values is None:
+            entry.kernel_values = self._kernel_values(group, self._cached_kernel_settings(group))
+        return entry.kernel_values
+
     def _run_kernel_with_rule_settings(self, kernel_step: Callable[[], Any]) -> None:
         """Run ``kernel_step`` (the kernel's own step over :attr:`param_groups`) with every group's ``lr`` and
         ``weight_decay`` set to the rule's ``(lr', wd')``: one kernel step ``w <- (1 - lr'*wd') w - f(lr') u`` is then
         the rule's step. The group's own values (the scheduler's lr tensor, the user's weight decay) are restored
         after, also when the kernel raises."""
-        values = [self._kernel_values(group, self.kernel_settings_for(group)) for group in self.param_groups]
+        values = [self._cached_kernel_values(group) for group in self.param_groups]
         saved = [(group["lr"], group["weight_decay"]) for group in self.param_groups]
         try:
             for group, (lr, weight_decay) in zip(self.param_groups, values):
@@ -208,15 +234,72 @@ class DecayOptimizer:
         """The optimizer family's own settings (Adam's betas and eps here; SGD overrides)."""
         check_adam_hyperparameters(group, where)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
+    def _check_group(self, group: dict[str, Any]) -> bool:
+        """Check every setting of ``group``; False when the lr's value could not be read (then unchecked)."""
         where = _group_label(self, group)  # type: ignore[arg-type]
         self._check_settings(group, where)
         if isinstance(group["lr"], Tensor) and not tensor_value_readable(group["lr"]):
-            return  # a CUDA graph capture or a torch.compile trace: the lr's value cannot be read here
+            return False  # a CUDA graph capture or a torch.compile trace: the lr's value cannot be read here
+        self._check_rule_domain(group, where)
+        return True
+
+    def _check_rule_domain(self, group: dict[str, Any], where: str) -> None:
+        """The group's rule's own limits (:meth:`~lightning_decay.optim.rules.DecayRule.check_domain`) at its lr
+        and weight decay, which are valid already; the error names the group."""
         try:
-            self.rule_for(group).check(group["lr"], self.initial_lr(group), group["weight_decay"])
+            self.rule_for(group).check_domain(group["lr"], self.initial_lr(group), group["weight_decay"])
         except ValueError as error:
             raise ValueError(f"{error}{where}") from None
+
+    def _check_decay_change(self, group: dict[str, Any], lr_changed: bool, weight_decay_changed: bool) -> bool:
+        """Check what a scheduler or a user changed since the group's last check: its lr and / or weight decay,
+        then the rule's limits; False when the lr's value could not be read."""
+        where = _group_label(self, group)  # type: ignore[arg-type]
+        lr = group["lr"]
+        if lr_changed:
+            check_lr("lr", lr, where)
+        if weight_decay_changed:
+            check_nonnegative("weight_decay", group["weight_decay"], where)
+        if isinstance(lr, Tensor) and not tensor_value_readable(lr):
+            return False
+        self._check_rule_domain(group, where)
+        return True
+
+    def _check_changed_groups(self) -> None:
+        """Check the groups whose settings changed since their last check (all of them at the first step, after a
+        ``load_state_dict`` or while torch.compile traces); a group whose lr or weight decay alone changed has only
+        those and the rule's limits checked. A change is any new value of a group key, a new tensor, or an in-place
+        update of a tensor (its version counter: a scheduler's ``lr.fill_``)."""
+        if torch.compiler.is_compiling():
+            for group in self.param_groups:
+                self._check_group(group)
+            return
+        checked: dict[int, _CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
+        if len(checked) > len(self.param_groups):  # groups replaced (load_state_dict) or removed
+            alive = {id(group) for group in self.param_groups}
+            for key in [key for key in checked if key not in alive]:
+                del checked[key]
+        for group in self.param_groups:
+            decay_key, settings_key = _decay_fingerprint(group), _settings_fingerprint(group)
+            entry = checked.get(id(group))
+            if entry is not None and entry.group is group and _same(entry.settings_key, settings_key):
+                if _same(entry.decay_key, decay_key):
+                    continue
+                lr_changed = not _same(entry.decay_key[0], decay_key[0])
+                weight_decay_changed = not _same(entry.decay_key[1], decay_key[1])
+                complete = self._check_decay_change(group, lr_changed, weight_decay_changed)
+            else:
+                complete = self._check_group(group)
+            self._remember_check(group, decay_key, settings_key, complete)
+
+    def _remember_check(
+        self, group: dict[str, Any], decay_key: tuple[Any, ...], settings_key: tuple[Any, ...], complete: bool
+    ) -> None:
+        checked: dict[int, _CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
+        if complete:
+            checked[id(group)] = _CheckedGroup(group, decay_key, settings_key)
+        else:
+            checked.pop(id(group), None)
 
     #: Group keys a state dict saved by torch's optimizer (or an older version) may lack, and their defaults.
     _GROUP_DEFAULTS: dict[str, Any] = {}
@@ -242,8 +325,7 @@ class DecayOptimizer:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            self._check_group(group)
+        self._check_changed_groups()
         return loss
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
@@ -253,7 +335,54 @@ class DecayOptimizer:
             check_bool(flag, group.get(flag), where, allow_none=True)
         if group.get("fused") and group.get("foreach"):
             raise ValueError(f"fused and foreach{where} cannot both be True")
-        self._check_group(group)
+        complete = self._check_group(group)
+        self._remember_check(group, _decay_fingerprint(group), _settings_fingerprint(group), complete)
+
+
+class _CheckedGroup:
+    """What a group held when it was last checked, and the kernel values computed from it since."""
+
+    __slots__ = ("group", "decay_key", "settings_key", "kernel_settings", "kernel_values")
+
+    def __init__(self, group: dict[str, Any], decay_key: tuple[Any, ...], settings_key: tuple[Any, ...]) -> None:
+        self.group = group  # held, so that its id is not reused while the entry lives
+        self.decay_key = decay_key
+        self.settings_key = settings_key
+        self.kernel_settings: KernelSettings | None = None
+        self.kernel_values: tuple[Any, Any] | None = None
+
+
+#: The group keys of the decay: the lr and weight decay a scheduler or a user sets, and alpha.
+_DECAY_KEYS = ("lr", "weight_decay", "initial_lr", LR_AT_CONSTRUCTION)
+
+
+def _fingerprint(value: Any) -> Any:
+    """A value as a check compares it: a tensor by identity and version counter (in-place updates count), a tuple
+    or list by its items, anything else as it is."""
+    if isinstance(value, Tensor):
+        return (id(value), value._version)
+    if isinstance(value, (tuple, list)):
+        return tuple(_fingerprint(item) for item in value)
+    return value
+
+
+def _decay_fingerprint(group: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(_fingerprint(group.get(key)) for key in _DECAY_KEYS)
+
+
+def _settings_fingerprint(group: dict[str, Any]) -> tuple[Any, ...]:
+    """Every other group setting (betas, eps, momentum, flags, ...), and whether the lr is a tensor."""
+    return (isinstance(group["lr"], Tensor), *(
+        (key, _fingerprint(value)) for key, value in group.items() if key != "params" and key not in _DECAY_KEYS
+    ))
+
+
+def _same(old: Any, new: Any) -> bool:
+    """``old == new`` as one bool; False where the comparison is no bool (a NaN is never the same: re-checked)."""
+    try:
+        return bool(old == new)
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 #: Constructor flags that must be booleans (``foreach`` and ``fused`` may also be None: the default path).

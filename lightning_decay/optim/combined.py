@@ -130,8 +130,7 @@ class CombinedOptimizer(Optimizer):
                 loss = closure()
         for part in self.parts:
             if isinstance(part, DecayOptimizer):
-                for group in part.param_groups:
-                    part._check_group(group)
+                part._check_changed_groups()  # the part's own step then finds nothing changed
         for part in self.parts:
             part.step()
         return loss

@@ -33,9 +33,30 @@ __all__ = [
     "adam_step_scalars",
     "real_view",
     "scalar_table",
+    "announce_compiling_step",
 ]
 
 log = logging.getLogger(__name__)
+
+#: The kernels whose compiling first step was announced (:func:`announce_compiling_step`): once per process.
+_ANNOUNCED: set[Any] = set()
+
+
+def announce_compiling_step(label: str, kernel: Any) -> None:
+    """Say, once per ``kernel`` and process, that this first step compiles and that the steps after it are fast.
+
+    A WARNING on this module's logger (Python shows it on stderr without any logging setup, and so does Lightning):
+    a first step that takes seconds (a compiled multi-tensor step on a CPU: ~15 s) or minutes (torchao's 8-bit
+    AdamW on a CPU: ~78 s) should not look like a hang.
+    """
+    if kernel in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(kernel)
+    log.warning(
+        "%s: the first step compiles its kernel with torch.compile (seconds to minutes, once per process); "
+        "the steps after it run the compiled kernel and are fast",
+        label,
+    )
 
 
 def compute_dtype(param: Tensor) -> torch.dtype:
@@ -125,6 +146,7 @@ class CompiledStep:
     def _first_call(self, args: tuple[Any, ...]) -> None:
         """Compile and run, or undo the attempt and run eagerly (warning once for this kernel)."""
         saved = [(tensor, tensor.clone()) for index in self.mutated for tensor in args[index]]
+        announce_compiling_step(self.label, self.function)
         self.compiled = torch.compile(self.function, fullgraph=True, dynamic=False)
         started = time.perf_counter()
         try:

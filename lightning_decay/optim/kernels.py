@@ -44,12 +44,13 @@ from torch.optim import Optimizer
 
 from lightning_decay.optim.adam import AdamCGroups, check_tensor_lr_path
 from lightning_decay.optim.base import DecayOptimizer, as_number, default_weight_decay, unhooked_step
-from lightning_decay.optim.rules import AdamCRule, DecayRule, KernelDecayRule, KernelSettings
+from lightning_decay.optim.compiled import announce_compiling_step
+from lightning_decay.optim.rules import AdamCRule, DecayRule, KernelDecayRule, KernelSettings, rule_named
 from lightning_decay.validation import check_betas, check_lr, check_nonnegative
 
 __all__ = [
     "on_kernel", "resolve_kernel", "check_kernel_variant", "kernel_decoupling", "KernelRuleOptimizer",
-    "set_variant_lookup", "flatten_state_tensor", "unflatten_state_tensor",
+    "flatten_state_tensor", "unflatten_state_tensor",
 ]
 
 
@@ -115,25 +116,12 @@ def _takes_tensor_settings(kernel: type[Optimizer]) -> bool:
     return _is_torchao(kernel)
 
 
-#: ``name -> (rule, canonical name)`` of a registry variant. The registry imports this module (records may be
-#: on_kernel classes), so it cannot be imported here: :mod:`lightning_decay.optim` sets it (the package is always
-#: imported before any of its modules).
-_variant_lookup: Callable[[str], tuple[DecayRule, str]] | None = None
-
-
-def set_variant_lookup(lookup: Callable[[str], tuple[DecayRule, str]]) -> None:
-    """Set how :func:`on_kernel` resolves a variant name (the registry's :func:`get_variant`)."""
-    global _variant_lookup
-    _variant_lookup = lookup
-
-
 def _resolve_rule(variant: str | KernelDecayRule | DecayRule) -> tuple[KernelDecayRule | DecayRule, str]:
     if isinstance(variant, DecayRule):
         return variant, variant.name
     if isinstance(variant, str):
-        if _variant_lookup is None:
-            raise RuntimeError("variant names resolve through lightning_decay.optim's registry: import lightning_decay")
-        return _variant_lookup(variant)
+        rule = rule_named(variant)
+        return rule, rule.name
     raise TypeError(f"variant must be a variant name or a KernelDecayRule, got {type(variant).__name__} {variant!r}")
 
 
@@ -146,7 +134,7 @@ def check_kernel_variant(kernel: type[Optimizer], rule: DecayRule, name: str | N
             f"{where}: its decay is elementwise (a factor per coordinate, from Adam's denominator or a sign mask), "
             "not a per-step (lr, weight_decay) setting that a kernel takes; use the variant's own optimizer"
         )
-    decoupled = rule.kernel_settings(1.0, 1.0, 0.0).decoupled
+    decoupled = rule.decoupled
     if decoupled not in kernel_decoupling(kernel):
         kind = "an L2 term in the gradient" if decoupled else "decoupled (it multiplies the weights by 1 - lr*wd)"
         needs = "decoupled" if decoupled else "L2 (g <- g + wd*w)"
@@ -163,6 +151,8 @@ class KernelRuleOptimizer(DecayOptimizer):
     fixed_rule: ClassVar[KernelDecayRule | None] = None
     #: Give the kernel ``lr'`` and ``wd'`` as 0-dim tensors (see :func:`_takes_tensor_settings`).
     tensor_settings: ClassVar[bool] = False
+    #: The kernel compiles its step at the first call (torchao's): the first step says so, once per process.
+    compiles_first_step: ClassVar[bool] = False
 
     decay_rule: KernelDecayRule
 
@@ -186,7 +176,7 @@ class KernelRuleOptimizer(DecayOptimizer):
         if arguments.get("weight_decay") is None:
             default = parameters["weight_decay"].default
             arguments["weight_decay"] = default_weight_decay(None, lr, rule.per_unit_lr, default=default)
-        decoupled = rule.kernel_settings(1.0, 1.0, 0.0).decoupled
+        decoupled = rule.decoupled
         if "decoupled_weight_decay" in parameters:
             if arguments.setdefault("decoupled_weight_decay", decoupled) != decoupled:
                 raise ValueError(
@@ -221,7 +211,10 @@ class KernelRuleOptimizer(DecayOptimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step: every group is checked, then the kernel's own step runs with the rule's ``(lr', wd')``."""
         loss = self._closure_then_checks(closure)
-        kernel_step = unhooked_step(type(self).kernel)
+        cls = type(self)
+        if cls.compiles_first_step and not self.state:
+            announce_compiling_step(cls.__name__, cls.kernel)
+        kernel_step = unhooked_step(cls.kernel)
         self._run_kernel_with_rule_settings(lambda: kernel_step(self))
         return loss
 
@@ -356,6 +349,7 @@ def _make_class(kernel: type[Optimizer], rule: KernelDecayRule | None, adamc: bo
         "fixed_rule": rule,
         **({"decay_rule": rule} if rule is not None else {}),
         "tensor_settings": _takes_tensor_settings(kernel),
+        "compiles_first_step": _is_torchao(kernel),
     }
     cls = type(name, bases, namespace)
     cls.__signature__ = _signature(kernel, rule, adamc)  # type: ignore[attr-defined]

@@ -29,7 +29,6 @@ from lightning_decay.optim.rules import (
     AdamWTorchRule,
     CautiousRule,
     DecayRule,
-    KernelDecayRule,
     MuonCRule,
     MuonPaperRule,
     MuonTorchRule,
@@ -118,8 +117,7 @@ class VariantInfo:
     @property
     def decoupled(self) -> bool:
         """The decay acts on the weights, not through the gradient (everything but the L2 variants)."""
-        base = self.rule.base if isinstance(self.rule, CautiousRule) else self.rule
-        return not isinstance(base, KernelDecayRule) or base.kernel_settings(1.0, 1.0, 0.0).decoupled
+        return self.rule.decoupled
 
     @property
     def class_path(self) -> str:

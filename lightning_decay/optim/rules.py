@@ -7,29 +7,19 @@ Notation (the blog's): ``alpha`` is a group's initial learning rate, ``eta_t`` t
 without momentum), ``O_t`` Muon's Newton-Schulz-orthogonalized momentum and ``adjust(lr)`` torch's shape-dependent
 Muon lr (linear in ``lr``), ``1[.]`` an elementwise indicator.
 
-| rule | one step |
-|---|---|
-| ``adaml2`` | ``g <- g + wd * w``, then Adam |
-| ``adamw`` (torch convention) | ``w <- (1 - lr_t * wd) * w - lr_t * u_t`` |
-| ``adamw-paper`` (Loshchilov & Hutter) | ``w <- (1 - eta_t * wd) * w - lr_t * u_t`` |
-| ``proxadam`` (Zhuang et al. 2022) | ``w <- (w - lr_t * u_t) / (1 + eta_t * wd)`` |
-| ``adamp`` (the blog's AdamP) | ``w <- (w - lr_t * u_t) / (1 + lr_t * wd / D)``, elementwise |
-| ``adamc`` (Defazio et al. 2025), normalized groups | ``w <- (1 - lr_t^2 / lr_max * wd) * w - lr_t * u_t`` |
-| ``adamw-cautious`` (Chen et al. 2025) | ``w <- w - lr_t * u_t - lr_t * wd * 1[u_t * w >= 0] * w`` |
-| ``adamw-paper-cautious`` | ``w <- w - lr_t * u_t - eta_t * wd * 1[u_t * w >= 0] * w`` |
-| ``sgd-l2`` | ``g <- g + wd * w``, then SGD (the decay term enters the momentum buffer) |
-| ``sgdw`` (torch convention) | ``w <- (1 - lr_t * wd) * w - lr_t * d_t`` |
-| ``sgdw-paper`` (Loshchilov & Hutter) | ``w <- (1 - eta_t * wd) * w - lr_t * d_t`` |
-| ``proxsgd`` | ``w <- (w - lr_t * d_t) / (1 + eta_t * wd)`` |
-| ``muon`` (torch's) | ``w <- (1 - lr_t * wd) * w - adjust(lr_t) * O_t`` |
-| ``muon-paper`` | ``w <- (1 - eta_t * wd) * w - adjust(lr_t) * O_t`` |
-| ``proxmuon`` | ``w <- (w - adjust(lr_t) * O_t) / (1 + eta_t * wd)`` |
-| ``muonc`` | ``w <- (1 - lr_t^2 / lr_max * wd) * w - adjust(lr_t) * O_t`` |
-| ``muon-cautious`` | ``w <- w - adjust(lr_t) * O_t - lr_t * wd * 1[O_t * w >= 0] * w`` |
+Each rule's one-step formula is in its class docstring; the table of every variant (name, class, step, kernel,
+scale-freeness, source) is generated from the registry: ``docs/variants.md``, or
+:func:`lightning_decay.optim.registry.variants_markdown`.
 
-AdamC's groups that are not normalized follow ``adamw``. The decay formulas themselves are shared: AdamW and SGDW
-(torch convention) are :class:`TorchConventionRule`, the paper conventions :class:`PaperConventionRule`, ProxAdam
-and ProxSGD :class:`ProximalRule`; the Adam and SGD rules differ only in name and scale-freeness.
+AdamC's groups that are not normalized follow ``adamw``. The decay formulas themselves are shared: AdamW, SGDW
+and Muon (torch convention) are :class:`TorchConventionRule`, the paper conventions :class:`PaperConventionRule`, the
+proximal ones :class:`ProximalRule` (the proximal term ``1 / (1 + eta_t * wd)`` is computed there and only there);
+the Adam, SGD and Muon rules differ only in name and scale-freeness.
+
+What a rule *is* is class data, read without computing anything: :attr:`DecayRule.decoupled` (the decay acts on the
+weights, not through the gradient), :attr:`~DecayRule.scale_free`, :attr:`~DecayRule.elementwise` and
+:attr:`~DecayRule.per_unit_lr`. :data:`RULES` holds the rule of every variant name (the registry's records carry
+the same rules; :func:`rule_named` looks one up).
 
 Rules that torch's kernels can run exactly say so through :meth:`KernelDecayRule.kernel_settings`: the learning
 rate and weight decay to hand torch's Adam/AdamW kernel (``w <- (1 - lr' * wd') * w - lr' * u_t``, or
@@ -46,7 +36,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
@@ -77,6 +69,8 @@ __all__ = [
     "ProxMuonRule",
     "MuonCRule",
     "adam_denominator",
+    "RULES",
+    "rule_named",
 ]
 
 
@@ -113,6 +107,9 @@ class DecayRule(ABC):
     name: str
     #: True if multiplying the loss by c > 0 leaves the trajectory unchanged (eps = 0).
     scale_free: bool
+    #: True if the decay acts on the weights (``w <- f w - ...``); False for an L2 term in the gradient
+    #: (``g <- g + wd * w``, which the optimizer then preconditions or feeds into its momentum).
+    decoupled: bool = True
     #: True if the decay factor differs between coordinates (needs Adam's denominator D, or a mask).
     elementwise: bool = False
     #: True if the decay coefficient is ``eta_t * wd`` (paper convention, proximal): a weight decay that means the
@@ -123,9 +120,17 @@ class DecayRule(ABC):
         return f"{type(self).__name__}()"
 
     def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
-        """Raise ValueError naming the argument when the settings are outside the rule's domain."""
+        """Raise ValueError (TypeError for a wrong type) naming the argument when the settings are outside the
+        rule's domain: ``lr >= 0`` and ``weight_decay >= 0`` (:mod:`lightning_decay.validation`), then
+        :meth:`check_domain`."""
         check_lr("lr", lr)
         check_nonnegative("weight_decay", weight_decay)
+        self.check_domain(lr, initial_lr, weight_decay)
+
+    def check_domain(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
+        """The rule's own limits for an lr and a weight decay already validated (a decay factor that would flip
+        the weights' sign): ValueError naming ``weight_decay``. None here."""
+        return None
 
     @staticmethod
     def schedule_multiplier(lr: float | Tensor, initial_lr: float) -> float | Tensor:
@@ -150,7 +155,7 @@ class KernelDecayRule(DecayRule):
 
     @abstractmethod
     def kernel_settings(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> KernelSettings:
-        """torch-kernel ``(lr', wd', decoupled)`` for this step."""
+        """torch-kernel ``(lr', wd', decoupled)`` for this step (``decoupled`` is :attr:`decoupled`)."""
 
     def decay_factor(
         self, lr: float | Tensor, initial_lr: float, weight_decay: float, denominator: Tensor | None = None
@@ -166,6 +171,7 @@ class L2Rule(KernelDecayRule):
     """An L2 penalty in the gradient, ``g <- g + wd * w``: the kernel's own (coupled) weight decay."""
 
     scale_free = False
+    decoupled = False
 
     def kernel_settings(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> KernelSettings:
         return KernelSettings(lr, weight_decay, decoupled=False)
@@ -174,8 +180,7 @@ class L2Rule(KernelDecayRule):
 class TorchConventionRule(KernelDecayRule):
     """Decoupled decay in torch's convention: ``w <- (1 - lr_t * wd) * w - lr_t * step_t``."""
 
-    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
-        super().check(lr, initial_lr, weight_decay)
+    def check_domain(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         if lr * weight_decay >= 1.0:
             raise ValueError(
                 f"lr * weight_decay = {lr * weight_decay:g} >= 1 would flip the weights' sign "
@@ -195,8 +200,7 @@ class PaperConventionRule(KernelDecayRule):
 
     per_unit_lr = True
 
-    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
-        super().check(lr, initial_lr, weight_decay)
+    def check_domain(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         eta_wd = self.schedule_multiplier(lr, initial_lr) * weight_decay
         if eta_wd >= 1.0:
             raise ValueError(
@@ -306,8 +310,7 @@ class AdamCRule(KernelDecayRule):
         """``lr_max``, or alpha when it was not given."""
         return float(self.lr_max) if self.lr_max is not None else initial_lr
 
-    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
-        super().check(lr, initial_lr, weight_decay)
+    def check_domain(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         coefficient = 1.0 - self.decay_factor(lr, initial_lr, weight_decay)
         if coefficient >= 1.0:
             raise ValueError(
@@ -335,7 +338,7 @@ class CautiousRule(DecayRule):
     elementwise = True
 
     def __init__(self, base: KernelDecayRule) -> None:
-        if not base.kernel_settings(1.0, 1.0, 0.0).decoupled:
+        if not base.decoupled:
             raise ValueError(f"cautious decay needs a decoupled rule, got {base.name!r}")
         self.base = base
         self.name = f"{base.name}-cautious"
@@ -345,8 +348,8 @@ class CautiousRule(DecayRule):
     def __repr__(self) -> str:
         return f"CautiousRule({self.base!r})"
 
-    def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
-        self.base.check(lr, initial_lr, weight_decay)
+    def check_domain(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
+        self.base.check_domain(lr, initial_lr, weight_decay)
 
     def decay_coefficient(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> float | Tensor:
         """``c_t = lr' * wd'`` of the base rule's kernel settings: ``lr_t * wd`` (torch) or ``eta_t * wd`` (paper)."""
@@ -471,3 +474,23 @@ class MuonCRule(AdamCRule):
     def __repr__(self) -> str:
         return f"MuonCRule(lr_max={self.lr_max!r})" if self.lr_max is not None else "MuonCRule()"
 
+
+#: The rule of every variant name (the registry's records carry these rules: ``tests/test_variants.py`` checks that
+#: both agree). Kept here, below the optimizers, so that :func:`~lightning_decay.optim.kernels.on_kernel` resolves a
+#: variant name without importing the registry.
+RULES: Mapping[str, DecayRule] = MappingProxyType({rule.name: rule for rule in (
+    AdamL2Rule(), AdamWTorchRule(), AdamWPaperRule(), ProxAdamRule(), AdamPRule(), AdamCRule(),
+    CautiousRule(AdamWTorchRule()), CautiousRule(AdamWPaperRule()),
+    SGDL2Rule(), SGDWTorchRule(), SGDWPaperRule(), ProxSGDRule(),
+    MuonTorchRule(), MuonPaperRule(), ProxMuonRule(), MuonCRule(), CautiousRule(MuonTorchRule()),
+)})
+
+
+def rule_named(name: str) -> DecayRule:
+    """The rule of a variant name (case and ``_`` / ``-`` insensitive); ValueError listing the valid names."""
+    if not isinstance(name, str):
+        raise TypeError(f"variant name must be a string, got {type(name).__name__} {name!r}")
+    key = name.strip().lower().replace("_", "-")
+    if key not in RULES:
+        raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(RULES)}")
+    return RULES[key]

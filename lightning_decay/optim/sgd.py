@@ -165,7 +165,7 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
         rows: list[list[float | Tensor]] = []  # per compiled group: its steady-state row, then its first-step row
         use_compile = True
         for group in self.param_groups:
-            settings = self.kernel_settings_for(group)
+            settings = self._cached_kernel_settings(group)
             momentum = group["momentum"]
             params = [param for param in group["params"] if param.grad is not None]
             if not params:

@@ -1,0 +1,101 @@
+"""Calls into the validators and the registry during one optimizer step with two param groups, per scalar variant.
+
+    python benchmarks/validation_calls.py                # every scalar variant, 3 steps (the lr changes at the 3rd)
+    python benchmarks/validation_calls.py --variants adamw proxadam
+
+A step should pay only for what changed (issue 26): the validators (every function of
+``lightning_decay/validation.py``) run when a group's lr or weight decay changed since the last check, and the
+registry (``get_variant``, ``resolve_variant``, ``rule_of``, ``record_of_class``, ``decay_rule_of``) is not asked
+at all. The calls are counted with ``sys.setprofile``: every call into ``validation.py`` from outside it (a check
+and the checks it calls inside ``validation.py`` count once), every call of a registry lookup; for the first step
+(the optimizer's state is built), a second step with nothing changed, and a third step after a scheduler-like
+change of both groups' lr. Goal: at most 4 validator calls per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import torch
+
+import lightning_decay.validation as validation
+from lightning_decay.optim import conventions, registry
+from lightning_decay.optim.registry import REGISTRY
+
+#: Functions counted as registry lookups (module, names).
+REGISTRY_LOOKUPS = {
+    registry.__file__: {"get_variant", "resolve_variant", "rule_of", "record_of_class", "_default_of"},
+    conventions.__file__: {"decay_rule_of"},
+}
+SCALAR_VARIANTS = [name for name, info in REGISTRY.items() if not info.elementwise and info.family != "muon"]
+
+
+def count_calls(action: Callable[[], Any]) -> tuple[Counter[str], Counter[str]]:
+    """``(validator calls, registry lookups)`` by function name while ``action`` runs."""
+    validators: Counter[str] = Counter()
+    lookups: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event != "call":
+            return
+        code = frame.f_code
+        if code.co_filename == validation.__file__:
+            caller = frame.f_back
+            if caller is None or caller.f_code.co_filename != validation.__file__:  # entries, not nested calls
+                validators[code.co_name] += 1
+        elif code.co_name in REGISTRY_LOOKUPS.get(code.co_filename, ()):
+            lookups[code.co_name] += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return validators, lookups
+
+
+def two_group_optimizer(variant: str) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """The variant over two groups (a decayed matrix, an undecayed bias) with gradients set."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(64, 64))
+    bias = torch.nn.Parameter(torch.randn(64))
+    groups = [{"params": [weight], "weight_decay": 0.01}, {"params": [bias], "weight_decay": 0.0}]
+    optimizer = REGISTRY[variant].build(groups, lr=1e-3)
+    for param in (weight, bias):
+        param.grad = torch.randn_like(param)
+    return optimizer, [weight, bias]
+
+
+def describe(counter: Counter[str]) -> str:
+    return f"{sum(counter.values()):3d}" + (f"  ({', '.join(f'{k} {v}' for k, v in sorted(counter.items()))})"
+                                            if counter else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=SCALAR_VARIANTS, choices=list(REGISTRY))
+    arguments = parser.parse_args()
+    print(f"{'variant':<12} {'step':<16} validator calls / registry lookups")
+    worst = 0
+    for variant in arguments.variants:
+        optimizer, _ = two_group_optimizer(variant)
+
+        def lr_changed(optimizer: torch.optim.Optimizer = optimizer) -> None:
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * 0.5  # what a scheduler does
+            optimizer.step()
+
+        for label, action in (("first", optimizer.step), ("unchanged", optimizer.step), ("lr changed", lr_changed)):
+            validators, lookups = count_calls(action)
+            worst = max(worst, sum(validators.values()))
+            print(f"{variant:<12} {label:<16} {describe(validators)} / {describe(lookups)}")
+    print(f"most validator calls in one two-group step: {worst} (goal: at most 4)")
+
+
+if __name__ == "__main__":
+    main()
