@@ -16,7 +16,8 @@ import yaml
 from lightning_decay.optim.registry import REGISTRY
 from lightning_decay.sweep import GridError, GridSpec, load_results, run_sweep
 from lightning_decay.sweep.batched import describe_batches, plan_batches, share_key
-from tests.test_sweep import write_base_config, write_grid
+from lightning_decay.sweep.locks import is_claimed
+from tests.test_sweep import start_sweep, status, wait_for, write_base_config, write_grid
 
 GRID_MID_EPOCH = """
 name: mid-epoch
@@ -160,3 +161,57 @@ def test_cells_in_one_process_give_the_figures_of_one_process_each(
         assert (folder / "logs" / "metrics.csv").exists()
         assert (folder / "output.log").read_text().count("Seed set to") == 1  # its own output only
     assert [row["cell"] for row in load_results(batched)] == cells
+
+
+GRID_KILL = """
+name: batched-kill
+configs: base.yaml
+variant_key: model.init_args.variant
+variants: [adamw]
+axes:
+  lr: {key: model.init_args.lr, values: [1e-3, -1.0, 3e-2]}
+  weight_decay: {key: model.init_args.weight_decay, values: [0.0, 1e-2]}
+overrides:
+  trainer.max_epochs: 1
+batch_cells: 6
+jobs: 1
+output: OUTPUT
+"""
+
+
+def test_a_killed_batch_resumes_its_unfinished_cells_and_a_failing_cell_does_not_stop_the_others(
+    tmp_path: Path, cifar_jpeg_tar: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six cells in one process (``batch_cells: 6``). SIGKILL of the sweep after the first cell stops the batch
+    (its process dies with the sweep) and keeps that cell; the rerun runs the five others, in one process again,
+    where the two cells with an invalid lr fail with an error naming the cell and the three after them finish."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    write_base_config(tmp_path, cifar_jpeg_tar, step_delay=0.1)
+    output = tmp_path / "out"
+    grid_path = write_grid(tmp_path, GRID_KILL.replace("OUTPUT", str(output)))
+    cells = [cell.id for cell in GridSpec.load(grid_path).cells()]
+    result = {cid: output / "cells" / cid / "result.json" for cid in cells}
+
+    sweep = start_sweep(grid_path)
+    wait_for(lambda: status(result[cells[0]]) == "ok", 180, "the first cell of the batch")
+    sweep.kill()
+    sweep.communicate(timeout=30)
+    wait_for(lambda: not any(is_claimed(output / "cells" / cid) for cid in cells), 60, "the batch to stop")
+    assert status(result[cells[0]]) == "ok"
+    assert [cid for cid in cells[1:] if status(result[cid]) == "ok"] == []  # it stopped in the second cell
+    stamp = result[cells[0]].stat().st_mtime_ns
+
+    lines: list[str] = []
+    summary = run_sweep(GridSpec.load(grid_path), validate=False, log=lines.append)
+    assert summary.skipped == cells[:1] and result[cells[0]].stat().st_mtime_ns == stamp
+    bad = [cid for cid in cells if "lr=-1.0" in cid]
+    assert sorted(summary.failed) == sorted(bad) and summary.exit_code == 1
+    assert sorted(summary.ran) == sorted(set(cells[1:]) - set(bad))
+    for cid in bad:
+        failed = json.loads(result[cid].read_text())
+        assert failed["status"] == "error" and "lr must be" in failed["error"], failed["error"]
+        assert any(f"{cid} ERROR" in line for line in lines), lines
+    rows = load_results(output)
+    assert [row["cell"] for row in rows] == cells
+    pids = {json.loads(result[cid].read_text()).get("pid") for cid in cells[1:]}
+    assert len(pids) == 1 and None not in pids  # the five cells of the rerun ran in one process

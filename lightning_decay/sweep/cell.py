@@ -195,7 +195,7 @@ def run_cell(spec: Mapping[str, Any], folder: str | Path) -> int:
     folder = Path(folder).resolve()
     result: dict[str, Any] = {
         "cell": spec["cell"], "variant": spec["variant"], "values": spec["values"], "status": "running",
-        "fingerprint": spec["fingerprint"], "args": spec["args"], "host": socket.gethostname(),
+        "fingerprint": spec["fingerprint"], "args": spec["args"], "host": socket.gethostname(), "pid": os.getpid(),
         "started": started, "metric_names": spec["metrics"],
     }
     threads = spec.get("threads")
