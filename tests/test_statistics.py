@@ -90,6 +90,22 @@ def test_paired_difference_sees_through_shared_seed_noise() -> None:
         difference_interval([1, 2], [1, 2, 3], paired=True)
 
 
+def test_welch_interval_is_welch_satterthwaite_and_no_spread_is_a_point() -> None:
+    """Welch's interval (now from scipy.stats.ttest_ind) against the formula written out; constant samples (where
+    scipy's statistic is undefined) give a zero-width interval, not NaN."""
+    a, b = np.array([0.61, 0.64, 0.60, 0.66]), np.array([0.55, 0.62, 0.50])
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    half = t_quantile(0.975, df) * math.sqrt(va + vb)
+    welch = difference_interval(a, b)
+    assert welch.df == pytest.approx(df, rel=1e-12)
+    assert (welch.low, welch.high) == pytest.approx((a.mean() - b.mean() - half, a.mean() - b.mean() + half), rel=1e-12)
+    flat = mean_interval([0.5, 0.5, 0.5])
+    assert (flat.low, flat.high, flat.se) == (0.5, 0.5, 0.0)
+    same = difference_interval([0.5, 0.6], [0.4, 0.5], paired=True)  # differences 0.1, 0.1
+    assert same.low == pytest.approx(0.1) and same.high == pytest.approx(0.1) and same.method == "paired t"
+
+
 def test_slope_interval() -> None:
     u = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
     exact = slope_interval(u, 2 - 0.5 * u)

@@ -33,6 +33,7 @@ from lightning_decay.sweep import (
 )
 from lightning_decay.sweep.cell import cell_spec
 from lightning_decay.sweep.heatmaps import accuracy_metric, metric_title, plot_accuracy_heatmaps, plot_sweep
+from lightning_decay.sweep.locks import is_claimed
 from lightning_decay.sweep.results import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -457,11 +458,14 @@ def status(path: Path) -> str | None:
         return None
 
 
-def lock_pids(path: Path) -> list[int]:
+def running_pid(folder: Path) -> int | None:
+    """The pid of the process running a cell (its ``claim`` file, written by the cell command once it holds the
+    cell), None before."""
     try:
-        return json.loads(path.read_text())["pids"]
+        claim = json.loads((folder / "claim").read_text())
     except (OSError, ValueError):
-        return []
+        return None
+    return claim["pid"] if claim.get("state") == "running" else None
 
 
 def process_running(pid: int) -> bool:
@@ -483,29 +487,30 @@ def test_sweep_end_to_end_interrupt_kill_resume(
     grid = GridSpec.load(grid_path)
     cells = [c.id for c in grid.cells()]
     result = {cid: output / "cells" / cid / "result.json" for cid in cells}
-    lock = {cid: output / "cells" / cid / "lock" for cid in cells}
+    folder = {cid: output / "cells" / cid for cid in cells}
 
-    # 1. Ctrl-C after the first cell: the running cell is stopped, its lock released, the finished cell kept.
+    # 1. Ctrl-C after the first cell: the running cell is stopped, its claim released, the finished cell kept.
     sweep = start_sweep(grid_path)
     wait_for(lambda: result[cells[0]].exists(), 120, "the first cell")
-    wait_for(lambda: lock[cells[1]].exists(), 30, "the second cell to start")
+    wait_for(lambda: running_pid(folder[cells[1]]) is not None, 60, "the second cell to start")
     sweep.send_signal(signal.SIGINT)
     out, _ = sweep.communicate(timeout=60)
     assert sweep.returncode == 130, out
     assert "interrupted" in out and "[1/4] adamw__lr=0.001__weight_decay=0.0 ok" in out
     assert json.loads(result[cells[0]].read_text())["status"] == "ok"
-    assert not any(path.exists() for path in lock.values())
+    assert not any(is_claimed(path) for path in folder.values())
     assert not result[cells[1]].exists() or json.loads(result[cells[1]].read_text())["status"] == "interrupted"
 
-    # 2. A crash: SIGKILL the sweep while cell 3 runs. Its process dies with the sweep; its lock stays, stale.
+    # 2. A crash: SIGKILL the sweep while cell 3 runs. Its process dies with the sweep, and the OS drops its claim.
     sweep = start_sweep(grid_path)
     wait_for(lambda: status(result[cells[1]]) == "ok", 120, "the second cell")
-    wait_for(lambda: len(lock_pids(lock[cells[2]])) == 2, 30, "the third cell to start")
-    child = json.loads(lock[cells[2]].read_text())["pids"][1]
+    wait_for(lambda: running_pid(folder[cells[2]]) is not None, 60, "the third cell to start")
+    child = running_pid(folder[cells[2]])
+    assert is_claimed(folder[cells[2]])
     sweep.kill()
     sweep.communicate(timeout=30)
     wait_for(lambda: not process_running(child), 30, "the orphaned cell process to exit")
-    assert lock[cells[2]].exists()
+    assert not is_claimed(folder[cells[2]])
     assert not result[cells[2]].exists() or json.loads(result[cells[2]].read_text())["status"] != "ok"
     stamps = {cid: result[cid].stat().st_mtime_ns for cid in cells[:2]}
 

@@ -64,3 +64,23 @@ def test_find_run_file_and_bad_files(tmp_path: Path) -> None:
     assert find_run_file(tmp_path) == fake
     with pytest.raises(ValueError, match="not a W&B run file"):
         read_history(fake)
+
+
+def test_a_file_of_another_format_version_is_refused_by_name(offline: Path) -> None:
+    """A W&B format change (the header's version byte) is an error that names the version, not garbage rows."""
+    import wandb
+
+    run = wandb.init(project="reader-version", dir=str(offline), mode="offline")
+    try:
+        run.log({"x": 1.0})
+    finally:
+        run.finish()
+    path = find_run_file(offline)
+    assert [row["x"] for row in read_history(path)] == [1.0]
+    data = bytearray(path.read_bytes())
+    data[6] = 7
+    changed = offline / "changed" / "run-changed.wandb"
+    changed.parent.mkdir()
+    changed.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"format version 7 \(wandb .*metrics\.csv"):
+        read_history(changed, quiet_seconds=0)

@@ -1,5 +1,11 @@
 """Read the history of an offline W&B run back from its ``run-<id>.wandb`` file (no network, no account).
 
+Hand-written because wandb 0.31 has no reader of its own: the Python ``DataStore`` left with the legacy
+service, ``wandb.beta.LocalApi`` (wandb/wandb#12745) is not released, and an offline run writes no
+``wandb-summary.json`` / ``config.yaml`` (wandb/wandb#11279) — the ``.wandb`` file is all there is. The records
+are parsed by W&B's own protobuf classes (``wandb.proto``), so only the framing below is ours; a file of an
+unknown format version is refused with a message (see ``docs/hand-written.md``).
+
 wandb 0.31 keeps an offline run's logged rows only in that file. Its layout: a 7-byte header (``:W&B``, two magic
 bytes, one version byte), then LevelDB-log records in 32 KiB blocks. Each chunk starts with a 7-byte header (crc32c
 ``uint32``, payload length ``uint16`` little-endian, type ``uint8``: 1 full, 2 first, 3 middle, 4 last); a block tail
@@ -37,6 +43,8 @@ HEADER_BYTES = 7
 BLOCK_BYTES = 32 * 1024
 CHUNK_HEADER_BYTES = 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+#: The file format versions (the header's last byte) this reader knows: W&B's store version 0 (wandb 0.10 - 0.31).
+KNOWN_VERSIONS = frozenset({0})
 
 
 def find_run_file(directory: str | Path) -> Path:
@@ -104,6 +112,14 @@ def iter_records(path: str | Path) -> Iterator[Any]:
     raw = Path(path).read_bytes()
     if raw[:4] != b":W&B":
         raise ValueError(f"{path} is not a W&B run file (header {raw[:HEADER_BYTES]!r})")
+    if len(raw) >= HEADER_BYTES and raw[HEADER_BYTES - 1] not in KNOWN_VERSIONS:
+        import wandb
+
+        raise ValueError(
+            f"{path}: W&B run file format version {raw[HEADER_BYTES - 1]} (wandb {wandb.__version__}) is not one this "
+            f"reader knows ({sorted(KNOWN_VERSIONS)}); read the run's metrics.csv instead, or sync the run and use "
+            "wandb.Api()"
+        )
     for payload in _payloads(raw):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)

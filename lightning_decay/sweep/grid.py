@@ -47,7 +47,7 @@ DEFAULT_METRICS: dict[str, str] = {"accuracy": "test/acc", "train_loss": "train/
 VARIANT_SETTING = "decay.optimizer"
 GRID_KEYS = (
     "name", "configs", "variants", "variant_key", "axes", "overrides", "metrics", "test", "output", "wandb", "jobs",
-    "threads", "plot",
+    "threads", "plot", "executor", "batch_cells",
 )
 PLOT_KEYS = ("x", "y", "tolerance", "norm_min_accuracy")
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -117,6 +117,11 @@ class GridSpec:
     jobs: int | None = None
     threads: int | None = None
     plot: Mapping[str, Any] = field(default_factory=dict)
+    executor: Mapping[str, Any] = field(default_factory=lambda: {"name": "local", "options": {}})
+    #: At most this many cells that share their model and data run one after another in one process (None: 1).
+    batch_cells: int | None = None
+    #: The CLI key each variant's name is set at (the grid file's ``variant_key``), or None.
+    variant_key: str | None = None
 
     @classmethod
     def load(cls, path: str | Path, output: str | Path | None = None) -> GridSpec:
@@ -164,18 +169,20 @@ class GridSpec:
             wandb = None
         elif not isinstance(wandb, dict):
             raise GridError(f"{where}: wandb: must be true, false or a mapping of WandbLogger arguments")
-        jobs, threads = raw.get("jobs"), raw.get("threads")
-        for key, value in (("jobs", jobs), ("threads", threads)):
+        jobs, threads, batch_cells = raw.get("jobs"), raw.get("threads"), raw.get("batch_cells")
+        for key, value in (("jobs", jobs), ("threads", threads), ("batch_cells", batch_cells)):
             if value is not None:
                 _checked(where, check_int, key, value, low=1)
         plot = _plot(raw.get("plot", {}), axes, where)
+        executor = _executor(raw.get("executor", "local"), where)
         out = output if output is not None else raw.get("output", f"outputs/sweeps/{name}")
         if not isinstance(out, (str, Path)) or not str(out):
             raise GridError(f"{where}: output: must be a folder path, got {out!r}")
         grid = cls(
             name=name, path=path, configs=configs, variants=variants, axes=axes, overrides=overrides,
             metrics={**DEFAULT_METRICS, **metrics}, test=test, output=Path(out).expanduser(), wandb=wandb,
-            jobs=jobs, threads=threads, plot=plot,
+            jobs=jobs, threads=threads, plot=plot, executor=executor, batch_cells=batch_cells,
+            variant_key=variant_key,
         )
         grid._check_cells(where)
         return grid
@@ -407,3 +414,18 @@ def _canonical_config(path: Path) -> Any:
         return yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise GridError(f"config file {str(path)!r} cannot be read: {error}") from None
+
+
+def _executor(value: Any, where: str) -> dict[str, Any]:
+    """``executor: local`` or ``executor: {name: slurm, options: {partition: gpu, ...}}`` (the options are checked
+    by :func:`lightning_decay.sweep.executors.make_executor` when the sweep starts)."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or set(value) - {"name", "options"} or not isinstance(value.get("name"), str):
+        raise GridError(f"{where}: executor: must be a name (local, slurm, ray) or {{name: ..., options: {{...}}}}")
+    options = value.get("options") or {}
+    if not isinstance(options, dict):
+        raise GridError(f"{where}: executor.options: must be a mapping, got {options!r}")
+    if value["name"] not in ("local", "slurm", "ray"):
+        raise GridError(f"{where}: executor.name: must be local, slurm or ray, got {value['name']!r}")
+    return {"name": value["name"], "options": dict(options)}

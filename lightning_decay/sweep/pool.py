@@ -1,7 +1,9 @@
-"""The sweep runner: a pool of cell processes, their GPUs and threads, Ctrl-C handling, progress and ETA.
+"""The sweep runner: the pool of cell jobs (on an executor), their GPUs and threads, Ctrl-C handling, progress
+and ETA.
 
-:func:`run_sweep` runs the unfinished cells of a grid (each in its own process, ``python -m lightning_decay.sweep
-run-cell``), rebuilding the results table after every cell, then writes the pictures and the decoupling report.
+:func:`run_sweep` runs the unfinished cells of a grid (each unit of cells a job of the grid's executor running
+``python -m lightning_decay.sweep run-cell``: a local process, a SLURM job, a Ray task), rebuilding the results
+table after every finished job, then writes the pictures and the decoupling report.
 """
 
 from __future__ import annotations
@@ -9,25 +11,24 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from lightning_decay.experiments.cifar10 import DISK_CACHE_ENV
+from lightning_decay.sweep.batched import describe_batches, plan_batches
 from lightning_decay.sweep.cell import cell_spec
 from lightning_decay.sweep.check import check_cells
+from lightning_decay.sweep.executors import Executor, ExecutorError, Job, Unit, make_executor
 from lightning_decay.sweep.grid import Cell, GridError, GridSpec
-from lightning_decay.sweep.locks import acquire_lock, cell_state, clear_attempt, update_lock
+from lightning_decay.sweep.locks import NOT_RUN_EXIT_CODE, cell_state, claim_owner, is_claimed, prepare_cell
 from lightning_decay.sweep.results import (
-    LOCK_FILE,
     LOG_FILE,
     RESULT_FILE,
     SPEC_FILE,
@@ -44,6 +45,7 @@ from lightning_decay.sweep.wandb_export import wandb_mode, write_wandb_sweeps
 __all__ = ["run_sweep"]
 
 _TERMINATE_GRACE_S = 20.0
+_POLL_S = 0.1  # seconds between looks at the running jobs (local processes; submitit and Ray cache their state)
 
 
 def run_sweep(
@@ -54,11 +56,13 @@ def run_sweep(
     rerun_changed: bool = False,
     validate: bool = True,
     log: Callable[[str], Any] = print,
+    executor: str | None = None,
 ) -> SweepSummary:
     """Run the cells of ``grid`` that are not finished, then rebuild the results, pictures and decoupling report.
 
-    ``jobs`` cells run at once (default: the grid's ``jobs``, else one per GPU, else 1). Ctrl-C (or SIGTERM)
-    stops launching, terminates the running cells and keeps the finished ones.
+    ``jobs`` cells run at once (default: the grid's ``jobs``, else one per GPU, else 1) on ``executor``
+    (``local``, ``slurm``, ``ray``; default: the grid's ``executor``, whose options it keeps when the names match).
+    Ctrl-C (or SIGTERM) stops launching, stops the running cells and keeps the finished ones.
     """
     cells = grid.cells()
     fingerprints = {cell.id: grid.fingerprint(cell) for cell in cells}
@@ -75,16 +79,25 @@ def run_sweep(
         )
     todo = [cell for cell in cells if states[cell.id] in ("todo", "changed")]
     summary.locked = [cid for cid, state in states.items() if state == "locked"]
-    gpus = _visible_gpus()
+    name = executor or grid.executor["name"]
+    options = grid.executor["options"] if name == grid.executor["name"] else {}
+    gpus = _visible_gpus() if name == "local" else []
+    try:
+        pool = make_executor(name, options, grid.output, gpus)
+    except ExecutorError as error:
+        raise GridError(str(error)) from None
     jobs = jobs or grid.jobs or max(1, len(gpus))
     threads = grid.threads or max(1, _usable_cpus() // jobs)
-    device_note = f"GPUs {','.join(gpus)}" if gpus else "CPU"
     log(
         f"sweep {grid.name}: {len(cells)} cells, {len(summary.skipped)} done, {len(todo)} to run"
         + (f", {len(summary.locked)} running elsewhere" if summary.locked else "")
-        + f"; {jobs} job(s) x {threads} thread(s) on {device_note} -> {grid.output}"
+        + f"; {jobs} job(s) x {threads} thread(s) on {pool.describe()} -> {grid.output}"
     )
     if dry_run:
+        log(f"cells would run as {pool.name} jobs: {pool.describe()}, at most {jobs} at once")
+        if (grid.batch_cells or 1) > 1:
+            for line in describe_batches(_units(grid, todo, jobs)):
+                log(line)
         for cell in cells:
             log(f"  {states[cell.id]:8s} {cell.id}")
         if todo:
@@ -98,7 +111,7 @@ def run_sweep(
         return summary
     if gpus and jobs > len(gpus):
         log(f"note: {jobs} jobs share {len(gpus)} GPU(s)")
-    _run_cells(grid, todo, fingerprints, jobs, threads, gpus, summary, log)
+    _run_cells(grid, todo, fingerprints, jobs, threads, pool, summary, log)
     return finish_sweep(grid, summary, log)
 
 
@@ -130,66 +143,83 @@ def _format_duration(seconds: float) -> str:
 
 @dataclass
 class _Running:
-    cell: Cell
-    process: subprocess.Popen
+    job: Job
     slot: int
     started: float
-    log_file: IO[str]
+
+
+def _units(grid: GridSpec, cells: list[Cell], jobs: int) -> list[list[Cell]]:
+    """The cells of each job, in launch order: one cell per job, or up to ``grid.batch_cells`` cells sharing their
+    model and data (:func:`~lightning_decay.sweep.batched.plan_batches`)."""
+    return plan_batches(grid, cells, grid.batch_cells or 1, jobs)
+
+
+def _cell_env(grid: GridSpec, threads: int) -> dict[str, str]:
+    """What the cells get on top of their machine's environment (the same on every executor)."""
+    env = {
+        "PYTHONPATH": os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_SILENT": "true",
+        DISK_CACHE_ENV: os.environ.get(DISK_CACHE_ENV, str(default_data_cache())),  # decode CIFAR-10 once
+    }
+    if grid.wandb is not None:
+        env["WANDB_MODE"] = wandb_mode()
+    return env
 
 
 def _run_cells(
-    grid: GridSpec, todo: list[Cell], fingerprints: dict[str, str], jobs: int, threads: int, gpus: list[str],
+    grid: GridSpec, todo: list[Cell], fingerprints: dict[str, str], jobs: int, threads: int, pool: Executor,
     summary: SweepSummary, log: Callable[[str], Any],
 ) -> None:
-    pending = deque(todo)
+    pending = deque(_units(grid, todo, jobs))
     running: list[_Running] = []
     durations: list[float] = []
     done_before = len(summary.skipped)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *filter(None, [env.get("PYTHONPATH")])])
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), WANDB_SILENT="true")
-    env.setdefault(DISK_CACHE_ENV, str(default_data_cache()))  # decode CIFAR-10's JPEGs once, not once per cell
-    if grid.wandb is not None:
-        env["WANDB_MODE"] = wandb_mode()
+    env = _cell_env(grid, threads)
 
     stop_requests: list[int] = []  # signals received; checked between steps, so no launch is cut in half
     with _stop_signals(stop_requests):
         try:
+            pool.start(jobs, threads)
             while (pending or running) and not stop_requests:
                 free = sorted(set(range(jobs)) - {r.slot for r in running})
-                while pending and free and not stop_requests:
-                    cell = pending.popleft()
-                    launched = _launch(grid, cell, fingerprints[cell.id], threads, gpus, free[0], env)
-                    if launched is None:
-                        summary.locked.append(cell.id)
-                        log(f"skip {cell.id}: locked by another sweep")
-                        continue
-                    running.append(launched)
-                    free.pop(0)
+                batch: list[tuple[Unit, int]] = []
+                while pending and (free or pool.self_throttled) and not stop_requests:
+                    unit = _prepare(grid, pending.popleft(), fingerprints, threads, pool, summary, log)
+                    if unit is not None:
+                        batch.append((unit, free.pop(0) if free else len(running) + len(batch)))
+                if batch:
+                    now = time.perf_counter()
+                    submitted = pool.submit([u for u, _ in batch], env, [slot for _, slot in batch])
+                    running += [_Running(job, slot, now) for job, (_, slot) in zip(submitted, batch)]
                 for item in list(running):
-                    if item.process.poll() is None:
+                    code = item.job.poll()
+                    if code is None:
                         continue
                     running.remove(item)
-                    _collect(grid, item, summary)
                     now = time.perf_counter()
+                    if not _collect(grid, item, code, summary, log):
+                        continue
                     durations.append(now - item.started)
                     eta = _eta(durations, len(pending), [now - r.started for r in running], jobs)
                     log(
-                        f"[{done_before + len(summary.ran)}/{summary.total}] {_describe(grid, item, durations[-1])}"
-                        f" | ETA {_format_duration(eta)}"
+                        f"[{done_before + len(summary.ran)}/{summary.total}] "
+                        f"{_describe(grid, item, code, durations[-1])} | ETA {_format_duration(eta)}"
                     )
-                time.sleep(0.1)
+                time.sleep(_POLL_S)
         except KeyboardInterrupt:  # not in the main thread: no handlers, Ctrl-C arrives as an exception
             stop_requests.append(signal.SIGINT)
-        if stop_requests:
-            summary.interrupted = True
-            log(
-                f"interrupted: stopping {len(running)} running cell(s) (Ctrl-C again to kill them now); "
-                "finished cells are kept"
-            )
-            _terminate(running, stop_requests)
-            for item in running:
-                _collect(grid, item, summary)
+        try:
+            if stop_requests:
+                summary.interrupted = True
+                log(
+                    f"interrupted: stopping {len(running)} running job(s) (Ctrl-C again to kill them now); "
+                    "finished cells are kept"
+                )
+                _terminate(running, stop_requests)
+                for item in running:
+                    _collect(grid, item, item.job.poll(), summary, log)
+        finally:
+            pool.shutdown()
 
 
 @contextlib.contextmanager
@@ -216,35 +246,64 @@ def default_data_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning_decay"
 
 
-def _launch(
-    grid: GridSpec, cell: Cell, fingerprint: str, threads: int, gpus: list[str], slot: int, env: dict[str, str]
-) -> _Running | None:
-    folder = cell_dir(grid.output, cell.id)
-    lock = folder / LOCK_FILE
-    if not acquire_lock(lock):
+def _prepare(
+    grid: GridSpec, cells: list[Cell], fingerprints: dict[str, str], threads: int, pool: Executor,
+    summary: SweepSummary, log: Callable[[str], Any],
+) -> Unit | None:
+    """Claim, clear and write the spec of each cell (its claim is released again: the job claims it when it
+    starts); cells another process holds are skipped. The unit of the prepared cells, None if none."""
+    prepared: list[tuple[Cell, str]] = []
+    for cell in cells:
+
+        def write_spec(folder: Path, cell: Cell = cell) -> None:
+            spec = cell_spec(grid, cell, fingerprints[cell.id], threads)
+            if not pool.parent_death:  # the job's parent is not the sweep: the cell must not watch the sweep's pid
+                spec["parent_pid"] = None
+            write_json_atomic(folder / SPEC_FILE, spec)
+
+        folder = cell_dir(grid.output, cell.id)
+        attempt = prepare_cell(folder, write_spec, fingerprints[cell.id])
+        if attempt is None and cell_state(grid, cell, fingerprints[cell.id]) == "done":
+            summary.skipped.append(cell.id)
+            log(f"skip {cell.id}: finished by another sweep")
+            continue
+        if attempt is None:
+            summary.locked.append(cell.id)
+            log(f"skip {cell.id}: running elsewhere ({claim_owner(folder)})")
+            continue
+        prepared.append((cell, attempt))
+    if not prepared:
         return None
-    clear_attempt(folder)
-    write_json_atomic(folder / SPEC_FILE, cell_spec(grid, cell, fingerprint, threads))
-    cell_env = dict(env)
-    if gpus:
-        cell_env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    log_file = open(folder / LOG_FILE, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lightning_decay.sweep", "run-cell", str((folder / SPEC_FILE).resolve())],
-        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cell_env, start_new_session=True,
+    return Unit(
+        tuple(c.id for c, _ in prepared), tuple(cell_dir(grid.output, c.id) for c, _ in prepared),
+        tuple(a for _, a in prepared),
     )
-    update_lock(lock, [os.getpid(), process.pid])
-    return _Running(cell, process, slot, time.perf_counter(), log_file)
 
 
-def _collect(grid: GridSpec, item: _Running, summary: SweepSummary) -> None:
-    item.log_file.close()
-    folder = cell_dir(grid.output, item.cell.id)
-    result = read_json(folder / RESULT_FILE)
-    ok = result is not None and result.get("status") == "ok" and item.process.returncode == 0
-    (summary.ran if ok else summary.failed).append(item.cell.id)
-    (folder / LOCK_FILE).unlink(missing_ok=True)
+def _collect(
+    grid: GridSpec, item: _Running, code: int | None, summary: SweepSummary, log: Callable[[str], Any]
+) -> bool:
+    """Record a finished job's cells; False when it ran none of them (another sweep has them)."""
+    unit = item.job.unit
+    if code == NOT_RUN_EXIT_CODE:
+        for cell_id, folder in zip(unit.cells, unit.folders):
+            result = read_json(folder / RESULT_FILE) or {}
+            if result.get("status") == "ok" and result.get("fingerprint") == (read_json(folder / SPEC_FILE) or {}).get(
+                "fingerprint"
+            ):
+                log(f"skip {cell_id}: finished by another sweep")
+                summary.skipped.append(cell_id)
+            else:
+                log(f"skip {cell_id}: taken by another sweep ({claim_owner(folder) if is_claimed(folder) else 'gone'})")
+                summary.locked.append(cell_id)
+        write_results(grid, collect_results(grid))
+        return False
+    for cell_id, folder in zip(unit.cells, unit.folders):
+        result = read_json(folder / RESULT_FILE)
+        ok = result is not None and result.get("status") == "ok" and code in (0, 1)
+        (summary.ran if ok else summary.failed).append(cell_id)
     write_results(grid, collect_results(grid))
+    return True
 
 
 def _eta(durations: Sequence[float], pending: int, running_ages: Sequence[float], jobs: int) -> float:
@@ -254,40 +313,41 @@ def _eta(durations: Sequence[float], pending: int, running_ages: Sequence[float]
     return left / max(1, min(jobs, pending + len(running_ages)))
 
 
-def _describe(grid: GridSpec, item: _Running, seconds: float) -> str:
-    folder = cell_dir(grid.output, item.cell.id)
-    result = read_json(folder / RESULT_FILE) or {}
-    status = result.get("status", f"died (exit code {item.process.returncode})")
-    if status != "ok":
-        reason = result.get("error", "no result written")
-        return f"{item.cell.id} {status.upper()}: {reason} (log: {folder / LOG_FILE}) {seconds:.1f}s"
-    speed = result.get("images_per_s")
-    return (
-        f"{item.cell.id} ok acc={format_number(result.get('accuracy'))} "
-        f"loss={format_number(result.get('train_loss'))} norm={format_number(result.get('weight_norm'))} "
-        f"{'-' if speed is None else f'{speed:.0f}'} img/s {seconds:.1f}s"
-    )
+def _describe(grid: GridSpec, item: _Running, code: int | None, seconds: float) -> str:
+    unit = item.job.unit
+    lines = []
+    for cell_id, folder in zip(unit.cells, unit.folders):
+        result = read_json(folder / RESULT_FILE) or {}
+        status = result.get("status", f"died (exit code {code})")
+        if status != "ok":
+            reason = result.get("error") or item.job.failure() or "no result written"
+            lines.append(
+                f"{cell_id} {status.upper()}: {reason} ({item.job.where}; log: {folder / LOG_FILE}) {seconds:.1f}s"
+            )
+            continue
+        speed = result.get("images_per_s")
+        lines.append(
+            f"{cell_id} ok acc={format_number(result.get('accuracy'))} "
+            f"loss={format_number(result.get('train_loss'))} norm={format_number(result.get('weight_norm'))} "
+            f"{'-' if speed is None else f'{speed:.0f}'} img/s {seconds:.1f}s"
+        )
+    return "; ".join(lines)
 
 
 def _terminate(running: list[_Running], stop_requests: list[int]) -> None:
-    """SIGTERM every running cell's process group; SIGKILL what is alive after a grace period or a 2nd Ctrl-C."""
+    """Ask every running job to stop (local cells: SIGTERM to the process group); force what is alive after a grace
+    period or a 2nd Ctrl-C."""
     requests_before = len(stop_requests)
     for item in running:
-        _signal_group(item.process, signal.SIGTERM)
+        item.job.stop()
     deadline = time.monotonic() + _TERMINATE_GRACE_S
-    while any(item.process.poll() is None for item in running):
+    while any(item.job.poll() is None for item in running):
         if time.monotonic() > deadline or len(stop_requests) > requests_before:
             for item in running:
-                if item.process.poll() is None:
-                    _signal_group(item.process, signal.SIGKILL)
-            for item in running:
-                item.process.wait()
+                if item.job.poll() is None:
+                    item.job.kill()
+            end = time.monotonic() + _TERMINATE_GRACE_S
+            while any(item.job.poll() is None for item in running) and time.monotonic() < end:
+                time.sleep(0.05)
             break
         time.sleep(0.05)
-
-
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -1,4 +1,4 @@
-"""Seed statistics for sweep results: Student-t quantiles (no scipy), t intervals of a mean, of a difference of
+"""Seed statistics for sweep results: Student-t quantiles, t intervals of a mean, of a difference of
 two means (paired by seed, or Welch), of a least-squares slope, and a verdict that says whether a difference is
 larger than the seed spread.
 
@@ -12,6 +12,11 @@ All intervals are two-sided at ``confidence`` (0.95 by default):
 * least-squares slope of ``v`` on ``u`` (``n`` points): ``+- t(1 - a/2, n - 2) * se``,
   ``se = sqrt(sum(residual^2) / (n - 2) / sum((u - mean(u))^2))``.
 
+The quantiles and the mean, paired and Welch intervals are :mod:`scipy.stats`' (``t``, ``ttest_1samp``,
+``ttest_rel``, ``ttest_ind(equal_var=False)`` and their ``confidence_interval``), the slope and its standard error
+:func:`scipy.stats.linregress`'s; this module adds the NaN handling, the cases scipy leaves undefined (one value, no
+spread) and the :class:`Interval` record.
+
 With three seeds a t interval is wide (``t(0.975, 2) = 4.30``): that is the honest price of three seeds, and why
 every verdict states its interval.
 """
@@ -21,11 +26,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 
 __all__ = [
     "BestCell",
@@ -42,71 +47,22 @@ __all__ = [
 ]
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        m2 = 2 * m
-        even = m * (b - m) * x / ((qam + m2) * (a + m2))
-        odd = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        for numerator in (even, odd):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta ``I_x(a, b)``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
 def student_t_cdf(t: float, df: float) -> float:
-    """``P(T <= t)`` for Student's t with ``df > 0`` degrees of freedom (``df = inf``: the standard normal):
-    ``1 - I_{df/(df+t^2)}(df/2, 1/2) / 2`` for ``t >= 0``, by symmetry below."""
-    if df <= 0:
+    """``P(T <= t)`` for Student's t with ``df > 0`` degrees of freedom (``df = inf``: the standard normal);
+    :func:`scipy.stats.t.cdf`."""
+    if not df > 0:
         raise ValueError(f"df must be > 0, got {df}")
-    if math.isinf(df):
-        return NormalDist().cdf(t)
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+    return float(stats.t.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on :func:`student_t_cdf`, to
-    ~1e-12), e.g. ``t_quantile(0.975, 2) = 4.3027``; ``df = inf``: the normal quantile (1.95996)."""
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (:func:`scipy.stats.t.ppf`), e.g.
+    ``t_quantile(0.975, 2) = 4.3027``; ``df = inf``: the normal quantile (1.95996)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
-    if math.isinf(df):
-        return NormalDist().inv_cdf(p)
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    low, high = 0.0, 1.0
-    while student_t_cdf(high, df) < p:
-        high *= 2.0
-    for _ in range(200):
-        middle = 0.5 * (low + high)
-        if student_t_cdf(middle, df) < p:
-            low = middle
-        else:
-            high = middle
-        if high - low < 1e-13 * max(1.0, high):
-            break
-    return 0.5 * (low + high)
+    if not df > 0:
+        raise ValueError(f"df must be > 0, got {df}")
+    return float(stats.t.ppf(p, df))
 
 
 @dataclass(frozen=True)
@@ -175,8 +131,10 @@ def mean_interval(values: ArrayLike, confidence: float = 0.95) -> Interval:
         return Interval(mean, math.nan, math.nan, confidence, n, 0.0, math.nan, math.nan, "t")
     spread = float(x.std(ddof=1))
     se = spread / math.sqrt(n)
-    half = t_quantile(0.5 + confidence / 2.0, n - 1) * se
-    return Interval(mean, mean - half, mean + half, confidence, n, float(n - 1), se, spread, "t")
+    if se == 0.0:  # no spread: scipy's statistic is undefined, the interval is the point
+        return Interval(mean, mean, mean, confidence, n, float(n - 1), 0.0, 0.0, "t")
+    low, high = stats.ttest_1samp(x, 0.0).confidence_interval(confidence)
+    return Interval(mean, float(low), float(high), confidence, n, float(n - 1), se, spread, "t")
 
 
 def difference_interval(a: ArrayLike, b: ArrayLike, confidence: float = 0.95, paired: bool = False) -> Interval:
@@ -188,7 +146,11 @@ def difference_interval(a: ArrayLike, b: ArrayLike, confidence: float = 0.95, pa
         if x.shape != y.shape:
             raise ValueError(f"paired samples must have the same length, got {x.size} and {y.size}")
         keep = np.isfinite(x) & np.isfinite(y)
-        result = mean_interval(x[keep] - y[keep], confidence)
+        x, y = x[keep], y[keep]
+        result = mean_interval(x - y, confidence)
+        if x.size >= 2 and result.se > 0.0:
+            low, high = stats.ttest_rel(x, y).confidence_interval(confidence)
+            result = Interval(**{**asdict(result), "low": float(low), "high": float(high)})
         return Interval(**{**asdict(result), "method": "paired t"})
     x, y = _finite(a), _finite(b)
     if x.size == 0 or y.size == 0:
@@ -201,10 +163,10 @@ def difference_interval(a: ArrayLike, b: ArrayLike, confidence: float = 0.95, pa
     se = math.sqrt(va + vb)
     if se == 0.0:
         return Interval(estimate, estimate, estimate, confidence, int(x.size + y.size), math.inf, 0.0, 0.0, "Welch t")
-    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
-    half = t_quantile(0.5 + confidence / 2.0, df) * se
-    return Interval(estimate, estimate - half, estimate + half, confidence, int(x.size + y.size), df, se, math.nan,
-                    "Welch t")
+    welch = stats.ttest_ind(x, y, equal_var=False)
+    low, high = welch.confidence_interval(confidence)
+    return Interval(estimate, float(low), float(high), confidence, int(x.size + y.size), float(welch.df), se,
+                    math.nan, "Welch t")
 
 
 def slope_interval(u: ArrayLike, v: ArrayLike, confidence: float = 0.95) -> Interval:
@@ -218,11 +180,11 @@ def slope_interval(u: ArrayLike, v: ArrayLike, confidence: float = 0.95) -> Inte
     sxx = float(((x - x.mean()) ** 2).sum()) if n else 0.0
     if n < 2 or sxx == 0.0:
         return Interval(math.nan, math.nan, math.nan, confidence, n, 0.0, math.nan, math.nan, "OLS t")
-    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+    fit = stats.linregress(x, y)
+    slope = float(fit.slope)
     if n < 3:
         return Interval(slope, math.nan, math.nan, confidence, n, 0.0, math.nan, math.nan, "OLS t")
-    residuals = y - y.mean() - slope * (x - x.mean())
-    se = math.sqrt(float((residuals**2).sum()) / (n - 2) / sxx)
+    se = float(fit.stderr)
     half = t_quantile(0.5 + confidence / 2.0, n - 2) * se
     return Interval(slope, slope - half, slope + half, confidence, n, float(n - 2), se, math.nan, "OLS t")
 

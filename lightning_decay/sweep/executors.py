@@ -1,0 +1,496 @@
+"""Where a sweep's cells run: this machine's processes (``local``), SLURM jobs through submitit (``slurm``), or
+Ray tasks (``ray``).
+
+The unit of work is a :class:`Unit`: a list of cell folders run by one command,
+``python -m lightning_decay.sweep run-cell <cell>/spec.json [...] --attempt <id> [...]`` (one cell today, a batch
+of cells later), run in the sweep's current directory with the sweep's cell environment (threads, data cache,
+W&B mode, ``PYTHONPATH``). Every executor runs that same command, so every executor writes the same cell folders
+and the same results: the command claims its cells itself (:func:`~lightning_decay.sweep.locks.claimed_cells`),
+wherever it runs. The remote executors need the output folder and the current directory on a filesystem every
+node sees (the usual cluster home or project filesystem), with ``flock`` (see :mod:`~lightning_decay.sweep.locks`).
+
+``slurm`` and ``ray`` import their library when used: ``pip install 'lightning-decay[slurm]'`` (submitit) or
+``'lightning-decay[ray]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from lightning_decay.sweep.locks import NOT_RUN_EXIT_CODE, claimed_cells
+from lightning_decay.sweep.results import LOG_FILE, SPEC_FILE
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "ExecutorError",
+    "Job",
+    "LocalExecutor",
+    "RayExecutor",
+    "SlurmExecutor",
+    "Unit",
+    "make_executor",
+    "run_cell_command",
+    "run_unit",
+]
+
+#: Seconds between SIGTERM and SIGKILL when a running cell is stopped.
+TERMINATE_GRACE_S = 20.0
+
+
+class ExecutorError(ValueError):
+    """An unknown executor, a wrong option, or a missing library (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One job's work: cell folders run by one command (``attempts[i]`` is the attempt id of ``folders[i]``)."""
+
+    cells: tuple[str, ...]
+    folders: tuple[Path, ...]
+    attempts: tuple[str, ...]
+
+    def arguments(self) -> list[str]:
+        """The command after ``python``: ``-m lightning_decay.sweep run-cell SPEC... --attempt ID...``."""
+        specs = [str(folder.resolve() / SPEC_FILE) for folder in self.folders]
+        return ["-m", "lightning_decay.sweep", "run-cell", *specs, "--attempt", *self.attempts]
+
+    @property
+    def log(self) -> Path:
+        """Where the command's output goes (the first cell's ``output.log``)."""
+        return self.folders[0].resolve() / LOG_FILE
+
+    @property
+    def label(self) -> str:
+        return self.cells[0] if len(self.cells) == 1 else f"{self.cells[0]} (+{len(self.cells) - 1} cells)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What runs inside a job: the unit's command, with the sweep's environment, its output in the cell log
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the cell stops when its job wrapper dies
+
+
+def run_unit(arguments: Sequence[str], env: Mapping[str, str], cwd: str, log: str) -> int:
+    """Run one unit's command here (inside a submitit job or a Ray task): this interpreter, ``env`` on top of
+    this machine's environment, in ``cwd``, output appended to ``log``. Returns the command's exit code; a stop
+    request (Ctrl-C, SIGTERM, a cancelled job) is passed on to the cell as SIGTERM (SIGKILL after 20 s)."""
+    full_env = {**os.environ, **env}
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as output:
+        process = subprocess.Popen(
+            [sys.executable, *arguments], cwd=cwd, env=full_env, stdout=output, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        )
+        previous = None
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, the parent-death signal remains
+            previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            return process.wait()
+        except BaseException:
+            _stop_process(process)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_cell_command(argv: Sequence[str]) -> int:
+    """``run-cell SPEC [SPEC ...] [--attempt ID [ID ...]]``: claim the cells and run those still to run, one after
+    the other (the command of a :class:`Unit`). Exit code: 0 all ran ok, 130 interrupted, 1 some failed,
+    :data:`~lightning_decay.sweep.locks.NOT_RUN_EXIT_CODE` when none was run (claimed elsewhere, finished, or
+    prepared again by another sweep since)."""
+    from lightning_decay.sweep.batched import run_cells
+
+    args = list(argv)
+    attempts: list[str] | None = None
+    if "--attempt" in args:
+        at = args.index("--attempt")
+        args, attempts = args[:at], args[at + 1 :]
+    if not args or (attempts is not None and len(attempts) != len(args)):
+        print("usage: python -m lightning_decay.sweep run-cell SPEC.json [...] [--attempt ID [...]]", file=sys.stderr)
+        return 2
+    folders = [Path(spec).resolve().parent for spec in args]
+    with claimed_cells(folders, attempts) as runnable:
+        for folder in folders:
+            if folder not in runnable:
+                print(f"{folder.name}: not run here (claimed by another process, finished, or prepared again since)")
+        codes = run_cells(runnable)  # one after another, each from the same process state
+    if not codes:
+        return NOT_RUN_EXIT_CODE
+    if 130 in codes:
+        return 130
+    return 0 if all(code == 0 for code in codes) else 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Executors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Job:
+    """A submitted unit: ``poll()`` is its exit code once finished (None before), ``stop()`` asks it to stop,
+    ``kill()`` forces it; ``where`` says where it ran (job id, node), ``failure`` why it died when it did."""
+
+    unit: Unit
+    where: str = ""
+
+    def poll(self) -> int | None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        self.stop()
+
+    def failure(self) -> str | None:
+        """Why the job itself failed (not the cell), with the log that says more; None when it did not."""
+        return None
+
+
+class Executor:
+    """Runs :class:`Unit`\\ s. ``self_throttled``: it limits the running jobs itself (a SLURM array with its
+    parallelism), so the sweep submits every unit at once; otherwise the sweep keeps ``jobs`` units in flight."""
+
+    name = "executor"
+    self_throttled = False
+    parent_death = False  # cells may die with the sweep process (local): their spec names the sweep's pid
+
+    def describe(self) -> str:
+        """Where cells go, for the dry run and the first progress line."""
+        raise NotImplementedError
+
+    def start(self, jobs: int, threads: int) -> None:
+        """Called once before the first submit."""
+
+    def submit(self, units: Sequence[Unit], env: Mapping[str, str], slots: Sequence[int]) -> list[Job]:
+        """Start ``units`` (``slots[i]``: the job slot of ``units[i]``, 0..jobs-1)."""
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Called once at the end (also after Ctrl-C)."""
+
+
+@dataclass
+class _LocalJob(Job):
+    unit: Unit
+    process: subprocess.Popen
+    log_file: IO[str]
+    where: str = "this machine"
+
+    def poll(self) -> int | None:
+        code = self.process.poll()
+        if code is not None and not self.log_file.closed:
+            self.log_file.close()
+        return code
+
+    def stop(self) -> None:
+        _signal_group(self.process, signal.SIGTERM)
+
+    def kill(self) -> None:
+        _signal_group(self.process, signal.SIGKILL)
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+@dataclass
+class LocalExecutor(Executor):
+    """Cell processes on this machine, one GPU per job slot (``CUDA_VISIBLE_DEVICES``) when there are GPUs."""
+
+    gpus: list[str] = field(default_factory=list)
+    name = "local"
+    parent_death = True
+
+    def describe(self) -> str:
+        return f"processes on this machine ({'GPUs ' + ','.join(self.gpus) if self.gpus else 'CPU'})"
+
+    def submit(self, units: Sequence[Unit], env: Mapping[str, str], slots: Sequence[int]) -> list[Job]:
+        started = []
+        for unit, slot in zip(units, slots):
+            cell_env = {**os.environ, **env}
+            if self.gpus:
+                cell_env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+            log_file = open(unit.log, "w")
+            process = subprocess.Popen(
+                [sys.executable, *unit.arguments()], stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=cell_env, start_new_session=True,
+            )
+            started.append(_LocalJob(unit, process, log_file, f"pid {process.pid}"))
+        return started
+
+
+#: ``slurm`` options of the grid's ``executor:`` block and what they become for submitit.
+SLURM_OPTIONS = {
+    "cluster": "'slurm' (default), 'local' (submitit's local executor: processes here, for tests) or 'debug'",
+    "folder": "where submitit keeps its job files and logs (default: <output>/slurm)",
+    "partition": "SLURM partition",
+    "time": "minutes per job (timeout_min)",
+    "gpus_per_cell": "GPUs per job (gpus_per_node)",
+    "cpus_per_cell": "CPUs per job (cpus_per_task; default: threads)",
+    "mem_gb": "memory per job in GB",
+    "account": "SLURM account",
+    "qos": "SLURM quality of service",
+    "constraint": "SLURM node constraint",
+    "additional": "other sbatch parameters, e.g. {exclusive: true} (slurm_additional_parameters)",
+    "setup": "shell lines run before each job, e.g. ['module load cuda'] (slurm_setup)",
+}
+
+
+@dataclass
+class _SubmititJob(Job):
+    unit: Unit
+    job: Any
+    where: str = ""
+
+    def poll(self) -> int | None:
+        if not self.job.done():
+            return None
+        try:
+            return int(self.job.result())
+        except Exception:  # the job itself failed (killed, timed out, node failure): the cell is re-run next time
+            return -1
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.job.cancel(check=False)
+
+    def failure(self) -> str | None:
+        if not self.job.done():
+            return None
+        try:
+            exception = self.job.exception()
+        except Exception as error:  # submitit could not read the job's outcome
+            exception = error
+        if exception is None:
+            return None
+        last = str(exception).strip().splitlines()[-1:] or [type(exception).__name__]
+        return f"SLURM job {self.job.job_id} failed: {last[0][:300]} (job log: {self.job.paths.stderr})"
+
+
+class SlurmExecutor(Executor):
+    """Each unit a job of one submitit job array (``slurm_array_parallelism`` = ``--jobs``); with
+    ``cluster: local``, submitit's local executor (processes on this machine, one per job; the sweep then keeps
+    ``--jobs`` of them at once)."""
+
+    name = "slurm"
+
+    def __init__(self, output: Path, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(SLURM_OPTIONS))
+        if unknown:
+            raise ExecutorError(
+                f"executor slurm: unknown option(s) {', '.join(unknown)}; known: {', '.join(SLURM_OPTIONS)}"
+            )
+        cluster = options.get("cluster", "slurm")
+        if cluster not in ("slurm", "local", "debug"):
+            raise ExecutorError(f"executor slurm: cluster must be 'slurm', 'local' or 'debug', got {cluster!r}")
+        self.cluster = cluster
+        self.options = options
+        self.folder = Path(options.get("folder") or Path(output) / "slurm")
+        self.self_throttled = cluster == "slurm"
+        self._executor: Any = None
+        _require("submitit", "slurm")
+
+    def describe(self) -> str:
+        where = {"slurm": "SLURM jobs of one array", "local": "submitit's local executor (processes here)",
+                 "debug": "submitit's debug executor (in this process)"}[self.cluster]
+        extras = [f"{k}={self.options[k]}" for k in ("partition", "time", "gpus_per_cell", "cpus_per_cell", "mem_gb")
+                  if k in self.options]
+        return f"{where}" + (f" ({', '.join(extras)})" if extras else "") + f", job files in {self.folder}"
+
+    def start(self, jobs: int, threads: int) -> None:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=self.cluster)
+        options = self.options
+        parameters: dict[str, Any] = {
+            "name": "lightning-decay-cell", "timeout_min": int(options.get("time", 60 * 24)),
+            "cpus_per_task": int(options.get("cpus_per_cell", threads)), "tasks_per_node": 1, "nodes": 1,
+        }
+        if "gpus_per_cell" in options:
+            parameters["gpus_per_node"] = int(options["gpus_per_cell"])
+        if "mem_gb" in options:
+            parameters["mem_gb"] = float(options["mem_gb"])
+        slurm = {"partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
+                 "constraint": "slurm_constraint", "additional": "slurm_additional_parameters",
+                 "setup": "slurm_setup"}
+        if self.cluster == "slurm":
+            parameters["slurm_array_parallelism"] = jobs
+            parameters.update({slurm[k]: options[k] for k in slurm if k in options})
+        try:
+            executor.update_parameters(**parameters)
+        except Exception as error:  # submitit names the parameter
+            raise ExecutorError(f"executor slurm: {error}") from error
+        self._executor = executor
+
+    def submit(self, units: Sequence[Unit], env: Mapping[str, str], slots: Sequence[int]) -> list[Job]:
+        cwd = os.getcwd()
+        submitted = self._executor.map_array(
+            run_unit, [u.arguments() for u in units], [dict(env)] * len(units), [cwd] * len(units),
+            [str(u.log) for u in units],
+        )
+        return [_SubmititJob(unit, job, f"job {job.job_id}") for unit, job in zip(units, submitted)]
+
+
+@dataclass
+class _RayJob(Job):
+    unit: Unit
+    ref: Any
+    where: str = ""
+    _code: int | None = None
+    _failure: str | None = None
+
+    def poll(self) -> int | None:
+        import ray
+
+        if self._code is not None:
+            return self._code
+        ready, _ = ray.wait([self.ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            self._code = int(ray.get(self.ref))
+        except Exception as error:  # the task died (worker or node lost, cancelled)
+            summary = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            self._failure = f"Ray task {self.ref.task_id().hex()} failed: {summary}"
+            self._code = -1
+        return self._code
+
+    def stop(self) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.cancel(self.ref)  # KeyboardInterrupt in the task: run_unit passes SIGTERM to the cell
+
+    def kill(self) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.cancel(self.ref, force=True)
+
+    def failure(self) -> str | None:
+        return self._failure
+
+
+RAY_OPTIONS = {
+    "address": "the Ray cluster to use (ray.init(address=...)); none: start a local one",
+    "cpus_per_cell": "CPUs per task (num_cpus; default: threads)",
+    "gpus_per_cell": "GPUs per task (num_gpus; default: 0)",
+    "num_cpus": "CPUs of the local cluster started without an address (default: jobs x cpus_per_cell)",
+    "resources": "custom Ray resources per task, e.g. {large_memory: 1}",
+}
+
+
+class RayExecutor(Executor):
+    """Each unit a Ray task (no retries: a task that dies is a cell to re-run) on the cluster ``address`` reaches,
+    or on a local Ray instance started for the sweep when no address is given."""
+
+    name = "ray"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(RAY_OPTIONS))
+        if unknown:
+            raise ExecutorError(
+                f"executor ray: unknown option(s) {', '.join(unknown)}; known: {', '.join(RAY_OPTIONS)}"
+            )
+        self.options = options
+        self._remote: Any = None
+        self._started_here = False
+        _require("ray", "ray")
+
+    def describe(self) -> str:
+        address = self.options.get("address")
+        return f"Ray tasks on {address}" if address else "Ray tasks on a local Ray instance started for the sweep"
+
+    def start(self, jobs: int, threads: int) -> None:
+        import ray
+
+        cpus = float(self.options.get("cpus_per_cell", threads))
+        address = self.options.get("address")
+        if not ray.is_initialized():
+            settings: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                settings["address"] = address
+            else:
+                settings["num_cpus"] = int(self.options.get("num_cpus", max(1, round(jobs * cpus))))
+            ray.init(**settings)
+            self._started_here = True
+        self._remote = ray.remote(run_unit).options(
+            num_cpus=cpus, num_gpus=float(self.options.get("gpus_per_cell", 0)), max_retries=0,
+            resources=dict(self.options.get("resources") or {}),
+        )
+
+    def submit(self, units: Sequence[Unit], env: Mapping[str, str], slots: Sequence[int]) -> list[Job]:
+        cwd = os.getcwd()
+        return [
+            _RayJob(unit, ref, f"Ray task {ref.task_id().hex()[:12]}")
+            for unit in units
+            for ref in [self._remote.remote(unit.arguments(), dict(env), cwd, str(unit.log))]
+        ]
+
+    def shutdown(self) -> None:
+        if self._started_here:
+            import ray
+
+            ray.shutdown()
+            self._started_here = False
+
+
+EXECUTORS = {"local": LocalExecutor, "slurm": SlurmExecutor, "ray": RayExecutor}
+
+
+def _require(module: str, extra: str) -> None:
+    try:
+        __import__(module)
+    except ImportError as error:
+        raise ExecutorError(
+            f"executor {extra} needs {module}, which is not installed: pip install 'lightning-decay[{extra}]' "
+            f"(or pip install {module})"
+        ) from error
+
+
+def make_executor(
+    name: str, options: Mapping[str, Any] | None, output: Path, gpus: Sequence[str] = ()
+) -> Executor:
+    """The executor called ``name`` (``local``, ``slurm``, ``ray``) with its grid options; ExecutorError names
+    a wrong name, option or missing library."""
+    if name not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    if name == "local":
+        if options:
+            raise ExecutorError(f"executor local takes no options, got {', '.join(sorted(options))}")
+        return LocalExecutor(list(gpus))
+    if name == "slurm":
+        return SlurmExecutor(output, options)
+    return RayExecutor(options)
+
