@@ -2,6 +2,7 @@
 # GPU suite (issues 7, 8 and 16): one call, <= 8 minutes on one H200 (the time caps below sum to 450 s).
 #
 #   bash benchmarks/gpu_suite.sh [output file]      # default: gpu_suite_<date>.txt in the current directory
+#   bash benchmarks/gpu_suite.sh [output file] batched   # only part 7 (its own call, <= 8 minutes too)
 #
 # 1. hardware (nvidia-smi) and software versions;
 # 2. optimizer step time at 100M and 1B params, float32 and bfloat16, every Adam variant vs torch's fused AdamW,
@@ -12,12 +13,19 @@
 #    parameter, step time vs the bare kernel and torch's fused float32 AdamW (100M params);
 # 4. end to end: ResNet20 (no BN) images/s, plain torch loop vs Lightning with every variant and the monitors;
 # 5. ResNet20 epoch time (390 steps of 128 = one CIFAR-10 epoch) for adamw and adamp;
-# 6. the mixed-precision tests (bf16-mixed, 16-mixed with GradScaler, clipping) on CUDA.
+# 6. the mixed-precision tests (bf16-mixed, 16-mixed with GradScaler, clipping) on CUDA;
+# 7. (part "batched", issue 27) sweep cells per hour on the GPU, one process per cell vs 24 cells per process: the
+#    blog's 24-cell grid (configs/blog/adamw-vs-adamp.yaml) x seeds 0-2 = 72 cells, 156 steps each (2 epochs of
+#    the 10,000 training images), the one-process-per-cell way on its first 8 cells; the data is the CIFAR-10
+#    archive at ../shared/data when present, else the package's 10,000-image sample.
 # Paste the output into docs/performance.md with the date and the hardware.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 LOG="${1:-gpu_suite_$(date +%Y%m%d_%H%M%S).txt}"
+PART="${2:-main}"
+DATA=../shared/data/cifar10-jpeg.tar.gz
+[ -f "$DATA" ] || DATA=sample
 # The Adam variants, from the registry.
 read -r -a ADAM <<< "$(python -c "from lightning_decay.optim.registry import variant_names; print(*variant_names('adam'))")"
 export PYTHONUNBUFFERED=1
@@ -40,6 +48,7 @@ capped() {
   python3 -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'lightning', lightning.__version__, torch.cuda.get_device_name(0))"
 
+  if [ "$PART" = main ]; then
   section "step time vs torch fused AdamW and the HBM floor: 100M and 1B params, float32 and bfloat16"
   capped 150 python3 benchmarks/optimizer_step.py --device cuda --table --sizes 1e8 1e9 \
     --dtype float32 bfloat16 --variants "${ADAM[@]}" --rounds 5 --steps 10 --warmup 2
@@ -66,6 +75,13 @@ capped() {
 
   section "mixed precision on CUDA: tests/test_precision.py"
   capped 50 python3 -m pytest -q -p no:cacheprovider tests/test_precision.py -k cuda
+  fi
+
+  if [ "$PART" = batched ]; then  # part: batched (its caps are counted apart from the main part's)
+  section "sweep cells per hour: one process per cell vs 24 cells per process (blog grid x 3 seeds, 72 cells)"
+  capped 420 python3 benchmarks/batched_cells.py --grid configs/blog/adamw-vs-adamp.yaml --seeds 0 1 2 \
+    --cells 72 --baseline-cells 8 --jobs 1 --batch-cells 24 --max-steps 156 --data-dir "$DATA"
+  fi
 
   section "done"
 } 2>&1 | tee "$LOG"

@@ -71,5 +71,27 @@ def test_gpu_suite_syntax() -> None:
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
     text = script.read_text()
     assert "set -euo pipefail" in text and "nvidia-smi" in text
-    caps = [int(line.split()[1]) for line in text.splitlines() if line.strip().startswith("capped ")]
-    assert caps and sum(caps) <= 8 * 60 - 30  # one call of at most 8 minutes, with room for start-up
+    main, _, batched = text.partition("# part: batched")  # a second part, run as its own call
+    for part in (main, batched):
+        caps = [int(line.split()[1]) for line in part.splitlines() if line.strip().startswith("capped ")]
+        assert caps and sum(caps) <= 8 * 60 - 30  # one call of at most 8 minutes, with room for start-up
+
+
+@pytest.mark.slow
+def test_batched_cells_smoke(tmp_path: Path, cifar_jpeg_tar: Path) -> None:
+    """Both ways on 3 cells of a tiny grid (2 steps each): cells per hour, the ratio, the same figures."""
+    from tests.test_sweep import write_base_config, write_grid
+
+    write_base_config(tmp_path, cifar_jpeg_tar)
+    grid = write_grid(tmp_path, (
+        "name: tiny\nconfigs: base.yaml\nvariant_key: model.init_args.variant\nvariants: [adamw, adaml2]\n"
+        "axes:\n  lr: {key: model.init_args.lr, values: [1e-3, 3e-2]}\n"
+        "overrides: {trainer.max_epochs: 1}\nthreads: 1\n"
+    ))
+    out = run(
+        str(BENCHMARKS / "batched_cells.py"), "--grid", str(grid), "--cells", "3", "--jobs", "1", "--max-steps", "2",
+        "--output", str(tmp_path / "out"), timeout=400,
+    )
+    assert "round 1, one    : 3 cells" in out and "round 1, batched: 3 cells" in out
+    assert "cells/h" in out and "ratio: " in out
+    assert "same figures both ways: 3/3 cells" in out

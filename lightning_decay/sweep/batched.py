@@ -37,7 +37,7 @@ from lightning_decay.sweep.cell import run_cell
 from lightning_decay.sweep.grid import DEFAULT_AXIS_KEYS, Cell, GridSpec
 from lightning_decay.sweep.results import LOG_FILE, SPEC_FILE
 
-__all__ = ["SHARED_AXES", "describe_batches", "plan_batches", "run_cells", "share_key"]
+__all__ = ["SHARED_AXES", "cell_config", "describe_batches", "plan_batches", "run_cells", "share_key"]
 
 #: Axes whose values do not change what cells share (the model and the data): they may differ within a batch.
 SHARED_AXES = tuple(DEFAULT_AXIS_KEYS)  # lr, weight_decay, seed
@@ -74,22 +74,32 @@ def _drop(config: dict[str, Any], key: str) -> None:
         node.pop(parts[-1], None)
 
 
+def cell_config(grid: GridSpec, cell: Cell) -> dict[str, Any]:
+    """A cell's LightningCLI settings as its config files and overrides set them (files merged in order, then the
+    dotted overrides), without the parser's defaults. Raises ``OSError`` / ``ValueError`` for an unreadable file."""
+    config: dict[str, Any] = {}
+    for path in grid.cell_configs(cell):
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} is not a mapping")
+        config = _merge(config, loaded)
+    for key, value in grid.cell_overrides(cell):
+        _set(config, key, value)
+    return config
+
+
 def share_key(grid: GridSpec, cell: Cell) -> str:
     """What a cell must have in common with others to share their process, as a short hash: its model (class and
     init arguments, less the ``decay`` settings, the variant's name and the lr / weight-decay / seed axes) and its
     data (class and init arguments), as its config files and overrides set them. A config file that cannot be
     read gives the cell a key of its own (it runs alone)."""
-    config: dict[str, Any] = {}
     try:
-        for path in grid.cell_configs(cell):
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path} is not a mapping")
-            config = _merge(config, loaded)
-    except (OSError, ValueError, yaml.YAMLError):
+        config = cell_config(grid, cell)
+    except (OSError, ValueError):
         return f"alone:{cell.id}"
-    for key, value in grid.cell_overrides(cell):
-        _set(config, key, value)
     dropped = [_DECAY_KEY, *(axis.key for axis in grid.axes if axis.name in SHARED_AXES)]
     if grid.variant_key is not None:
         dropped.append(grid.variant_key)
