@@ -114,7 +114,9 @@ def test_cells_sharing_model_and_data_are_batched(tmp_path: Path, cifar_jpeg_tar
     assert [[(cell.variant.name, cell.axis_values["width"]) for cell in batch] for batch in batches] == [
         [("adamw", 4), ("adamp-seed1", 4)], [("adamw", 8), ("adamp-seed1", 8)]
     ]
-    assert "2 process(es) for 4 cell(s)" in describe_batches(batches)[0]
+    assert "4 cell(s) in 2 group(s) sharing model and data, run by 2 process(es) of 2 cell(s)" in describe_batches(
+        grid, batches
+    )[0]
     assert grid.batch_cells is None
     assert GridSpec.from_dict({**raw, "batch_cells": 4}, path=tmp_path / "grid.yaml").batch_cells == 4
     with pytest.raises(GridError, match="batch_cells"):

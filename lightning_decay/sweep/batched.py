@@ -133,16 +133,18 @@ def plan_batches(grid: GridSpec, cells: Sequence[Cell], size: int, jobs: int = 1
     return sorted(batches, key=lambda batch: order[batch[0].id])
 
 
-def describe_batches(batches: Sequence[Sequence[Cell]]) -> list[str]:
-    """Dry-run lines: how many processes run how many cells, and which cells run on their own."""
-    shared = [batch for batch in batches if len(batch) > 1]
-    alone = [batch[0] for batch in batches if len(batch) == 1]
+def describe_batches(grid: GridSpec, batches: Sequence[Sequence[Cell]]) -> list[str]:
+    """Dry-run lines: the groups of cells sharing model and data, how many processes run how many cells."""
+    groups = len({share_key(grid, batch[0]) for batch in batches})
+    sizes = sorted(len(batch) for batch in batches)
+    spread = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
     lines = [
-        f"batches: {len(batches)} process(es) for {sum(map(len, batches))} cell(s): {len(shared)} running 2-"
-        f"{max((len(b) for b in shared), default=2)} cells one after another, {len(alone)} with one cell"
+        f"batches: {sum(sizes)} cell(s) in {groups} group(s) sharing model and data, run by {len(batches)} "
+        f"process(es) of {spread} cell(s) one after another"
     ]
-    for index, batch in enumerate(shared, 1):
-        lines.append(f"  batch {index} ({len(batch)} cells): {batch[0].id} ... {batch[-1].id}")
+    for index, batch in enumerate(batches, 1):
+        last = f" ... {batch[-1].id}" if len(batch) > 1 else ""
+        lines.append(f"  process {index} ({len(batch)} cell(s)): {batch[0].id}{last}")
     return lines
 
 

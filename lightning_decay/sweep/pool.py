@@ -96,7 +96,7 @@ def run_sweep(
     if dry_run:
         log(f"cells would run as {pool.name} jobs: {pool.describe()}, at most {jobs} at once")
         if (grid.batch_cells or 1) > 1:
-            for line in describe_batches(_units(grid, todo, jobs)):
+            for line in describe_batches(grid, _units(grid, todo, jobs)):
                 log(line)
         for cell in cells:
             log(f"  {states[cell.id]:8s} {cell.id}")
