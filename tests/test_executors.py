@@ -1,0 +1,134 @@
+"""The sweep's executors for real: local processes, submitit's local executor (what ``executor: slurm`` runs with
+``cluster: local``) and a local Ray instance start real processes on one tiny grid (one cell that trains, one that
+fails). Every executor writes the same results folder, the same ``results.csv`` bitwise (timings aside), names a
+failed cell and its log, keeps ``--jobs`` cells at once, and resumes the same way."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_decay.sweep import GridError, GridSpec, run_sweep
+from lightning_decay.sweep.executors import ExecutorError, make_executor
+from lightning_decay.sweep.results import RESULT_FILE
+from tests.test_sweep import REPO, write_base_config
+
+pytestmark = pytest.mark.xdist_group("executors")
+
+GRID = """
+name: exec2
+configs: base.yaml
+variant_key: model.init_args.variant
+variants: [adamw]
+axes:
+  lr: {{key: model.init_args.lr, values: [3e-2, -1.0]}}   # lr = -1: a cell that fails
+  weight_decay: {{key: model.init_args.weight_decay, values: [1e-2]}}
+  seed: [0]
+overrides:
+  trainer.max_epochs: 1
+threads: 1
+output: {output}
+{executor}
+"""
+OK_CELL = "adamw__lr=0.03__weight_decay=0.01__seed=0"
+FAILING_CELL = "adamw__lr=-1.0__weight_decay=0.01__seed=0"
+TIMINGS = ("images_per_s", "train_s", "wall_s")
+
+
+def write(folder: Path, name: str, executor: str = "") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(GRID.format(output=folder / name, executor=executor))
+    return path
+
+
+def sweep(grid: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", "lightning_decay.sweep", "--config", str(grid), "--no-check", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def table(folder: Path) -> list[dict[str, str]]:
+    """results.csv without the timing columns (which no two runs share)."""
+    with open(folder / "results.csv", newline="") as file:
+        return [{k: v for k, v in row.items() if k not in TIMINGS} for row in csv.DictReader(file)]
+
+
+def check_failure_named(out: str, folder: Path) -> None:
+    line = next(line for line in out.splitlines() if FAILING_CELL in line and "ERROR" in line)
+    assert "Invalid learning rate" in line or "lr" in line, line
+    assert f"log: {folder / 'cells' / FAILING_CELL / 'output.log'}" in line, line
+
+
+@pytest.fixture(scope="module")
+def grids(tmp_path_factory: pytest.TempPathFactory, cifar_jpeg_tar: Path) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("executors")
+    write_base_config(folder, cifar_jpeg_tar)
+    local = write(folder, "local")
+    done = sweep(local, "--jobs", "2")
+    assert done.returncode == 1, done.stdout + done.stderr  # one cell fails
+    check_failure_named(done.stdout, folder / "local")
+    return {
+        "folder": folder, "local": local,
+        "slurm": write(folder, "slurm", "executor: {name: slurm, options: {cluster: local, time: 10}}"),
+        "ray": write(folder, "ray", "executor: {name: ray, options: {num_cpus: 2}}"),
+    }
+
+
+def test_slurm_through_submitit_local_executor(grids: dict[str, Path]) -> None:
+    folder = grids["folder"]
+    dry = sweep(grids["slurm"], "--dry-run")
+    assert dry.returncode == 0 and "cells would run as slurm jobs: submitit's local executor" in dry.stdout, dry.stdout
+    done = sweep(grids["slurm"], "--jobs", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    check_failure_named(done.stdout, folder / "slurm")
+    assert table(folder / "slurm") == table(folder / "local")  # bitwise the same numbers as the local executor
+    jobs = list((folder / "slurm" / "slurm").glob("*/*_submitted.pkl"))
+    assert len(jobs) == 2  # each cell a submitit job, its files in <output>/slurm
+    # --jobs 1: one cell at a time (the cells' own clocks, written by the cells)
+    runs = sorted((r["started"], r["finished"]) for r in (
+        json.loads((folder / "slurm" / "cells" / cell / RESULT_FILE).read_text()) for cell in (OK_CELL, FAILING_CELL)
+    ))
+    assert runs[0][1] <= runs[1][0]
+
+    # Resume: a cell whose job died (no result) runs again, the finished one is skipped.
+    (folder / "slurm" / "cells" / OK_CELL / RESULT_FILE).unlink()
+    again = sweep(grids["slurm"], "--jobs", "2")
+    assert "0 done, 2 to run" in again.stdout and f"] {OK_CELL} ok" in again.stdout, again.stdout + again.stderr
+    assert table(folder / "slurm") == table(folder / "local")
+    assert (folder / "slurm" / "cells" / OK_CELL / "previous-attempt.log").exists()
+
+
+def test_ray_local_cluster(grids: dict[str, Path]) -> None:
+    folder = grids["folder"]
+    done = sweep(grids["ray"], "--executor", "ray", "--jobs", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Ray tasks on a local Ray instance" in done.stdout.splitlines()[0]
+    check_failure_named(done.stdout, folder / "ray")
+    assert table(folder / "ray") == table(folder / "local")
+    rerun = sweep(grids["ray"], "--executor", "ray", "--dry-run")  # the finished cell stays finished
+    assert f"done     {OK_CELL}" in rerun.stdout and f"todo     {FAILING_CELL}" in rerun.stdout, rerun.stdout
+
+
+def test_executor_errors_name_the_option_or_the_missing_library(
+    grids: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ExecutorError, match="unknown option.*partitoin"):
+        make_executor("slurm", {"partitoin": "gpu"}, Path("out"))
+    with pytest.raises(ExecutorError, match="cluster must be"):
+        make_executor("slurm", {"cluster": "pbs"}, Path("out"))
+    with pytest.raises(ExecutorError, match="executor ray: unknown option.*adress"):
+        make_executor("ray", {"adress": "auto"}, Path("out"))
+    with pytest.raises(GridError, match="executor.name"):
+        GridSpec.from_dict({"variants": ["adamw"], "axes": {"lr": [1]}, "executor": "pbs"})
+    for module, extra in (("submitit", "slurm"), ("ray", "ray")):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed: import fails
+        with pytest.raises(ExecutorError, match=rf"needs {module}.*lightning-decay\[{extra}\]"):
+            make_executor(extra, {}, Path("out"))
+        with pytest.raises(GridError, match=rf"lightning-decay\[{extra}\]"):
+            run_sweep(GridSpec.load(grids["local"]), executor=extra, dry_run=True, log=lambda line: None)
