@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,9 @@ def test_executor_errors_name_the_option_or_the_missing_library(
 ) -> None:
     with pytest.raises(ExecutorError, match="unknown option.*partitoin"):
         make_executor("slurm", {"partitoin": "gpu"}, Path("out"))
+    if shutil.which("sbatch") is None:
+        with pytest.raises(ExecutorError, match="sbatch is not on this machine's PATH.*cluster: local"):
+            make_executor("slurm", {}, Path("out"))
     with pytest.raises(ExecutorError, match="cluster must be"):
         make_executor("slurm", {"cluster": "pbs"}, Path("out"))
     with pytest.raises(ExecutorError, match="executor ray: unknown option.*adress"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,6 +305,7 @@ class SlurmExecutor(Executor):
     name = "slurm"
 
     def __init__(self, output: Path, options: Mapping[str, Any] | None = None) -> None:
+        _require("submitit", "slurm")
         options = dict(options or {})
         unknown = sorted(set(options) - set(SLURM_OPTIONS))
         if unknown:
@@ -313,12 +315,16 @@ class SlurmExecutor(Executor):
         cluster = options.get("cluster", "slurm")
         if cluster not in ("slurm", "local", "debug"):
             raise ExecutorError(f"executor slurm: cluster must be 'slurm', 'local' or 'debug', got {cluster!r}")
+        if cluster == "slurm" and shutil.which("sbatch") is None:
+            raise ExecutorError(
+                "executor slurm: sbatch is not on this machine's PATH; run the sweep where jobs are submitted (a SLURM "
+                "login node), or set the option cluster: local to run the jobs here"
+            )
         self.cluster = cluster
         self.options = options
         self.folder = Path(options.get("folder") or Path(output) / "slurm")
         self.self_throttled = cluster == "slurm"
         self._executor: Any = None
-        _require("submitit", "slurm")
 
     def describe(self) -> str:
         where = {"slurm": "SLURM jobs of one array", "local": "submitit's local executor (processes here)",
@@ -417,6 +423,7 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        _require("ray", "ray")
         options = dict(options or {})
         unknown = sorted(set(options) - set(RAY_OPTIONS))
         if unknown:
@@ -426,7 +433,6 @@ class RayExecutor(Executor):
         self.options = options
         self._remote: Any = None
         self._started_here = False
-        _require("ray", "ray")
 
     def describe(self) -> str:
         address = self.options.get("address")
