@@ -28,7 +28,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from lightning_decay.integration.factory import resolve_optimizer
+from lightning_decay.integration.construction import resolve_optimizer
 from lightning_decay.integration.mixin import DecayMixin
 from lightning_decay.integration.settings import DecaySettings
 from lightning_decay.optim.registry import variant_names

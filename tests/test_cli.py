@@ -145,7 +145,7 @@ def test_help_documents_every_decay_setting_and_lists_the_variants(monkeypatch, 
         assert not helps[field.name].startswith("(type:"), f"--model.decay.{field.name} has no help line"
     for name in variant_names():
         assert name in helps["optimizer"]
-    assert "(type: str, default: step)" in helps["lr_scheduler_interval"]
+    assert "(type: str | null, default: null)" in helps["lr_scheduler_interval"]
     header = lines[next(i for i, line in enumerate(lines) if line.strip().startswith("--model.decay.optimizer")) - 1]
     assert header == "The decay optimizer and its lr schedule (model.decay); every key is checked before training:"
 

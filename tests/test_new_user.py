@@ -283,3 +283,29 @@ def test_the_summary_names_where_the_default_departs_from_timm() -> None:
     model = Model(decay=DecaySettings(total_steps=4, groups={"rule": "timm"}))
     model.configure_optimizers()
     assert "net.head_bias" not in model.decay_summary
+
+
+def test_neuron_norms_and_muon_equilibrium_read_a_conv1d_as_out_x_in() -> None:
+    """Per-neuron norms of a Conv1D are its column norms (one per output unit); Muon's equilibrium prediction of a
+    transposed group is that of the out x in matrix."""
+    from lightning_decay.callbacks import WeightNormMonitor
+    from lightning_decay.diagnostics.equilibrium import rotational_equilibrium
+
+    model = GPT2Module(decay=DecaySettings(optimizer="muon", lr=0.02, others={"optimizer": "adamw"},
+                                           schedule="constant", optimizer_kwargs={"orthogonalize_dtype": "float32"}))
+    monitor = WeightNormMonitor(log_every_n_steps=1, layers=[r"c_fc\.weight"])
+    quiet_trainer(max_steps=2, callbacks=[monitor], logger=True, default_root_dir=None).fit(model)
+    weight = model.model.transformer.h[0].mlp.c_fc.weight.detach()  # 32 x 128: 128 output units
+    norms = weight.norm(dim=0)
+    key = "model.transformer.h.0.mlp.c_fc.weight"
+    assert monitor.last_metrics[f"neuron_norm_max/{key}"] == pytest.approx(float(norms.max()), rel=1e-5)
+    assert monitor.last_metrics[f"neuron_norm_min/{key}"] == pytest.approx(float(norms.min()), rel=1e-5)
+    optimizer = model.trainer.optimizers[0]
+    group = next(g for g in optimizer.param_groups if g["name"] == "muon/decay_transposed")
+    assert any(p is model.model.transformer.h[0].mlp.c_fc.weight for p in group["params"])
+    flipped = rotational_equilibrium(optimizer, group, weight.numel(), tuple(weight.shape))
+    group["transposed"] = False  # the same group read as a Linear's 128 x 32 weight
+    as_linear = rotational_equilibrium(optimizer, group, weight.numel(), (128, 32))
+    group["transposed"] = True
+    assert (flipped.lr, flipped.weight_norm) == pytest.approx((as_linear.lr, as_linear.weight_norm))
+    assert flipped.lr == pytest.approx(2 * 0.02)  # sqrt(max(1, 128 / 32)) * lr

@@ -243,12 +243,18 @@ def test_startup_summary_names_variant_convention_schedule_and_parameter_names(
     assert lines[1] == (
         "  schedule: warmup 10 steps, then cosine to 0 at step 30, stepped every optimizer step; the fit plans 30 steps"
     )
-    assert lines[2:] == [
+    assert lines[2:] == [  # verbose: a table of every parameter, its group and why
         "  parameter groups:",
         "    decay: 2 tensors, 48 parameters, weight_decay=0.01 at lr=0.001, timescale 100 steps = 10 epochs",
-        "      net.0.weight, net.2.weight",
         "    no_decay: 4 tensors, 26 parameters, weight_decay=0 at lr=0.001",
-        "      net.0.bias, net.1.weight, net.1.bias, net.2.bias",
+        "  parameters:",
+        "    parameter     group     reason",
+        "    net.0.weight  decay     default (decay)",
+        "    net.2.weight  decay     default (decay)",
+        "    net.0.bias    no_decay  bias",
+        "    net.1.weight  no_decay  normalization layer (LayerNorm)",
+        "    net.1.bias    no_decay  bias",
+        "    net.2.bias    no_decay  bias",
     ]
     assert model.resolved_decay["decay/variant"] == "adamw-paper"
     assert model.resolved_decay["decay/timescale_steps/decay"] == pytest.approx(100.0)

@@ -12,6 +12,8 @@ import torch
 from lightning_decay.callbacks.base import LayerFilter, StepMetrics, StepMonitor
 from lightning_decay.callbacks.media import update_layer_summary
 from lightning_decay.diagnostics.sharded_norms import ShardedTensors
+from lightning_decay.integration.parameter_names import clean_parameter_name
+from lightning_decay.integration.transposed import transposed_weights
 from lightning_decay.validation import check_bool
 
 __all__ = ["WeightNormMonitor"]
@@ -27,7 +29,9 @@ class WeightNormMonitor(StepMonitor):
     * ``weight_norm_module/<module>`` (``per_module=True``): ``sqrt`` of the summed squares of the selected
       parameters directly owned by the module.
     * ``neuron_norm_min|mean|max/<layer>`` for weights with ``ndim >= 2``: statistics of the row norms
-      ``|w[j, ...]|`` (output neurons of a Linear, filters of a conv).
+      ``|w[j, ...]|`` (output neurons of a Linear, filters of a conv); of the columns ``|w[:, j]|`` for weights
+      stored ``in x out`` (transformers' ``Conv1D``, ``decay.groups.transposed``; the model's ``decay_plan`` says
+      which, else they are recognised by class).
     * with a ``WandbLogger``: ``histograms/weight_norm`` (the per-layer norms) each logging step and, at epoch
       end, ``tables/weight_norm`` and ``plots/weight_norm``.
     """
@@ -54,6 +58,8 @@ class WeightNormMonitor(StepMonitor):
         self._selected_index = torch.tensor(self._selected, dtype=torch.long)
         shapes_known = self._flat_group is None
         self._matrices = [i for i in self._selected if shapes_known and self._params[i].ndim >= 2]
+        transposed = transposed_names(pl_module)
+        self._transposed = [i for i in self._matrices if self._names[i] in transposed]
         modules = [self._names[i].rpartition(".")[0] or "root" for i in self._selected]
         self._module_names = list(dict.fromkeys(modules))
         self._module_of = torch.tensor([self._module_names.index(m) for m in modules], dtype=torch.long)
@@ -69,7 +75,7 @@ class WeightNormMonitor(StepMonitor):
             module_squares.index_add_(0, self._module_of.to(selected.device), selected)
             metrics.add("weight_norm_module/", self._module_names, module_squares.sqrt())
         if self.neuron_norms and self._matrices:
-            stats = self._tensors.row_norm_stats(self._matrices)
+            stats = self._tensors.row_norm_stats(self._matrices, self._transposed)
             if stats is not None:
                 names = [self._names[i] for i in self._matrices]
                 for column, statistic in enumerate(("min", "mean", "max")):
@@ -92,3 +98,11 @@ class WeightNormMonitor(StepMonitor):
 
     def _summary_plot_columns(self) -> list[str]:
         return ["norm"]
+
+
+def transposed_names(module: pl.LightningModule) -> set[str]:
+    """The (cleaned) names of ``module``'s weights stored ``in x out``: its ``decay_plan``'s (DecayMixin), else
+    the layers recognised by class."""
+    plan = getattr(module, "decay_plan", None)
+    names = plan.transposed if plan is not None else transposed_weights(module)
+    return {clean_parameter_name(name) for name in names}

@@ -145,7 +145,8 @@ def rotational_equilibrium(
     rule = rule_of(optimizer, group)
     lr = float(group["lr"])
     if rule is not None and is_muon_group(group) and shape is not None and len(shape) == 2:
-        return _muon_prediction(optimizer, group, rule, (int(shape[0]), int(shape[1])))
+        rows, columns = (int(shape[1]), int(shape[0])) if group.get("transposed") else (int(shape[0]), int(shape[1]))
+        return _muon_prediction(optimizer, group, rule, (rows, columns))  # the out x in map (Conv1D: W^T)
     if rule is None or "betas" not in group:  # not an Adam-family step: the derivation does not apply
         return EquilibriumPrediction(math.nan, math.nan, lr, adam_like=False)
     alpha, weight_decay = initial_lr(optimizer, group), float(group.get("weight_decay", 0.0))

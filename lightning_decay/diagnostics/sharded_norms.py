@@ -136,8 +136,9 @@ class ShardedTensors:
             return (self.flat_shard_group,)
         return _shard_groups(self.tensors[index])
 
-    def row_norm_stats(self, indices: Sequence[int]) -> Tensor | None:
-        """``[min, mean, max]`` of the per-row (output neuron / conv filter: dim 0) norms of ``tensors[i]``.
+    def row_norm_stats(self, indices: Sequence[int], transposed: Sequence[int] = ()) -> Tensor | None:
+        """``[min, mean, max]`` of the per-row (output neuron / conv filter: dim 0) norms of ``tensors[i]``; for
+        the indices in ``transposed`` (weights stored ``in x out``, transformers' ``Conv1D``) of the columns (dim 1).
 
         Returns a ``len(indices) x 3`` tensor, or None under flat (FSDP1) sharding, where shapes are unknown.
         DTensors split along dim 0 (FSDP2's default) hold whole rows: local row norms, then min/sum/count/max
@@ -146,9 +147,14 @@ class ShardedTensors:
         if self.flat_shard_group is not None:
             return None
         locals_, groups_per_row = [], []
+        flipped = set(transposed)
         for i in indices:
             tensor = self.tensors[i]
-            if _shard_dims(tensor) - {0}:
+            if i in flipped:  # output units along dim 1: whole columns are needed
+                full = tensor.full_tensor() if _shard_dims(tensor) else _local(tensor)
+                locals_.append(full.transpose(0, 1))
+                groups_per_row.append(())
+            elif _shard_dims(tensor) - {0}:
                 locals_.append(tensor.full_tensor())
                 groups_per_row.append(())
             else:

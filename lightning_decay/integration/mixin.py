@@ -42,9 +42,11 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_decay.integration.factory import build_optimizer, build_optimizer_config, check_optimizer_settings
+from lightning_decay.integration.construction import check_optimizer_settings
+from lightning_decay.integration.factory import build_optimizer
 from lightning_decay.integration.guards import GradientGuard, NonFiniteGradientGuard
-from lightning_decay.integration.schedules import trainer_steps_per_epoch
+from lightning_decay.integration.plan import DecayPlan, build, resolve
+from lightning_decay.integration.schedules import check_scheduler_interval, trainer_steps_per_epoch, trainer_total_steps
 from lightning_decay.integration.settings import (
     GENERAL_FIELDS,
     OPTIMIZER_FIELDS,
@@ -52,7 +54,6 @@ from lightning_decay.integration.settings import (
     DecaySettings,
     check_timescale_settings,
 )
-from lightning_decay.integration.summary import summarize_decay
 
 __all__ = ["DecaySettings", "DecayMixin"]
 
@@ -143,6 +144,7 @@ class DecayMixin:
         self.lr_scheduler_callable = lr_scheduler_callable
         self.resolved_decay: dict[str, Any] = {}
         self.decay_summary: str = ""
+        self.decay_plan: DecayPlan | None = None
         _check_callables(self.decay_settings, optimizer_callable, lr_scheduler_callable)
         settings = self.decay_settings
         self.gradient_guard = GradientGuard(settings.nonfinite_grads, settings.nonfinite_skip_limit)
@@ -270,55 +272,32 @@ class DecayMixin:
         return self.configure_decay_optimizers()
 
     def configure_decay_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """Build the optimizer and schedule from the settings (resolving a timescale in epochs with the trainer's
-        steps per epoch) and report the resolved weight decay."""
+        """Resolve the settings into :attr:`decay_plan` (with the trainer's steps per epoch and planned steps) and
+        build the optimizer and schedule from it; the plan's summary is printed once and its numbers logged."""
         settings = self.decay_settings
         trainer = self._trainer  # type: ignore[attr-defined]
-        steps_per_epoch = None
-        if settings.decay_timescale_epochs is not None:
-            if trainer is None:
-                raise ValueError("decay_timescale_epochs needs the trainer (the steps per epoch): call it during fit")
-            steps_per_epoch = trainer_steps_per_epoch(trainer)
-        injected = self.optimizer_callable is not None
-        config = build_optimizer_config(
-            self,  # type: ignore[arg-type]
-            self.optimizer_callable if injected else settings.optimizer,
-            None if injected else settings.lr,
-            None if injected else settings.weight_decay,
-            decay_timescale_epochs=settings.decay_timescale_epochs,
-            steps_per_epoch=steps_per_epoch,
-            betas=None if injected else settings.betas,
-            eps=None if injected else settings.eps,
-            optimizer_kwargs=None if injected else settings.optimizer_kwargs,
-            groups=settings.groups,
-            tensor_lr=settings.tensor_lr and not injected,
-            kernel=None if injected else settings.kernel,
-            others=None if injected else settings.others,
-            schedule=settings.schedule,
-            warmup_steps=settings.warmup_steps,
-            warmup_ratio=settings.warmup_ratio,
-            total_steps=settings.total_steps,
-            min_lr_ratio=settings.min_lr_ratio,
-            lr_scheduler=self.lr_scheduler_callable,
-            lr_scheduler_interval=settings.lr_scheduler_interval,
-            lr_scheduler_monitor=settings.lr_scheduler_monitor,
-            trainer=trainer,
+        steps_per_epoch, total_steps = _fit_steps(trainer, settings, self.lr_scheduler_callable is not None)
+        plan = resolve(
+            settings, self, steps_per_epoch=steps_per_epoch, total_steps=total_steps,  # type: ignore[arg-type]
+            optimizer_callable=self.optimizer_callable, lr_scheduler_callable=self.lr_scheduler_callable,
         )
+        config = build(plan, self, optimizer_callable=self.optimizer_callable,  # type: ignore[arg-type]
+                       lr_scheduler_callable=self.lr_scheduler_callable)
         _mark(config["optimizer"], _BUILT_MARK)
-        self._report_decay(config, steps_per_epoch)
+        self.decay_plan = plan
+        self._report_decay(plan)
         return config
 
-    def _report_decay(self, config: OptimizerLRSchedulerConfig, steps_per_epoch: int | None) -> None:
-        """Fill :attr:`resolved_decay` and :attr:`decay_summary` (:func:`summarize_decay`), log the numbers as
-        hyperparameters (and the notes in a W&B run's summary) and print the summary once (rank zero)."""
+    def _report_decay(self, plan: DecayPlan) -> None:
+        """Fill :attr:`resolved_decay` and :attr:`decay_summary` from the plan, log the numbers as hyperparameters
+        (and the notes in a W&B run's summary) and print the summary once (rank zero)."""
         trainer = self._trainer  # type: ignore[attr-defined]
-        summary = summarize_decay(self, config, self.decay_settings, steps_per_epoch, trainer)  # type: ignore[arg-type]
-        self.resolved_decay, self.decay_summary = summary.resolved, summary.text
-        rank_zero_info(summary.text)
+        self.resolved_decay, self.decay_summary = plan.hparams(), str(plan)
+        rank_zero_info(self.decay_summary)
         for logger in trainer.loggers if trainer is not None else []:
-            logger.log_hyperparams(summary.resolved)
-            if summary.notes and isinstance(logger, WandbLogger) and trainer.is_global_zero:
-                for group, note in summary.notes.items():
+            logger.log_hyperparams(self.resolved_decay)
+            if plan.notes and isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                for group, note in plan.notes.items():
                     logger.experiment.summary[f"decay/note/{group}"] = note
 
     def on_train_start(self) -> None:
@@ -330,6 +309,32 @@ class DecayMixin:
 
         if self._trainer is not None:  # type: ignore[attr-defined]
             continue_train_loaders(self._trainer)  # type: ignore[attr-defined]
+
+
+def _fit_steps(trainer: Any, settings: DecaySettings, injected_scheduler: bool) -> tuple[int | None, int | None]:
+    """``(steps per epoch, planned steps)`` of the fit (None outside one or where unknown); errors where a setting
+    needs them: ``decay_timescale_epochs`` the steps per epoch, a cosine / linear schedule without ``total_steps``
+    (or a warmup ratio) the planned steps."""
+    timescale = settings.decay_timescale_epochs is not None
+    if trainer is None:
+        if timescale:
+            raise ValueError("decay_timescale_epochs needs the trainer (the steps per epoch): call it during fit")
+        return None, None
+    try:
+        per_epoch: int | None = trainer_steps_per_epoch(trainer)
+    except ValueError:
+        if timescale:
+            raise
+        per_epoch = None
+    try:
+        total: int | None = trainer_total_steps(trainer)
+    except ValueError:
+        needs = not injected_scheduler and settings.total_steps is None and (
+            settings.schedule != "constant" or bool(settings.warmup_ratio))
+        if needs:
+            raise
+        total = None
+    return per_epoch, total
 
 
 def _mark(optimizer: Any, attribute: str) -> None:
@@ -457,6 +462,8 @@ def _check_callables(
 ) -> None:
     """Callables are callable, build what they should, and do not fight with ``decay`` settings."""
     defaults = DecaySettings()
+    check_scheduler_interval(settings.lr_scheduler_interval, settings.lr_scheduler_monitor,
+                             lr_scheduler_callable is not None)
     if optimizer_callable is not None:
         if not callable(optimizer_callable):
             raise TypeError(f"optimizer_callable must be callable (params -> Optimizer), got {optimizer_callable!r}")

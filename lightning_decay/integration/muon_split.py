@@ -25,9 +25,10 @@ from typing import Any
 
 from torch import nn
 
+from lightning_decay.integration.transposed import is_transposed_layer
 from lightning_decay.validation import check_bool
 
-__all__ = ["OthersSettings", "MuonRoute", "route_for_muon", "split_groups", "routing_summary"]
+__all__ = ["OthersSettings", "MuonRoute", "route_for_muon", "check_muon_routes", "split_groups", "routing_summary"]
 
 HIDDEN = "hidden matrix"
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
@@ -118,9 +119,10 @@ def route_for_muon(model: nn.Module, others: OthersSettings | None = None) -> li
     exclude = others.muon_exclude if others else ()
     include = others.muon_include if others else ()
     flatten = bool(others and others.flatten_convolutions)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) or is_transposed_layer(m)]  # Conv1D too
     head = linears[-1].weight if linears else None
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_EMBEDDINGS))]
+    layers = [m for m in model.modules()
+              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_EMBEDDINGS)) or is_transposed_layer(m)]
     stem = layers[0].weight if layers and not isinstance(layers[0], _EMBEDDINGS) else None
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, _EMBEDDINGS)}
     routes = []
@@ -147,6 +149,27 @@ def route_for_muon(model: nn.Module, others: OthersSettings | None = None) -> li
         else:
             routes.append(MuonRoute(name, True, HIDDEN))
     return routes
+
+
+def check_muon_routes(model: nn.Module, settings: Any, routes: Sequence[MuonRoute]) -> None:
+    """The Muon variant ``settings.optimizer`` can train ``model`` with ``settings.others``: it has a hidden matrix,
+    every other parameter has an optimizer (``others``), and ``others`` has something to step. ValueErrors name
+    the setting."""
+    name = settings.optimizer
+    rest = [route.name for route in routes if not route.muon]
+    if not any(route.muon for route in routes):
+        filters = any(route.reason.endswith("convolution filter)") for route in routes)
+        hint = " (its convolution filters go to others unless others.flatten_convolutions is true)" if filters else ""
+        raise ValueError(f"optimizer {name!r}: {type(model).__name__} has no hidden weight matrix for Muon{hint}")
+    if rest and settings.others is None:
+        shown = ", ".join(rest[:4]) + (", ..." if len(rest) > 4 else "")
+        raise ValueError(
+            f"others: {name!r} steps only hidden weight matrices; {len(rest)} parameters ({shown}) need another "
+            "optimizer: set decay.others, e.g. {optimizer: adamw, lr: 0.001}"
+        )
+    if settings.others is not None and not rest:
+        raise ValueError(f"others: every trainable parameter of {type(model).__name__} is a hidden matrix that "
+                         f"{name!r} steps; others would step nothing (drop it)")
 
 
 def split_groups(

@@ -30,19 +30,27 @@ differ from the optimizer's defaults (``"weight_decay": 0.0`` for ``"no_decay"``
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parameter import UninitializedParameter
 
-from lightning_decay.validation import check_bool, check_optional_real
+from lightning_decay.integration.group_settings import (
+    DECAY,
+    NO_DECAY,
+    NO_DECAY_SUFFIX,
+    GroupOverride,
+    ParamGroupSettings,
+    strings,
+)
 
 __all__ = [
     "DECAY",
@@ -56,203 +64,15 @@ __all__ = [
     "assign_param_groups",
     "build_param_groups",
     "summarize_param_groups",
+    "timm_departures",
 ]
 
-#: Name of the group that gets the optimizer's weight decay.
-DECAY = "decay"
-#: Name of the group with ``weight_decay = 0``.
-NO_DECAY = "no_decay"
-#: Suffix of the no-decay part of an override that sets no ``weight_decay`` (``"head"`` -> ``"head_no_decay"``).
-NO_DECAY_SUFFIX = "_no_decay"
 #: Normalization layers whose parameters do not decay by default (BatchNorm and InstanceNorm share ``_NormBase``).
 NORM_TYPES: tuple[type[nn.Module], ...] = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
 #: Embedding layers (no decay only with ``no_decay_embeddings=True``).
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 _NORM_CLASS_NAME = re.compile(r"Norm(\d+d)?$")  # custom norms: LayerNorm2d, LlamaRMSNorm, T5LayerNorm, ...
-
-
-def _strings(value: Any, what: str) -> tuple[str, ...]:
-    """A tuple of non-empty strings from a string, a class or a sequence of them (classes become dotted paths)."""
-    if isinstance(value, (str, type)):
-        value = (value,)
-    if not isinstance(value, Iterable):
-        raise TypeError(f"{what} must be a list of strings, got {type(value).__name__} {value!r}")
-    items = []
-    for item in value:
-        if isinstance(item, type):
-            item = f"{item.__module__}.{item.__qualname__}"
-        if not isinstance(item, str) or not item.strip():
-            raise TypeError(f"{what} must hold non-empty strings, got {item!r}")
-        items.append(item.strip())
-    return tuple(items)
-
-
-@dataclass(frozen=True)
-class GroupOverride:
-    """A named parameter group for the parameters matched by name ``patterns`` or by ``modules`` type.
-
-    The names "decay" / "no_decay" add the matches to the built-in groups and then take no settings.
-
-    Args:
-        name: the group's name (LearningRateMonitor shows lr-<Optimizer>/<name>).
-        patterns: fnmatch patterns of parameter names (a module path matches everything under it).
-        modules: module types by class or dotted class path; their parameters join the group.
-        weight_decay: the group's weight decay, absolute, in the optimizer's convention (0: none); null keeps the
-            optimizer's.
-        lr: the group's lr, absolute (>= 0); null keeps the optimizer's.
-        lr_scale: the group's lr as a multiple of the base lr (instead of lr).
-        normalized: AdamC only: false for layers whose output no normalization follows (their decay keeps AdamW's
-            lr_t * wd); null leaves the optimizer's default.
-    """
-
-    name: str
-    patterns: tuple[str, ...] = ()
-    modules: tuple[str, ...] = ()
-    weight_decay: float | None = None
-    lr: float | None = None
-    lr_scale: float | None = None
-    normalized: bool | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise TypeError(f"GroupOverride.name must be a non-empty string, got {self.name!r}")
-        where = f"GroupOverride {self.name!r}"
-        object.__setattr__(self, "name", self.name.strip())
-        object.__setattr__(self, "patterns", _strings(self.patterns, f"{where}: patterns"))
-        object.__setattr__(self, "modules", _strings(self.modules, f"{where}: modules"))
-        object.__setattr__(self, "weight_decay", check_optional_real(f"{where}: weight_decay", self.weight_decay))
-        object.__setattr__(self, "lr", check_optional_real(f"{where}: lr", self.lr))  # lr >= 0, as torch
-        object.__setattr__(self, "lr_scale", check_optional_real(f"{where}: lr_scale", self.lr_scale, positive=True))
-        check_bool(f"{where}: normalized", self.normalized, allow_none=True)
-        if not self.patterns and not self.modules:
-            raise ValueError(f"{where}: give patterns or modules (it matches nothing)")
-        if self.lr is not None and self.lr_scale is not None:
-            raise ValueError(f"{where}: lr and lr_scale are exclusive, got lr={self.lr} and lr_scale={self.lr_scale}")
-        if self.name in (DECAY, NO_DECAY) and self.settings():
-            raise ValueError(
-                f"{where}: the built-in group {self.name!r} takes no weight_decay/lr/lr_scale/normalized; give the "
-                f"override another name to change them (got {self.settings()})"
-            )
-
-    @property
-    def splits(self) -> bool:
-        """True when the matches are split by the no-decay rules into ``name`` and ``name + "_no_decay"``
-        (overrides that set no ``weight_decay``, other than the built-in group names)."""
-        return self.weight_decay is None and self.name not in (DECAY, NO_DECAY)
-
-    @property
-    def no_decay_name(self) -> str:
-        """Name of the no-decay part of a splitting override: ``name + "_no_decay"``."""
-        return f"{self.name}{NO_DECAY_SUFFIX}"
-
-    def settings(self) -> dict[str, float | bool]:
-        """The group settings this override sets (``weight_decay``, ``lr``, ``lr_scale``, ``normalized``), without
-        the ``None``s."""
-        values = {"weight_decay": self.weight_decay, "lr": self.lr, "lr_scale": self.lr_scale}
-        values["normalized"] = self.normalized
-        return {key: value for key, value in values.items() if value is not None}
-
-    @classmethod
-    def coerce(cls, value: GroupOverride | Mapping[str, Any]) -> GroupOverride:
-        """A ``GroupOverride`` from itself or a mapping of its fields (unknown keys: ValueError naming them)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(f"an override must be a GroupOverride or a mapping, got {type(value).__name__}")
-        return cls(**_known_keys(cls, value, "GroupOverride"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain (YAML- and ``weights_only``-safe) form: lists for the tuples."""
-        return {f.name: list(v) if isinstance(v, tuple) else v for f in fields(self) for v in [getattr(self, f.name)]}
-
-
-def _known_keys(cls: type, mapping: Mapping[str, Any], what: str) -> dict[str, Any]:
-    valid = [f.name for f in fields(cls)]
-    unknown = [key for key in mapping if key not in valid]
-    if unknown:
-        raise ValueError(f"unknown {what} setting(s) {unknown}; valid: {valid}")
-    return dict(mapping)
-
-
-@dataclass(frozen=True)
-class ParamGroupSettings:
-    """How the parameters are split into groups (model.decay.groups). For each parameter the first matching rule
-    decides: overrides, no_decay patterns, the model's no_weight_decay(), the default no-decay set, else "decay".
-    With every rule off there is one "decay" group.
-
-    Args:
-        no_decay_bias: biases (named bias or *_bias) get no weight decay.
-        no_decay_norm: parameters of normalization layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm,
-            any class named ...Norm) get no weight decay.
-        no_decay_1d: every other parameter with ndim <= 1 gets no weight decay.
-        no_decay_embeddings: nn.Embedding / nn.EmbeddingBag weights get no weight decay.
-        no_decay: more parameters without decay, by fnmatch name pattern (a module path matches everything under
-            it).
-        overrides: named groups (name, patterns or modules, weight_decay / lr / lr_scale / normalized).
-        model_no_weight_decay: honour the model's no_weight_decay() / no_weight_decay_keywords() (timm).
-    """
-
-    no_decay_bias: bool = True
-    no_decay_norm: bool = True
-    no_decay_1d: bool = True
-    no_decay_embeddings: bool = False
-    no_decay: tuple[str, ...] = ()
-    overrides: tuple[GroupOverride, ...] = ()
-    model_no_weight_decay: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("no_decay_bias", "no_decay_norm", "no_decay_1d", "no_decay_embeddings", "model_no_weight_decay"):
-            check_bool(f"ParamGroupSettings.{name}", getattr(self, name))
-        object.__setattr__(self, "no_decay", _strings(self.no_decay, "ParamGroupSettings.no_decay"))
-        overrides = self.overrides
-        if isinstance(overrides, (GroupOverride, Mapping)):
-            overrides = (overrides,)
-        overrides = tuple(GroupOverride.coerce(item) for item in overrides)
-        object.__setattr__(self, "overrides", overrides)
-        seen: dict[str, dict[str, float | bool]] = {}
-        for override in overrides:
-            if override.name in seen and seen[override.name] != override.settings():
-                raise ValueError(
-                    f"ParamGroupSettings.overrides: group {override.name!r} is given twice with different settings "
-                    f"({seen[override.name]} and {override.settings()})"
-                )
-            seen[override.name] = override.settings()
-        names = [override.name for override in overrides]
-        for override in overrides:
-            if override.splits and override.no_decay_name in names:
-                raise ValueError(
-                    f"ParamGroupSettings.overrides: {override.no_decay_name!r} is the no-decay part of override "
-                    f"{override.name!r} (which sets no weight_decay); use another name"
-                )
-
-    @classmethod
-    def coerce(cls, value: ParamGroupSettings | Mapping[str, Any] | None) -> ParamGroupSettings:
-        """``ParamGroupSettings`` from itself, a mapping of its fields, or None (the defaults)."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(f"groups must be ParamGroupSettings or a mapping, got {type(value).__name__}")
-        return cls(**_known_keys(cls, value, "ParamGroupSettings"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain (YAML- and ``weights_only``-safe) form."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["no_decay"] = list(self.no_decay)
-        out["overrides"] = [override.to_dict() for override in self.overrides]
-        return out
-
-    @property
-    def group_names(self) -> list[str]:
-        """Group names in the order the groups are built: ``decay``, ``no_decay``, then the overrides'."""
-        names = [DECAY, NO_DECAY]
-        for override in self.overrides:
-            for name in (override.name, override.no_decay_name) if override.splits else (override.name,):
-                if name not in names:
-                    names.append(name)
-        return names
 
 
 @dataclass(frozen=True)
@@ -342,7 +162,7 @@ def _model_no_weight_decay(model: nn.Module) -> tuple[list[str], list[str]]:
                 continue
             values = function()
             what = f"{type(module).__name__}.{method}() (module {module_name or '<root>'!r})"
-            for value in _strings(values, f"{what}'s result"):
+            for value in strings(values, f"{what}'s result"):
                 out.append(f"{module_name}.{value}" if prefixed and module_name else value)
     return names, keywords
 
@@ -352,7 +172,11 @@ def _assign(
 ) -> list[tuple[nn.Parameter, ParamAssignment]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    timm = settings.rule == "timm"
     model_names, model_keywords = _model_no_weight_decay(model) if settings.model_no_weight_decay else ([], [])
+    if timm:  # timm's create_optimizer_v2: the root module's no_weight_decay() names, exactly
+        root = getattr(model, "no_weight_decay", None)
+        model_names, model_keywords = (list(strings(root(), "no_weight_decay()")) if callable(root) else []), []
     override_matchers: list[tuple[GroupOverride, list[_TypeMatcher]]] = [
         (override, [_TypeMatcher(spec) for spec in override.modules]) for override in settings.overrides
     ]
@@ -364,6 +188,13 @@ def _assign(
             if any(_pattern_matches(name, pattern) for name in entry.names):
                 used_patterns.add(index)
                 return f"no_decay pattern {pattern!r}"
+        if timm:
+            name = entry.names[0]
+            if entry.param.ndim <= 1:
+                return f"{entry.param.ndim}-D parameter (timm's rule)"
+            if name.endswith(".bias"):
+                return "name ends in .bias (timm's rule)"
+            return f"root no_weight_decay(): {name!r} (timm's rule)" if name in model_names else None
         for pattern in model_names:
             if any(_pattern_matches(name, pattern) for name in entry.names):
                 return f"model's no_weight_decay(): {pattern!r}"
@@ -435,6 +266,25 @@ def assign_param_groups(
     ``warn_unused`` warns about ``no_decay`` patterns and overrides that match no parameter (likely a typo).
     """
     return [assignment for _, assignment in _assign(model, ParamGroupSettings.coerce(settings), warn_unused)]
+
+
+def timm_departures(model: nn.Module, settings: ParamGroupSettings) -> list[ParamAssignment]:
+    """The assignments of ``settings`` (default rule) that timm's rule would decide the other way (decay vs no
+    decay): e.g. a ``heads x 1 x 1`` tensor named ``*_bias`` or a 2-D normalization gain stays undecayed here, and
+    timm decays it. Empty with ``rule="timm"``."""
+    if settings.rule == "timm":
+        return []
+    timm = dataclasses.replace(settings, rule="timm")
+    decays = {a.name: _decays(a.group, settings) for a in assign_param_groups(model, timm, warn_unused=False)}
+    return [a for a in assign_param_groups(model, settings, warn_unused=False)
+            if decays.get(a.name, True) != _decays(a.group, settings)]
+
+
+def _decays(group: str, settings: ParamGroupSettings) -> bool:
+    if group == NO_DECAY or group.endswith(NO_DECAY_SUFFIX):
+        return False
+    override = next((o for o in settings.overrides if o.name == group), None)
+    return override is None or override.weight_decay != 0.0
 
 
 def build_param_groups(

@@ -25,6 +25,8 @@ __all__ = [
     "build_lr_scheduler",
     "trainer_total_steps",
     "trainer_steps_per_epoch",
+    "resolve_warmup",
+    "check_scheduler_interval",
 ]
 
 #: Learning-rate shapes after the warmup.
@@ -130,12 +132,33 @@ def build_lr_scheduler(
     no total: its warmup may outlast the run (the lr then never reaches the peak).
     """
     check_schedule_settings(schedule, warmup_steps, warmup_ratio, total_steps, min_lr_ratio)
-    from_trainer = False
+    fit_steps = None
     if total_steps is None and (schedule != "constant" or warmup_ratio):
         if trainer is None:
             raise ValueError(f"total_steps: a {schedule} schedule needs total_steps, or a trainer to estimate it")
-        total_steps = trainer_total_steps(trainer)
-        from_trainer = True
+        fit_steps = trainer_total_steps(trainer)
+    warmup_steps, total_steps = resolve_warmup(schedule, warmup_steps, warmup_ratio, total_steps, fit_steps)
+    multiplier = WarmupSchedule(
+        total_steps=total_steps if total_steps is not None else max(1, warmup_steps),
+        warmup_steps=warmup_steps,
+        schedule=schedule,
+        min_lr_ratio=min_lr_ratio,
+    )
+    return LambdaLR(optimizer, multiplier)
+
+
+def resolve_warmup(
+    schedule: str, warmup_steps: int, warmup_ratio: float, total_steps: int | None, fit_steps: int | None
+) -> tuple[int, int | None]:
+    """``(warmup steps, total steps)`` of the schedule that runs: ``total_steps`` as given, else the fit's
+    ``fit_steps`` (the trainer's estimate; None outside a fit, which a cosine / linear schedule or a warmup ratio
+    cannot do without: ValueError naming total_steps). A warmup ratio becomes steps; a warmup longer than the fit's
+    steps is shortened to fit, with one warning."""
+    from_trainer = total_steps is None
+    if total_steps is None:
+        if fit_steps is None and (schedule != "constant" or warmup_ratio):
+            raise ValueError(f"total_steps: a {schedule} schedule needs total_steps, or a trainer to estimate it")
+        total_steps = fit_steps
     if total_steps is not None:
         longest = total_steps if schedule == "constant" else total_steps - 1  # the longest warmup that fits
         if warmup_ratio:
@@ -149,10 +172,17 @@ def build_lr_scheduler(
                 category=UserWarning,
             )
             warmup_steps = longest
-    multiplier = WarmupSchedule(
-        total_steps=total_steps if total_steps is not None else max(1, warmup_steps),
-        warmup_steps=warmup_steps,
-        schedule=schedule,
-        min_lr_ratio=min_lr_ratio,
-    )
-    return LambdaLR(optimizer, multiplier)
+    return warmup_steps, total_steps
+
+
+def check_scheduler_interval(interval: str | None, monitor: str | None, injected: bool) -> None:
+    """``lr_scheduler_interval`` / ``lr_scheduler_monitor`` set how an injected scheduler is stepped: without one
+    (the built-in schedule, always stepped every optimizer step) they would be dropped, so they are a ValueError."""
+    given = [f"decay.{name}={value!r}" for name, value in (("lr_scheduler_interval", interval),
+                                                            ("lr_scheduler_monitor", monitor)) if value is not None]
+    if given and not injected:
+        raise ValueError(
+            f"{', '.join(given)} would be ignored: it sets how an injected lr_scheduler_callable is stepped, and "
+            "there is none (the built-in schedule is stepped every optimizer step). Drop it, or give "
+            "model.lr_scheduler_callable"
+        )

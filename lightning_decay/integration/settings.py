@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lightning_decay.integration.factory import check_optimizer_settings
+from lightning_decay.integration.construction import check_optimizer_settings
 from lightning_decay.integration.guards import NONFINITE_POLICIES, check_nonfinite_policy, check_skip_limit
 from lightning_decay.integration.muon_split import OthersSettings
 from lightning_decay.integration.param_groups import ParamGroupSettings
@@ -66,8 +66,9 @@ class DecaySettings:
         min_lr_ratio: the final lr as a fraction of lr.
         groups: how the parameters are split into groups: biases, normalization layers and other 1-D parameters
             get no decay by default; overrides by name pattern or module type.
-        lr_scheduler_interval: only with model.lr_scheduler_callable: 'step' (default: every optimizer step, as
-            the built-in schedule) or 'epoch'.
+        lr_scheduler_interval: only with model.lr_scheduler_callable: 'epoch' (null: the default, as in
+            Lightning) or 'step' (every optimizer step). Without an injected scheduler it is an error (the built-in
+            schedule is always stepped every optimizer step).
         lr_scheduler_monitor: only with a ReduceLROnPlateau model.lr_scheduler_callable: the metric it watches.
         nonfinite_grads: what a NaN/inf gradient does: <POLICIES> (raise: an error naming the parameter;
             skip: the step is skipped, weights and optimizer state unchanged; off: no check).
@@ -102,7 +103,7 @@ class DecaySettings:
     total_steps: int | None = None
     min_lr_ratio: float = 0.0
     groups: ParamGroupSettings = field(default_factory=ParamGroupSettings)
-    lr_scheduler_interval: str = "step"
+    lr_scheduler_interval: str | None = None
     lr_scheduler_monitor: str | None = None
     nonfinite_grads: str = "raise"
     nonfinite_skip_limit: int | None = 10
@@ -144,14 +145,20 @@ class DecaySettings:
         check_schedule_settings(
             self.schedule, self.warmup_steps, self.warmup_ratio, self.total_steps, self.min_lr_ratio
         )
-        if self.lr_scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {self.lr_scheduler_interval!r}")
+        if self.lr_scheduler_interval not in (None, "step", "epoch"):
+            raise ValueError(f"lr_scheduler_interval must be 'step', 'epoch' or null, got "
+                             f"{self.lr_scheduler_interval!r}")
         if self.lr_scheduler_monitor is not None and not isinstance(self.lr_scheduler_monitor, str):
             raise TypeError(f"lr_scheduler_monitor must be a metric name, got {self.lr_scheduler_monitor!r}")
         check_nonfinite_policy(self.nonfinite_grads, "nonfinite_grads")
         check_skip_limit(self.nonfinite_skip_limit, "nonfinite_skip_limit")
         check_bool("verbose", self.verbose)
         check_bool("allow_external_optimizer", self.allow_external_optimizer)
+        if self.optimizer in REGISTRY and REGISTRY[self.optimizer].family == "muon":
+            for setting in ("kernel", "betas", "eps"):
+                if getattr(self, setting) is not None:
+                    raise ValueError(f"{setting}: {self.optimizer!r} runs torch's Muon, which has no {setting}; set "
+                                     f"others.{setting} for the optimizer of the other parameters")
         rule, peak_lr = check_optimizer_settings(
             self.optimizer, self.lr, self.weight_decay, self.betas, self.eps, self.optimizer_kwargs, self.kernel
         )
@@ -167,9 +174,6 @@ class DecaySettings:
             raise type(error)(f"others: {error}" if not str(error).startswith("others") else str(error)) from None
         object.__setattr__(self, "others", others)
         muon = self.optimizer in REGISTRY and REGISTRY[self.optimizer].family == "muon"
-        if muon and self.kernel is not None:
-            raise ValueError(f"kernel: {self.optimizer!r} runs torch's Muon kernel; kernel runs an Adam variant on "
-                             "another AdamW (set others.kernel for the parameters Muon does not step)")
         if muon and "orthogonalize_dtype" in self.optimizer_kwargs:
             from lightning_decay.optim.muon import ORTHOGONALIZE_DTYPES
 

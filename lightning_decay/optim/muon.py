@@ -47,7 +47,11 @@ class MatrixMuon(torch.optim.Muon):
     as the matrix ``out x (in k k)`` it is a view of (its columns in the filter's memory order, e.g. channels-last:
     orthogonalizing commutes with permuting columns). The orthogonalization, the shape adjustment of the lr and the
     momentum buffer are the matrix's. Matrices step exactly as in torch's Muon; 0-D and 1-D parameters are refused.
-    ``orthogonalize_dtype`` (per group): bfloat16 as torch, or float32 / float64 (:func:`orthogonalize`)."""
+    ``orthogonalize_dtype`` (per group): bfloat16 as torch, or float32 / float64 (:func:`orthogonalize`).
+    ``transposed`` (per group, default False): the group's weights are stored ``in x out`` (transformers'
+    ``Conv1D``, ``y = x @ W``); each is stepped as the ``out x in`` matrix ``W^T`` it stands for, so the lr scaling
+    ``sqrt(max(1, out/in))`` and a filter's flattening read the layer's real shape (its momentum is kept
+    ``out x in``)."""
 
     def __init__(
         self,
@@ -68,6 +72,7 @@ class MatrixMuon(torch.optim.Muon):
         )
         _check_dtype(orthogonalize_dtype, "")
         self.defaults["orthogonalize_dtype"] = orthogonalize_dtype
+        self.defaults["transposed"] = False
         self.param_groups, self.state = [], defaultdict(dict)
         if not params:
             raise ValueError("params is empty: the optimizer got no parameters")
@@ -78,12 +83,17 @@ class MatrixMuon(torch.optim.Muon):
         super().add_param_group(param_group)
         try:
             group = self.param_groups[-1]
-            _check_dtype(group.get("orthogonalize_dtype", "bfloat16"), f" (param group {len(self.param_groups) - 1})")
+            where = f" (param group {len(self.param_groups) - 1})"
+            _check_dtype(group.get("orthogonalize_dtype", "bfloat16"), where)
+            if not isinstance(group.get("transposed", False), bool):
+                raise ValueError(f"transposed{where} must be True or False, got {group['transposed']!r}")
         except ValueError:
             self.param_groups.pop()
             raise
+        transposed = self.param_groups[-1].get("transposed", False)
         for param in self.param_groups[-1]["params"]:
-            if param.ndim < 2 or (param.ndim > 2 and _memory_order(param) is None):
+            matrix = param.transpose(0, 1) if transposed and param.ndim >= 2 else param
+            if param.ndim < 2 or (param.ndim > 2 and _memory_order(matrix) is None):
                 self.param_groups.pop()
                 what = f"a {param.ndim}-D parameter" if param.ndim < 2 else "a parameter with overlapping memory"
                 raise ValueError(
@@ -99,11 +109,13 @@ class MatrixMuon(torch.optim.Muon):
             if torch.is_complex(param) or param.grad.is_sparse:
                 raise RuntimeError("Muon does not support complex parameters or sparse gradients")
             matrix, grad = param, param.grad
-            if param.ndim > 2:  # a view: the step updates the filter in place
-                order = _memory_order(param)
+            if group.get("transposed", False):  # stored in x out: step the out x in view
+                matrix, grad = param.transpose(0, 1), grad.transpose(0, 1)
+            if matrix.ndim > 2:  # a view: the step updates the filter in place
+                order = _memory_order(matrix)
                 assert order is not None
-                matrix = param.permute(order).view(param.shape[0], -1)
-                grad = param.grad.permute(order).reshape(param.shape[0], -1)
+                grad = grad.permute(order).reshape(matrix.shape[0], -1)
+                matrix = matrix.permute(order).view(matrix.shape[0], -1)
             state = self.state[param]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
