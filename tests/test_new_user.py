@@ -213,7 +213,7 @@ def test_scheduler_settings_without_an_injected_scheduler_are_refused(setting) -
         Regression(decay=DecaySettings(**setting))
 
 
-# ------------------------------------------------------------------------------ 5. a weight decay from the other convention
+# ---------------------------------------------------------------- 5. a weight decay from the other convention
 
 
 def test_a_paper_convention_decay_with_a_timescale_of_a_few_steps_warns() -> None:
