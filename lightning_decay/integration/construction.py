@@ -304,7 +304,7 @@ class OptimizerRecipe:
 
     def rule_for(self, given: Mapping[str, Any]) -> DecayRule | None:
         """The rule a group that sets ``given`` follows (AdamC: AdamW's for ``normalized=False``)."""
-        if self._probe is None:
+        if self._probe is None or "normalized" not in self._probe.defaults:  # one rule for every group
             return self.rule
         return rule_of(self._probe, {**self._probe.defaults, **given})
 
@@ -352,7 +352,7 @@ def variant_recipe(
     if record is None and kernel is None:
         record = record_of_class(cls, kwargs)
     probe = _probe(lambda params: cls(params, **kwargs))
-    rule = rule_of(probe)
+    rule = record.rule if record is not None and kernel is None else rule_of(probe)
     peak_lr = _number(probe.defaults.get("lr"))
     if decay_timescale_steps is not None:
         kwargs["weight_decay"] = weight_decay_for_timescale(decay_timescale_steps, peak_lr or 1e-3, rule)

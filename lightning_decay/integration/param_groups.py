@@ -30,7 +30,6 @@ differ from the optimizer's defaults (``"weight_decay": 0.0`` for ``"no_decay"``
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import importlib
 import re
@@ -168,11 +167,11 @@ def _model_no_weight_decay(model: nn.Module) -> tuple[list[str], list[str]]:
 
 
 def _assign(
-    model: nn.Module, settings: ParamGroupSettings, warn_unused: bool
+    model: nn.Module, settings: ParamGroupSettings, warn_unused: bool, rule: str | None = None
 ) -> list[tuple[nn.Parameter, ParamAssignment]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    timm = settings.rule == "timm"
+    timm = (rule or settings.rule) == "timm"
     model_names, model_keywords = _model_no_weight_decay(model) if settings.model_no_weight_decay else ([], [])
     if timm:  # timm's create_optimizer_v2: the root module's no_weight_decay() names, exactly
         root = getattr(model, "no_weight_decay", None)
@@ -274,10 +273,8 @@ def timm_departures(model: nn.Module, settings: ParamGroupSettings) -> list[Para
     timm decays it. Empty with ``rule="timm"``."""
     if settings.rule == "timm":
         return []
-    timm = dataclasses.replace(settings, rule="timm")
-    decays = {a.name: _decays(a.group, settings) for a in assign_param_groups(model, timm, warn_unused=False)}
-    return [a for a in assign_param_groups(model, settings, warn_unused=False)
-            if decays.get(a.name, True) != _decays(a.group, settings)]
+    decays = {a.name: _decays(a.group, settings) for _, a in _assign(model, settings, False, rule="timm")}
+    return [a for _, a in _assign(model, settings, False) if decays.get(a.name, True) != _decays(a.group, settings)]
 
 
 def _decays(group: str, settings: ParamGroupSettings) -> bool:

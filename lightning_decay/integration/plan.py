@@ -18,6 +18,7 @@ config and the monitors read it.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -97,7 +98,7 @@ class SchedulePlan:
     min_lr_ratio: float | None = None
     monitor: str | None = None
 
-    @property
+    @functools.cached_property
     def multiplier(self) -> WarmupSchedule | None:
         """The built-in schedule's ``eta(step)``; None for an injected scheduler."""
         if self.source != "built-in":
