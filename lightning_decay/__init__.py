@@ -10,6 +10,7 @@ blog's classifier), :mod:`~lightning_decay.sweep` (grids, heatmaps, decoupling) 
 
 from lightning_decay.integration import (
     DecayMixin,
+    DecayPlan,
     DecaySettings,
     GroupOverride,
     ParamGroupSettings,
@@ -51,6 +52,7 @@ from lightning_decay.optim.conventions import (
 )
 
 __all__ = [
+    "DecayPlan",
     "AdamL2",
     "AdamW",
     "ProxAdam",

@@ -13,6 +13,7 @@ from lightning_decay.integration.param_groups import (
     assign_param_groups,
     build_param_groups,
 )
+from lightning_decay.integration.plan import DecayPlan, build, resolve
 from lightning_decay.integration.schedules import WarmupSchedule, build_lr_scheduler
 from lightning_decay.integration.settings import DecaySettings
 from lightning_decay.integration.wandb_logger import AutoWandbLogger, wandb_logged_in
@@ -20,6 +21,9 @@ from lightning_decay.integration.wandb_logger import AutoWandbLogger, wandb_logg
 __all__ = [
     "DecayMixin",
     "DecaySettings",
+    "DecayPlan",
+    "resolve",
+    "build",
     "build_optimizer",
     "build_optimizer_config",
     "build_lr_scheduler",
