@@ -11,12 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from lightning_decay.sweep import GridError, GridSpec, run_sweep
 from lightning_decay.sweep.executors import ExecutorError, make_executor
+from lightning_decay.sweep.locks import claim_info, is_claimed
 from lightning_decay.sweep.results import RESULT_FILE
 from tests.test_sweep import REPO, write_base_config
 
@@ -97,12 +99,34 @@ def test_slurm_through_submitit_local_executor(grids: dict[str, Path]) -> None:
     ))
     assert runs[0][1] <= runs[1][0]
 
-    # Resume: a cell whose job died (no result) runs again, the finished one is skipped.
-    (folder / "slurm" / "cells" / OK_CELL / RESULT_FILE).unlink()
-    again = sweep(grids["slurm"], "--jobs", "2")
-    assert "0 done, 2 to run" in again.stdout and f"] {OK_CELL} ok" in again.stdout, again.stdout + again.stderr
-    assert table(folder / "slurm") == table(folder / "local")
-    assert (folder / "slurm" / "cells" / OK_CELL / "previous-attempt.log").exists()
+    # The sweep killed while a job runs: the job finishes on its own (nothing lost), the next run leaves the cell
+    # alone while its job holds it and runs what was never submitted; the killed sweep's cell ran once.
+    kill = write(folder, "slurmkill", "executor: {name: slurm, options: {cluster: local}}")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "lightning_decay.sweep", "--config", str(kill), "--no-check", "--jobs", "1"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    cell = folder / "slurmkill" / "cells" / OK_CELL
+    deadline = time.monotonic() + 300
+    while claim_info(cell).get("state") != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert is_claimed(cell), "the first job did not start"
+    driver.kill()
+    driver.wait()
+    again = sweep(kill, "--jobs", "1")
+    assert f"] {OK_CELL} ok" not in again.stdout, again.stdout + again.stderr  # left to the job that holds it
+    assert f"] {FAILING_CELL} ERROR" in again.stdout, again.stdout + again.stderr
+    while not (cell / RESULT_FILE).exists() and time.monotonic() < deadline + 300:
+        time.sleep(0.2)
+    assert json.loads((cell / RESULT_FILE).read_text())["status"] == "ok"
+    assert not (cell / "previous-attempt.log").exists()  # run once, by the killed sweep's job
+    assert sweep(kill, "--dry-run").stdout.count("done     ") == 1
+    by_local = json.loads((folder / "local" / "cells" / OK_CELL / RESULT_FILE).read_text())
+    by_job = json.loads((cell / RESULT_FILE).read_text())
+    assert [by_job[k] for k in ("accuracy", "train_loss", "weight_norm", "metrics")] == [
+        by_local[k] for k in ("accuracy", "train_loss", "weight_norm", "metrics")
+    ]
 
 
 def test_ray_local_cluster(grids: dict[str, Path]) -> None:
