@@ -251,7 +251,7 @@ class LocalExecutor(Executor):
 
 #: ``slurm`` options of the grid's ``executor:`` block and what they become for submitit.
 SLURM_OPTIONS = {
-    "cluster": "'slurm' (default), 'local' (submitit's local executor: processes here, for tests) or 'debug'",
+    "cluster": "'slurm' (default) or 'local' (submitit's local executor: processes here, for tests)",
     "folder": "where submitit keeps its job files and logs (default: <output>/slurm)",
     "partition": "SLURM partition",
     "time": "minutes per job (timeout_min)",
@@ -313,8 +313,8 @@ class SlurmExecutor(Executor):
                 f"executor slurm: unknown option(s) {', '.join(unknown)}; known: {', '.join(SLURM_OPTIONS)}"
             )
         cluster = options.get("cluster", "slurm")
-        if cluster not in ("slurm", "local", "debug"):
-            raise ExecutorError(f"executor slurm: cluster must be 'slurm', 'local' or 'debug', got {cluster!r}")
+        if cluster not in ("slurm", "local"):
+            raise ExecutorError(f"executor slurm: cluster must be 'slurm' or 'local', got {cluster!r}")
         if cluster == "slurm" and shutil.which("sbatch") is None:
             raise ExecutorError(
                 "executor slurm: sbatch is not on this machine's PATH; run the sweep where jobs are submitted (a SLURM "
@@ -327,8 +327,7 @@ class SlurmExecutor(Executor):
         self._executor: Any = None
 
     def describe(self) -> str:
-        where = {"slurm": "SLURM jobs of one array", "local": "submitit's local executor (processes here)",
-                 "debug": "submitit's debug executor (in this process)"}[self.cluster]
+        where = "SLURM jobs of one array" if self.cluster == "slurm" else "submitit's local executor (processes here)"
         extras = [f"{k}={self.options[k]}" for k in ("partition", "time", "gpus_per_cell", "cpus_per_cell", "mem_gb")
                   if k in self.options]
         return f"{where}" + (f" ({', '.join(extras)})" if extras else "") + f", job files in {self.folder}"
