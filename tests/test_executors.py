@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lightning_decay.sweep import GridError, GridSpec, run_sweep
-from lightning_decay.sweep.executors import ExecutorError, make_executor
+from lightning_decay.sweep.executors import ExecutorError, Unit, make_executor
 from lightning_decay.sweep.locks import claim_info, is_claimed
 from lightning_decay.sweep.results import RESULT_FILE
 from tests.test_sweep import REPO, write_base_config
@@ -160,3 +160,39 @@ def test_executor_errors_name_the_option_or_the_missing_library(
             make_executor(extra, {}, Path("out"))
         with pytest.raises(GridError, match=rf"lightning-decay\[{extra}\]"):
             run_sweep(GridSpec.load(grids["local"]), executor=extra, dry_run=True, log=lambda line: None)
+
+
+class SleepingUnit(Unit):
+    """A unit whose command sleeps (a cell that takes long), to stop its job while it runs."""
+
+    def arguments(self) -> list[str]:
+        return ["-c", "import time; print('started', flush=True); time.sleep(120)"]
+
+
+@pytest.mark.parametrize("name", ["slurm", "ray"])
+def test_a_job_that_dies_says_which_job_and_where_its_log_is(name: str, tmp_path: Path) -> None:
+    """A job stopped from outside (scancel, a lost Ray worker) reports the job and its log, not only 'no result'."""
+    folder = tmp_path / "cells" / "slow"
+    folder.mkdir(parents=True)
+    options = {"cluster": "local"} if name == "slurm" else {"num_cpus": 1}
+    executor = make_executor(name, options, tmp_path)
+    executor.start(1, 1)
+    try:
+        [job] = executor.submit([SleepingUnit(("slow",), (folder,), ("a",))], {}, [0])
+        deadline = time.monotonic() + 120
+        log = folder / "output.log"  # the unit's output goes to its first cell's log
+        while not (log.exists() and "started" in log.read_text()):
+            assert time.monotonic() < deadline and job.poll() is None
+            time.sleep(0.1)
+        job.stop()
+        while job.poll() is None:
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.1)
+        assert job.poll() == -1
+        failure = job.failure()
+        assert failure is not None and ("SLURM job" if name == "slurm" else "Ray task") in failure, failure
+        if name == "slurm":
+            job_log = Path(failure.rsplit("job log: ", 1)[1].rstrip(")"))
+            assert job_log.exists() and str(tmp_path) in str(job_log)
+    finally:
+        executor.shutdown()
