@@ -208,6 +208,9 @@ def _run_cells(
                 time.sleep(_POLL_S)
         except KeyboardInterrupt:  # not in the main thread: no handlers, Ctrl-C arrives as an exception
             stop_requests.append(signal.SIGINT)
+        except BaseException:  # e.g. a submission refused: the executor's resources go (a local Ray instance)
+            pool.shutdown()
+            raise
         try:
             if stop_requests:
                 summary.interrupted = True
