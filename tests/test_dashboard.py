@@ -298,25 +298,36 @@ def test_one_multi_line_chart_per_family_at_each_epoch_end(quickstart: tuple[Pat
 def test_quickstart_view_panels_read_what_the_quickstart_logged(
     quickstart: tuple[Path, RunKeys], sweep: tuple[Path, RunKeys, RunKeys]
 ) -> None:
-    """The view built from the quickstart's keys: every fit panel reads keys the quickstart logged, every sweep
-    panel keys the sweep's runs logged, and every key the quickstart logged is on a panel."""
+    """The view built from the quickstart's keys: every panel reads keys the quickstart logged, every key the
+    quickstart logged is on a panel, no Sweep section (the quickstart is no sweep); the view of the sweep's cells
+    (``--sweep-group``): every sweep panel reads keys the sweep's runs logged."""
     _, runs = quickstart
     _, cells, summary_run = sweep
     spec = stable_spec(build_workspace(EXAMPLE_ENTITY, "lightning-decay", keys=runs.history))
     references = panel_references(spec)
     sections = [s["name"] for s in spec["spec"]["section"]["panelBankConfig"]["sections"]]
-    assert sections == ["Training", "Weight norms", "Effective decay", "Scale invariance", "Sweep"]
-    assert 30 <= len(references) <= 40  # against ~250 single-metric panels by default
+    assert sections == ["Training", "Weight norms", "Effective decay", "Scale invariance", "All layers"]
+    assert 30 <= len(references) <= 60  # against ~250 single-metric panels by default
+    for reference in references:
+        assert not reads_logged_keys(reference, runs), (reference.title, reads_logged_keys(reference, runs))
+    left_out = [k for k in runs.history if k not in BOOKKEEPING_KEYS and not shown_by(k, references)]
+    assert not left_out
+    assert len(runs.history) > 250
+    for section in spec["spec"]["section"]["panelBankConfig"]["sections"]:  # at most 10 lines a line plot
+        for panel in (p for p in section["panels"] if p["viewType"] == "Run History Line Plot"):
+            config = panel["config"]
+            regex = config.get("metricRegex") if config.get("useMetricRegex") else None
+            lines = sum(1 for k in runs.history if re.search(regex, k)) if regex else len(config["metrics"])
+            assert 1 <= lines <= 10, (config["chartTitle"], lines)
     sweep_runs = RunKeys([])
     sweep_runs.rows = cells.rows + summary_run.rows
     sweep_runs.history = cells.history | summary_run.history
     sweep_runs.summary, sweep_runs.config = cells.summary | summary_run.summary, cells.config
-    for reference in references:
-        source = sweep_runs if reference.section == "Sweep" else runs
-        assert not reads_logged_keys(reference, source), (reference.title, reads_logged_keys(reference, source))
-    left_out = [k for k in runs.history if k not in BOOKKEEPING_KEYS and not shown_by(k, references)]
-    assert not left_out
-    assert len(runs.history) > 250
+    sweep_view = panel_references(stable_spec(build_workspace(EXAMPLE_ENTITY, "p", sweep_group="dash-sweep")))
+    sweep_panels = [reference for reference in sweep_view if reference.section == "Sweep"]
+    assert len(sweep_panels) == 5
+    for reference in sweep_panels:
+        assert not reads_logged_keys(reference, sweep_runs), (reference.title, reads_logged_keys(reference, sweep_runs))
 
 
 def test_full_view_every_panel_reads_keys_of_a_real_run(
@@ -331,7 +342,7 @@ def test_full_view_every_panel_reads_keys_of_a_real_run(
     every.history = runs.history | four_optimizers.history | cells.history | summary_run.history
     every.summary = cells.summary | summary_run.summary
     every.config = cells.config
-    references = panel_references(stable_spec(build_workspace(EXAMPLE_ENTITY, "any")))
+    references = panel_references(stable_spec(build_workspace(EXAMPLE_ENTITY, "any", sweep_group="dash-sweep")))
     assert len(references) == 53
     for reference in references:
         assert not reads_logged_keys(reference, every), (reference.title, reads_logged_keys(reference, every))
@@ -349,7 +360,7 @@ def test_committed_quickstart_view_is_the_dry_run(
     code = main(["dashboard", "--entity", EXAMPLE_ENTITY, "--project", "lightning-decay", "--keys-from",
                  str(folder / "outputs"), "--dry-run", str(out)])
     printed = capsys.readouterr().out
-    assert code == 0 and "5 sections, 35 panels" in printed and "nothing sent to W&B" in printed
+    assert code == 0 and "5 sections, 50 panels" in printed and "nothing sent to W&B" in printed
     text = out.read_text()
     assert not re.search(r"/(tmp|root|home|work|Users)/", text)
     assert json.loads(text) == json.loads(QUICKSTART_VIEW.read_text()), "regenerate docs/dashboard (README)"
@@ -417,7 +428,7 @@ def test_not_logged_in_says_what_it_would_create_without_network_or_prompt(
     out = capsys.readouterr().out
     assert code == 1
     assert out.startswith("not logged in to W&B (no WANDB_API_KEY, no netrc entry for the W&B host): nothing created")
-    assert "workspace view 'lightning-decay: what weight decay does' for e/p: 5 sections, 53 panels" in out
+    assert "workspace view 'lightning-decay: what weight decay does' for e/p: 5 sections, 48 panels" in out
     assert "wandb login" in out and "--dry-run" in out and "lightning-decay dashboard --entity e --project p" in out
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
     os.chmod(tmp_path / ".netrc", 0o600)
@@ -430,11 +441,13 @@ def test_not_logged_in_says_what_it_would_create_without_network_or_prompt(
 
 
 def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Creating the view needs the extra (the dry run does not: ``tests/test_dashboard_layout.py``)."""
     for name in [m for m in sys.modules if m == "wandb_workspaces" or m.startswith("wandb_workspaces.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "wandb_workspaces", None)
-    assert main(["dashboard", "--entity", "e", "--project", "p", "--dry-run", "x.json"]) == 2
-    assert "[dashboard]" in capsys.readouterr().err
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert main(["dashboard", "--entity", "e", "--project", "p"]) == 2
+    assert "needs the optional extra [dashboard]" in capsys.readouterr().err
 
 
 def test_workspace_arguments_are_named(capsys: pytest.CaptureFixture[str]) -> None:

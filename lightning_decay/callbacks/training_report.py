@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -21,10 +22,10 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_decay.diagnostics.metrics_csv import Series, read_metrics_csv
 from lightning_decay.diagnostics.names import clean_parameter_name, param_group_names
-from lightning_decay.diagnostics.report import Panel, report_panels
+from lightning_decay.diagnostics.report import Panel, figure_title, report_panels
 from lightning_decay.validation import check_int
 
-__all__ = ["TrainingReport", "decayed_groups", "draw_panels", "plot_diagnostics"]
+__all__ = ["TrainingReport", "decayed_groups", "draw_panels", "plot_diagnostics", "render_panels"]
 
 
 def plot_diagnostics(
@@ -51,22 +52,22 @@ def decayed_groups(pl_module: pl.LightningModule, optimizers: list) -> dict[str,
     return groups
 
 
-def draw_panels(panels: list[Panel], path: str | Path) -> Path:
-    """Draw :class:`~lightning_decay.diagnostics.report.Panel` s into a PNG at ``path`` (side by side; four as a
-    2 x 2 grid)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def render_panels(panels: list[Panel]) -> Any:
+    """The figure of :func:`draw_panels` (a matplotlib ``Figure``, not saved): titled with the number of logged
+    steps it shows (:func:`~lightning_decay.diagnostics.report.figure_title`), a marker at each point of a line
+    with few points (:attr:`~lightning_decay.diagnostics.report.Line.marked`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     columns = 2 if len(panels) == 4 else len(panels)
     rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(8.5 * columns if columns <= 2 else 17, 4.8 * rows),
-                                squeeze=False)
+    figure = Figure(figsize=(8.5 * columns if columns <= 2 else 17, 4.8 * rows))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis, panel in zip(axes.flat, panels):
         for line in panel.lines:
             axis.plot(line.steps, line.values, label=line.label, lw=2.5 if line.bold else 1.2,
-                      ls="--" if line.dashed else "-")
+                      ls="--" if line.dashed else "-", marker="o" if line.marked else None, ms=4)
         axis.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
         if panel.yscale == "symlog":
             axis.set_yscale("symlog", linthresh=1e-8)
@@ -78,10 +79,17 @@ def draw_panels(panels: list[Panel], path: str | Path) -> Path:
             axis.text(0.5, 0.5, "nothing logged", ha="center", transform=axis.transAxes)
         if panel.note:
             axis.text(0.01, 0.01, panel.note, fontsize=7, ha="left", va="bottom", transform=axis.transAxes, wrap=True)
+    figure.suptitle(figure_title(panels))
     figure.tight_layout()
+    return figure
+
+
+def draw_panels(panels: list[Panel], path: str | Path) -> Path:
+    """Draw :class:`~lightning_decay.diagnostics.report.Panel` s into a PNG at ``path`` (side by side; four as a
+    2 x 2 grid; :func:`render_panels`), its title also in the PNG's ``Title`` metadata."""
+    figure = render_panels(panels)
     path = Path(path)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    figure.savefig(path, dpi=110, metadata={"Title": figure_title(panels)})
     return path
 
 

@@ -3,7 +3,9 @@
     lightning-decay dashboard --entity E --project P [--keys-from RUN] [--sweep-group G] [--dry-run view.json]
     lightning-decay dashboard --report SWEEP_DIR [--entity E] [--project P] [--dry-run report.json]
 
-``--dry-run FILE`` writes the full specification and touches no network. Without W&B credentials (no
+``--dry-run FILE`` writes the full specification and touches no network; without the ``[dashboard]`` extra
+(``wandb-workspaces``) it writes the view's outline instead (sections, panels, the keys each reads), and only
+creating the view asks for the extra. Without W&B credentials (no
 ``WANDB_API_KEY``, no netrc entry for the W&B host) the command says what it would create and how to create it
 once logged in: never a login prompt, never a network call.
 """
@@ -18,7 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_decay.dashboard.spec import DashboardDependencyError, panel_references, stable_spec, write_spec
+from lightning_decay.dashboard.spec import (
+    INSTALL,
+    OUTLINE_FORMAT,
+    DashboardDependencyError,
+    panel_references,
+    stable_spec,
+    write_spec,
+)
 
 __all__ = ["credentials_source", "logged_keys", "main"]
 
@@ -81,7 +90,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def describe(spec: dict[str, Any], kind: str) -> list[str]:
-    """What a specification holds, in a few lines: sections (or report blocks) and panels."""
+    """What a specification (or a dry run's outline) holds, in a few lines: sections (or report blocks) and
+    panels."""
+    if spec.get("format") == OUTLINE_FORMAT:
+        return _describe_outline(spec["view"], kind)
     references = panel_references(spec)
     by_section = Counter(reference.section for reference in references)
     if kind == "workspace":
@@ -98,6 +110,23 @@ def describe(spec: dict[str, Any], kind: str) -> list[str]:
     ]
 
 
+def _describe_outline(view: dict[str, Any], kind: str) -> list[str]:
+    """:func:`describe` of an outline (a view built without ``wandb-workspaces``)."""
+    if kind == "workspace":
+        sections = view["sections"]
+        count = sum(len(section["panels"]) for section in sections)
+        where = f"{view['entity']}/{view['project']}"
+        head = f"workspace view {view['name']!r} for {where}: {len(sections)} sections, {count} panels"
+        return [head, *(f"  {s['name']}: {len(s['panels'])} panels" for s in sections)]
+    blocks = view["blocks"]
+    headings = [b for b in blocks if b["type"] in {"H1", "H2", "H3"}]
+    count = sum(len(b.get("panels", [])) for b in blocks if b["type"] == "PanelGrid")
+    return [
+        f"report {view['title']!r} in {view['entity']}/{view['project']}: {len(blocks)} blocks, {len(headings)}"
+        f" headings, {count} panels"
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``lightning-decay dashboard ...`` (see the module docstring); returns the exit code: 0 created or written,
     1 not logged in (nothing created) or the save failed, 2 a usage error."""
@@ -108,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_decay.dashboard.report import build_report
 
             kind = "report"
-            view = build_report(args.report, entity=args.entity, project=args.project, title=args.title)
+            view = build_report(args.report, entity=args.entity, project=args.project, title=args.title,
+                                plain=bool(args.dry_run))
         else:
             from lightning_decay.dashboard.workspace import DEFAULT_NAME, build_workspace
 
@@ -118,16 +148,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             kind = "workspace"
             keys = logged_keys(args.keys_from) if args.keys_from else None
             view = build_workspace(
-                args.entity, args.project, name=args.name or DEFAULT_NAME, keys=keys, sweep_group=args.sweep_group
+                args.entity, args.project, name=args.name or DEFAULT_NAME, keys=keys, sweep_group=args.sweep_group,
+                plain=bool(args.dry_run),
             )
         spec = stable_spec(view)
     except (DashboardDependencyError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     lines = describe(spec, kind)
+    if kind == "workspace" and not args.keys_from:
+        lines.append("  (per-layer panels draw every layer a run logged; --keys-from RUN splits them into charts of"
+                     " at most 10 lines)")
     if args.dry_run:
         path = write_spec(spec, args.dry_run)
-        print("\n".join([*lines, f"specification written to {path} (dry run: nothing sent to W&B)"]))
+        if spec.get("format") == OUTLINE_FORMAT:
+            lines += [
+                f"wandb-workspaces is not installed (the [dashboard] extra): {path} holds the {kind}'s outline"
+                " (sections, panels, the keys each reads), not W&B's full specification.",
+                f"For the full specification, and to create the {kind}: {INSTALL}",
+            ]
+        print("\n".join([*lines, f"outline written to {path} (dry run: nothing sent to W&B)"
+                          if spec.get("format") == OUTLINE_FORMAT
+                          else f"specification written to {path} (dry run: nothing sent to W&B)"]))
         return 0
     source = credentials_source()
     offline = os.environ.get("WANDB_MODE", "").lower() in {"offline", "disabled", "dryrun"}

@@ -81,11 +81,16 @@ def _runset(reports: Any, group: str, job_type: str, name: str) -> Any:
 
 
 def build_report(
-    folder: str | Path, entity: str | None = None, project: str | None = None, title: str | None = None
+    folder: str | Path,
+    entity: str | None = None,
+    project: str | None = None,
+    title: str | None = None,
+    plain: bool = False,
 ) -> Any:
     """The report (a ``wandb_workspaces.reports.v2.Report``, not saved) for the finished sweep in ``folder``.
     ``entity`` / ``project`` default to the sweep's W&B settings (the grid's ``wandb:``; project: the sweep's
-    name); an entity is needed (W&B would otherwise ask its server for the default one)."""
+    name); an entity is needed (W&B would otherwise ask its server for the default one). ``plain``: without
+    ``wandb-workspaces``, build the report's outline instead of raising (the dry run)."""
     sweep = read_sweep(folder)
     entity = entity or sweep.entity
     if not entity:
@@ -93,7 +98,7 @@ def build_report(
             "entity: the sweep's W&B settings name no entity; pass --entity (your W&B user or team name)"
         )
     project = project or sweep.project
-    _, reports = load_workspaces()
+    _, reports = load_workspaces(plain=plain)
     cells = _runset(reports, sweep.name, "sweep-cell", f"{sweep.name}: cells")
     pictures = _runset(reports, sweep.name, "sweep-summary", f"{sweep.name}: pictures")
     x, y = reports.Config(sweep.x), reports.Config(sweep.y)

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "OUTLINE_FORMAT",
     "DashboardDependencyError",
     "PanelReference",
+    "PlainObject",
     "load_workspaces",
     "panel_references",
     "stable_spec",
@@ -28,13 +30,61 @@ class DashboardDependencyError(ImportError):
     """``wandb-workspaces`` is missing: the ``[dashboard]`` extra is not installed."""
 
 
-def load_workspaces() -> tuple[Any, Any]:
-    """``(wandb_workspaces.workspaces, wandb_workspaces.reports.v2)``, imported now (they pull in pydantic models);
-    :class:`DashboardDependencyError` naming the ``[dashboard]`` extra when the package is missing."""
+#: The ``format`` of the JSON a dry run writes without ``wandb-workspaces``.
+OUTLINE_FORMAT = "lightning-decay dashboard outline (wandb-workspaces not installed)"
+
+
+class PlainObject:
+    """A stand-in for a ``wandb_workspaces`` object (a panel, a section, the view): its class name and the
+    arguments it was built with, readable as attributes (``grid.runsets``); :meth:`outline` gives them as JSON."""
+
+    def __init__(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.__dict__.update(_kind=kind, _args=args, _kwargs=kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_kwargs"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def outline(self) -> dict[str, Any]:
+        """``{"type": <class name>, "args": [...], <argument>: <value>, ...}``, nested objects likewise."""
+        out: dict[str, Any] = {"type": self._kind}
+        if self._args:
+            out["args"] = _outline(list(self._args))
+        out.update({key: _outline(value) for key, value in self._kwargs.items() if value is not None})
+        return out
+
+
+def _outline(value: Any) -> Any:
+    if isinstance(value, PlainObject):
+        return value.outline()
+    if isinstance(value, (list, tuple)):
+        return [_outline(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _outline(item) for key, item in value.items()}
+    return value
+
+
+class _PlainModule:
+    """Stands in for ``wandb_workspaces.workspaces`` / ``.reports.v2``: every class a :class:`PlainObject`."""
+
+    def __getattr__(self, kind: str) -> Any:
+        if kind.startswith("__"):
+            raise AttributeError(kind)
+        return lambda *args, **kwargs: PlainObject(kind, args, kwargs)
+
+
+def load_workspaces(plain: bool = False) -> tuple[Any, Any]:
+    """``(wandb_workspaces.workspaces, wandb_workspaces.reports.v2)``, imported now (they pull in pydantic models).
+    When the package is missing: with ``plain``, stand-ins that record what would be built (:class:`PlainObject`:
+    the dry run's outline); otherwise :class:`DashboardDependencyError` naming the ``[dashboard]`` extra."""
     try:
         import wandb_workspaces.reports.v2 as reports
         import wandb_workspaces.workspaces as workspaces
     except ImportError as error:
+        if plain:
+            return _PlainModule(), _PlainModule()
         raise DashboardDependencyError(
             f"lightning-decay dashboard needs the optional extra [dashboard]: {INSTALL}; import failed: {error}"
         ) from error
@@ -44,7 +94,11 @@ def load_workspaces() -> tuple[Any, Any]:
 def stable_spec(view: Any) -> dict[str, Any]:
     """The full specification of a ``Workspace`` or ``Report`` (its pydantic model dumped by alias, as the W&B app
     stores it), with the random panel and run-set ids replaced by ``ld-<n>`` in order of appearance, so that the
-    same view always gives the same JSON. Builds it offline: no network, no credentials."""
+    same view always gives the same JSON. Builds it offline: no network, no credentials. A view built without
+    ``wandb-workspaces`` (:class:`PlainObject`) gives its outline instead: ``{"format": OUTLINE_FORMAT, "install":
+    ..., "view": ...}`` (the classes and arguments it was built from)."""
+    if isinstance(view, PlainObject):
+        return {"format": OUTLINE_FORMAT, "install": INSTALL, "view": view.outline()}
     spec = view._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
     counter = iter(range(1_000_000))
     renamed: dict[str, str] = {}

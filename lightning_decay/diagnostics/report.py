@@ -24,11 +24,23 @@ from dataclasses import dataclass, field
 
 from lightning_decay.diagnostics.metrics_csv import Series
 
-__all__ = ["ANGLE", "PREDICTION", "Line", "Panel", "angle_panel", "report_panels"]
+__all__ = [
+    "ANGLE",
+    "MARKER_POINTS",
+    "PREDICTION",
+    "Line",
+    "Panel",
+    "angle_panel",
+    "figure_title",
+    "logged_steps",
+    "report_panels",
+]
 
 #: The key prefixes of the angle panel (``ScaleInvarianceMonitor``).
 ANGLE = "scale_invariance/angular_update/"
 PREDICTION = "scale_invariance/angular_update_equilibrium/"
+#: A line of at most this many points is drawn with a marker at each (a short run's curves are dots, not a void).
+MARKER_POINTS = 25
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,11 @@ class Line:
     values: tuple[float, ...]
     bold: bool = False
     dashed: bool = False
+
+    @property
+    def marked(self) -> bool:
+        """Drawn with a marker at each point: at most :data:`MARKER_POINTS` points (one point is no line)."""
+        return len(self.steps) <= MARKER_POINTS
 
 
 @dataclass(frozen=True)
@@ -159,3 +176,18 @@ def report_panels(
         lr_lines.append(Line(key, tuple(steps), tuple(values)))
     lr_panel = Panel(title="learning rate", xlabel="step", ylabel="lr", lines=tuple(lr_lines))
     return [norm_panel, decay_panel, lr_panel, angle_panel(series, groups)]
+
+
+def logged_steps(panels: Sequence[Panel]) -> tuple[int, ...]:
+    """The distinct steps the panels' lines were logged at, in order."""
+    return tuple(sorted({int(step) for panel in panels for line in panel.lines for step in line.steps}))
+
+
+def figure_title(panels: Sequence[Panel]) -> str:
+    """The picture's title: how many logged steps it shows and which (``12 logged steps (steps 10 to 120)``)."""
+    steps = logged_steps(panels)
+    if not steps:
+        return "diagnostics: nothing logged"
+    if len(steps) == 1:
+        return f"diagnostics: 1 logged step (step {steps[0]})"
+    return f"diagnostics: {len(steps)} logged steps (steps {steps[0]} to {steps[-1]})"

@@ -10,8 +10,9 @@
 
 Input is the rows of a sweep's ``results.json`` (:func:`lightning_decay.sweep.results.load_results`). Titles and
 colour-bar labels name the logged metric behind the ``accuracy`` column (the grid's ``metrics.accuracy``, e.g.
-``val/acc`` for a sweep with ``test: false``; :func:`accuracy_metric`), and each PNG carries its title in its
-``Title`` metadata.
+``val/acc`` for a sweep with ``test: false``; :func:`accuracy_metric`); each panel's title names the variant, its
+decay convention and its step (:func:`variant_title`). Each PNG carries its title in its ``Title`` metadata and
+its panels' titles in ``Panels``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "plot_norm_curves",
     "plot_norm_heatmaps",
     "plot_sweep",
+    "variant_title",
 ]
 
 #: How the first part of a metric name reads in a title (``val/acc`` -> validation accuracy).
@@ -50,6 +52,27 @@ def metric_title(name: str | None) -> str:
     if stage in _STAGES and kind:
         return f"{_STAGES[stage]} {_KINDS.get(kind, kind)} ({name})"
     return name
+
+
+def variant_title(variant: str, label: str | None = None) -> str:
+    """A panel's title: its label (default: the variant's name), the variant's decay convention and, on a second
+    line, its step (the registry's formula, e.g. ``w <- (1 - lr_t*wd) w - lr_t u_t``); a variant the registry does
+    not know: the label alone."""
+    from lightning_decay.optim import REGISTRY
+    from lightning_decay.optim.rules import L2Rule
+
+    label = label or variant
+    record = REGISTRY.get(variant)
+    if record is None:
+        return label
+    convention = record.kwargs.get("convention")
+    if convention:
+        words = f"{convention} convention"
+    elif isinstance(record.rule, L2Rule):
+        words = "L2 penalty in the gradient"
+    else:
+        words = "paper convention" if record.rule.per_unit_lr else "torch convention"
+    return f"{label}, {words}\n{textwrap.fill(record.step, width=44, subsequent_indent='  ')}"
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -165,7 +188,8 @@ def _heatmaps(
         ax.set_yticks(range(len(table.y_values)), [_tick(v) for v in table.y_values], fontsize=8)
         ax.set_xlabel(table.x_name)
         ax.set_ylabel(table.y_name)
-        ax.set_title(f"{table.label}\n{subtitle}" if subtitle else table.label, fontsize=9)
+        name = variant_title(table.variant, table.label)
+        ax.set_title(f"{name}\n{subtitle}" if subtitle else name, fontsize=9)
     figure.colorbar(image, ax=axes, label=colorbar_label, shrink=0.9)
     return _save(figure, path, title)
 
@@ -175,7 +199,8 @@ def _save(figure: Any, path: str | Path, title: str) -> Path:
     figure.suptitle(textwrap.fill(title, width=max(40, int(figure.get_figwidth() * 14))), fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, metadata={"Title": title})
+    panels = "\n\n".join(ax.get_title() for ax in figure.axes if ax.get_title())  # each panel's title
+    figure.savefig(path, dpi=120, metadata={"Title": title, "Panels": panels})
     return path
 
 
@@ -335,7 +360,7 @@ def plot_norm_curves(
             ax.legend(fontsize=6, loc="best")
         else:
             ax.text(0.5, 0.5, "no run above the threshold", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(table.label, fontsize=9)
+        ax.set_title(variant_title(table.variant, table.label), fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("total weight norm")
         ax.grid(alpha=0.3)
