@@ -150,6 +150,10 @@ def test_cells_in_one_process_give_the_figures_of_one_process_each(
     summary = run_sweep(grid, jobs=1, validate=False, log=lines.append)
     assert summary.exit_code == 0 and sorted(summary.ran) == sorted(cells), (summary, lines)
 
+    def pids(output: Path) -> list[int]:
+        return [json.loads((output / "cells" / cell / "result.json").read_text())["pid"] for cell in cells]
+
+    assert len(set(pids(alone))) == len(cells) and len(set(pids(batched))) == 1  # really one process vs seven
     expected, got = figures(alone), figures(batched)
     assert sorted(expected) == sorted(cells) and sorted(got) == sorted(cells)
     for cell in cells:
