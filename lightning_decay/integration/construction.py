@@ -373,12 +373,14 @@ def callable_recipe(make: Callable[[Iterable[Any]], Optimizer]) -> OptimizerReci
     if not isinstance(probe, Optimizer):
         raise TypeError(f"the optimizer callable returned {type(probe).__name__}, not an Optimizer")
     cls = type(probe)
-    record = record_of_class(cls, probe.defaults)
+    rule = rule_of(probe)
+    record = next((info for info in REGISTRY.values() if info.optimizer is cls and type(info.rule) is type(rule)
+                   and repr(info.rule) == repr(rule)), None)  # the record whose rule the optimizer applies
     return OptimizerRecipe(
         variant=record.name if record is not None else None, class_name=cls.__name__,
         class_path=f"{cls.__module__}.{cls.__qualname__}", kernel=None, kwargs=None,
         lr=_number(probe.defaults.get("lr")), weight_decay=_number(probe.defaults.get("weight_decay")),
-        family=record.family if record else None, step=record.step if record else None, rule=rule_of(probe),
+        family=record.family if record else None, step=record.step if record else None, rule=rule,
         _probe=probe,
     )
 

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from types import FrameType
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import WandbLogger
@@ -40,19 +38,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.enums import GradClipAlgorithmType
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_decay.integration.construction import check_optimizer_settings
-from lightning_decay.integration.factory import build_optimizer
 from lightning_decay.integration.guards import GradientGuard, NonFiniteGradientGuard
+from lightning_decay.integration.lost_settings import (
+    check_arguments_arrived,
+    check_callables,
+    optimizer_source_problem,
+    unwrap_optimizer,
+)
 from lightning_decay.integration.plan import DecayPlan, build, resolve
-from lightning_decay.integration.schedules import check_scheduler_interval, trainer_steps_per_epoch, trainer_total_steps
+from lightning_decay.integration.schedules import trainer_steps_per_epoch, trainer_total_steps
 from lightning_decay.integration.settings import (
-    GENERAL_FIELDS,
-    OPTIMIZER_FIELDS,
-    SCHEDULE_FIELDS,
     DecaySettings,
-    check_timescale_settings,
 )
 
 __all__ = ["DecaySettings", "DecayMixin"]
@@ -60,11 +57,6 @@ __all__ = ["DecaySettings", "DecayMixin"]
 _GUARD_KEY = "decay_mixin_gradient_guard"
 #: The mixin's default settings: the one object ``decay`` holds when no caller passed it on.
 _DEFAULT_DECAY = DecaySettings()
-#: The arguments of ``DecayMixin.__init__`` that a subclass must pass on.
-_MIXIN_ARGUMENTS = ("decay", "optimizer_callable", "lr_scheduler_callable")
-#: Attributes set on optimizers: built by ``configure_decay_optimizers``; checked by ``check_optimizer_source``.
-_BUILT_MARK = "_built_by_decay_mixin"
-_CHECKED_MARK = "_checked_by_decay_mixin"
 
 
 def _init_accepts(cls: type, name: str) -> bool:
@@ -145,11 +137,13 @@ class DecayMixin:
         self.resolved_decay: dict[str, Any] = {}
         self.decay_summary: str = ""
         self.decay_plan: DecayPlan | None = None
-        _check_callables(self.decay_settings, optimizer_callable, lr_scheduler_callable)
+        self._decay_optimizers: list[Optimizer] = []  # built by configure_decay_optimizers
+        self._decay_checked_optimizers: list[Optimizer] = []  # seen by check_optimizer_source
+        check_callables(self.decay_settings, optimizer_callable, lr_scheduler_callable)
         settings = self.decay_settings
         self.gradient_guard = GradientGuard(settings.nonfinite_grads, settings.nonfinite_skip_limit)
         frame = inspect.currentframe()
-        _check_arguments_arrived(self, frame.f_back if frame is not None else None, decay is not _DEFAULT_DECAY)
+        check_arguments_arrived(self, frame.f_back if frame is not None else None, decay is not _DEFAULT_DECAY)
         self.save_hyperparameters({"decay": self.decay_settings.to_dict()}, frame=frame)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -177,7 +171,7 @@ class DecayMixin:
         settings = DecaySettings.coerce(decay) if decay is not None else self.decay_settings
         if changes:
             settings = settings.replace(**changes)
-        _check_callables(settings, self.optimizer_callable, self.lr_scheduler_callable)
+        check_callables(settings, self.optimizer_callable, self.lr_scheduler_callable)
         self.decay_settings = settings
         self.gradient_guard.policy = settings.nonfinite_grads
         self.gradient_guard.skip_limit = settings.nonfinite_skip_limit
@@ -207,7 +201,7 @@ class DecayMixin:
         super().on_fit_start()  # type: ignore[misc]
         trainer = self._trainer  # type: ignore[attr-defined]
         optimizers = list(trainer.optimizers) if trainer is not None else []
-        if not all(getattr(_unwrap_optimizer(optimizer), _CHECKED_MARK, False) for optimizer in optimizers):
+        if not all(self._decay_checked(optimizer) for optimizer in optimizers):
             self.check_optimizer_source(optimizers)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
@@ -215,7 +209,7 @@ class DecayMixin:
         is attached (it has decided already); and, when a subclass's ``on_fit_start`` skipped the mixin's, the
         optimizer-source check before the first step."""
         super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
-        if not getattr(_unwrap_optimizer(optimizer), _CHECKED_MARK, False):
+        if not self._decay_checked(optimizer):
             self.check_optimizer_source([optimizer])
         trainer = self._trainer  # type: ignore[attr-defined]
         if trainer is None or any(isinstance(c, NonFiniteGradientGuard) for c in trainer.callbacks):
@@ -227,9 +221,9 @@ class DecayMixin:
         something: LightningCLI's top-level ``optimizer:`` key replaced ``configure_optimizers`` (always: the groups
         are lost), or the class's own ``configure_optimizers`` ignores the decay settings or callables it was given.
         With ``decay.allow_external_optimizer`` an info line instead."""
-        message = _optimizer_source_problem(self, optimizers)
-        for optimizer in optimizers:
-            _mark(_unwrap_optimizer(optimizer), _CHECKED_MARK)
+        own_configure = type(self).configure_optimizers is not DecayMixin.configure_optimizers
+        message = optimizer_source_problem(self, optimizers, self._decay_optimizers, own_configure)
+        self._decay_checked_optimizers.extend(unwrap_optimizer(optimizer) for optimizer in optimizers)
         if message is None:
             return
         if self.decay_settings.allow_external_optimizer:
@@ -237,6 +231,10 @@ class DecayMixin:
             rank_zero_info(f"{problem}; training with it anyway (decay.allow_external_optimizer is true)")
             return
         raise ValueError(message)
+
+    def _decay_checked(self, optimizer: Any) -> bool:
+        inner = unwrap_optimizer(optimizer)
+        return any(inner is checked for checked in getattr(self, "_decay_checked_optimizers", ()))
 
     def configure_gradient_clipping(
         self,
@@ -283,7 +281,7 @@ class DecayMixin:
         )
         config = build(plan, self, optimizer_callable=self.optimizer_callable,  # type: ignore[arg-type]
                        lr_scheduler_callable=self.lr_scheduler_callable)
-        _mark(config["optimizer"], _BUILT_MARK)
+        self._decay_optimizers.append(config["optimizer"])
         self.decay_plan = plan
         self._report_decay(plan)
         return config
@@ -337,168 +335,3 @@ def _fit_steps(trainer: Any, settings: DecaySettings, injected_scheduler: bool) 
     return per_epoch, total
 
 
-def _mark(optimizer: Any, attribute: str) -> None:
-    try:
-        setattr(optimizer, attribute, True)
-    except AttributeError:  # an optimizer wrapper without a __dict__: it is checked again, which is harmless
-        pass
-
-
-def _unwrap_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside Lightning's ``LightningOptimizer`` (or a strategy's wrapper), else itself."""
-    for attribute in ("_optimizer", "optimizer"):
-        inner = getattr(optimizer, attribute, None)
-        if isinstance(inner, Optimizer):
-            return inner
-    return optimizer
-
-
-def _compact(settings: DecaySettings) -> str:
-    """``DecaySettings(optimizer='proxadam', lr=0.0003)``: only what differs from the defaults."""
-    return f"DecaySettings({', '.join(f'{key}={value!r}' for key, value in settings.changed().items())})"
-
-
-def _settings_text(model: DecayMixin) -> str:
-    """``optimizer='adamw', lr=0.001, weight_decay=AdamW's default``: what the model trains with."""
-    settings = model.decay_settings
-    if model.optimizer_callable is not None:
-        return "its optimizer_callable"
-    weight_decay = f"{settings.weight_decay:g}" if settings.weight_decay is not None else "the optimizer's default"
-    return f"optimizer={settings.optimizer!r}, lr={settings.lr:g}, weight_decay={weight_decay}"
-
-
-def _describe_argument(name: str, value: Any) -> str:
-    if name == "decay":
-        try:
-            return f"decay={_compact(DecaySettings.coerce(value))}"
-        except (TypeError, ValueError):
-            pass
-    text = repr(value)
-    return f"{name}={text if len(text) <= 120 else text[:117] + '...'}"
-
-
-def _argument_lost(name: str, value: Any, model: DecayMixin, decay_received: bool) -> bool:
-    """True when ``value``, given to a subclass's ``__init__`` as ``name``, never reached ``DecayMixin.__init__``."""
-    if value is None:
-        return False
-    if name != "decay":
-        return getattr(model, name) is None
-    if decay_received:
-        return False
-    try:
-        return DecaySettings.coerce(value) != model.decay_settings
-    except (TypeError, ValueError):
-        return True  # invalid and dropped: say that it was dropped
-
-
-def _check_arguments_arrived(model: DecayMixin, frame: FrameType | None, decay_received: bool) -> None:
-    """ValueError when a subclass's ``__init__`` received ``decay`` / ``optimizer_callable`` /
-    ``lr_scheduler_callable`` (as a named argument or in ``**kwargs``) and did not pass it on to ``DecayMixin``.
-
-    Reads the ``__init__`` frames of ``model`` that called the mixin's (as ``save_hyperparameters`` does), from the
-    innermost: the first one holding a lost argument is the one that dropped it."""
-    while frame is not None and frame.f_code.co_name == "__init__":
-        arguments = inspect.getargvalues(frame)
-        if not arguments.args or frame.f_locals.get(arguments.args[0]) is not model:
-            return
-        given = {name: frame.f_locals.get(name) for name in arguments.args[1:] if name in _MIXIN_ARGUMENTS}
-        extra = frame.f_locals.get(arguments.keywords) if arguments.keywords else None
-        if isinstance(extra, Mapping):
-            given.update({name: extra[name] for name in _MIXIN_ARGUMENTS if name in extra})
-        lost = [name for name, value in given.items() if _argument_lost(name, value, model, decay_received)]
-        if lost:
-            cls = frame.f_locals.get("__class__")
-            where = getattr(frame.f_code, "co_qualname", None) or (
-                f"{cls.__name__}.__init__" if isinstance(cls, type) else f"{type(model).__name__}.__init__"
-            )
-            passed = ", ".join(f"{name}={name}" for name in lost)
-            raise ValueError(
-                f"{type(model).__name__}: {where} received {', '.join(_describe_argument(n, given[n]) for n in lost)} "
-                f"but did not pass it on to DecayMixin, so the model would train with "
-                f"{_settings_text(model) if 'decay' in lost else 'the built-in optimizer and schedule'} instead. "
-                f"Pass it on: super().__init__(**kwargs) (or super().__init__({passed}))"
-            )
-        frame = frame.f_back
-
-
-def _external_settings(model: DecayMixin) -> list[str]:
-    """What the mixin was given that only its own optimizer and schedule use."""
-    lost = [f"decay.{name}={value!r}" for name, value in model.decay_settings.changed().items()
-            if name not in GENERAL_FIELDS]
-    lost += [name for name in ("optimizer_callable", "lr_scheduler_callable") if getattr(model, name) is not None]
-    return lost
-
-
-def _optimizer_source_problem(model: DecayMixin, optimizers: list[Any]) -> str | None:
-    """The error for :meth:`DecayMixin.check_optimizer_source`, or None when nothing is lost."""
-    inner = [_unwrap_optimizer(optimizer) for optimizer in optimizers]
-    if any(getattr(optimizer, _BUILT_MARK, False) for optimizer in inner):
-        return None
-    cls = type(model).__name__
-    used = ", ".join(type(optimizer).__name__ for optimizer in inner) or "no optimizer"
-    lost = _external_settings(model)
-    ignored = f"; ignored: {', '.join(lost)}" if lost else ""
-    if "configure_optimizers" in vars(model):  # LightningCLI's top-level optimizer: / lr_scheduler: keys
-        return (
-            f"{cls}: LightningCLI's top-level `optimizer:` key replaced DecayMixin's optimizer with {used} on "
-            f"model.parameters(): one parameter group, so biases and normalization weights decay and the named groups "
-            f"are lost{ignored}. Instead: set the variant in the model's decay block (model.decay.optimizer, "
-            f"model.init_args.decay.optimizer under a class_path) or inject a class with model.optimizer_callable; "
-            f"both keep the groups. To train with the top-level key anyway, set decay.allow_external_optimizer: true"
-        )
-    if type(model).configure_optimizers is DecayMixin.configure_optimizers or not lost:
-        return None
-    return (
-        f"{cls}: {cls}.configure_optimizers returned {used}, not DecayMixin's optimizer{ignored}. Instead: return "
-        f"self.configure_decay_optimizers() from {cls}.configure_optimizers (or delete it), or do not pass these "
-        f"settings; to train with {used} anyway, set decay.allow_external_optimizer=True"
-    )
-
-
-def _check_callables(
-    settings: DecaySettings,
-    optimizer_callable: OptimizerCallable | None,
-    lr_scheduler_callable: LRSchedulerCallable | None,
-) -> None:
-    """Callables are callable, build what they should, and do not fight with ``decay`` settings."""
-    defaults = DecaySettings()
-    check_scheduler_interval(settings.lr_scheduler_interval, settings.lr_scheduler_monitor,
-                             lr_scheduler_callable is not None)
-    if optimizer_callable is not None:
-        if not callable(optimizer_callable):
-            raise TypeError(f"optimizer_callable must be callable (params -> Optimizer), got {optimizer_callable!r}")
-        changed = [name for name in OPTIMIZER_FIELDS if getattr(settings, name) != getattr(defaults, name)]
-        if changed:
-            raise ValueError(
-                f"decay.{', decay.'.join(changed)} would be ignored: with optimizer_callable, set the optimizer's "
-                "arguments in the callable (its init_args)"
-            )
-        rule, peak_lr = check_optimizer_settings(optimizer_callable)
-        if settings.decay_timescale_epochs is not None:
-            check_timescale_settings(settings.decay_timescale_epochs, None, rule, peak_lr)
-    if lr_scheduler_callable is not None:
-        if not callable(lr_scheduler_callable):
-            raise TypeError(
-                f"lr_scheduler_callable must be callable (optimizer -> scheduler), got {lr_scheduler_callable!r}"
-            )
-        changed = [name for name in SCHEDULE_FIELDS if getattr(settings, name) != getattr(defaults, name)]
-        if changed:
-            raise ValueError(
-                f"decay.{', decay.'.join(changed)} would be ignored: they set the built-in schedule, which "
-                "lr_scheduler_callable replaces"
-            )
-        # A scheduler callable can only be checked by calling it, on the optimizer it will get (one dummy tensor).
-        trial = build_optimizer(
-            [torch.zeros(1, requires_grad=True)],
-            optimizer_callable if optimizer_callable is not None else settings.optimizer,
-            *(() if optimizer_callable is not None else (settings.lr, settings.weight_decay)),
-            **({} if optimizer_callable is not None else {
-                "betas": settings.betas, "eps": settings.eps, "optimizer_kwargs": settings.optimizer_kwargs,
-                "kernel": settings.kernel,
-            }),
-        )
-        scheduler = lr_scheduler_callable(trial)
-        if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
-            raise TypeError(f"lr_scheduler_callable returned {type(scheduler).__name__}, not an LR scheduler")
-        if isinstance(scheduler, ReduceLROnPlateau) and not settings.lr_scheduler_monitor:
-            raise ValueError("decay.lr_scheduler_monitor: ReduceLROnPlateau needs the metric to monitor")
