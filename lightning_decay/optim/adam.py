@@ -1,12 +1,9 @@
 """Adam with the scalar decay rules, as torch's own Adam/AdamW kernels run with per-step ``(lr', wd')``.
 
-| variant | class | one step |
-|---|---|---|
-| ``adaml2`` | ``AdamL2`` | ``g <- g + wd*w``, then Adam (torch's ``Adam(weight_decay=wd)``) |
-| ``adamw`` | ``AdamW(convention="torch")`` | ``w <- (1 - lr_t*wd) w - lr_t u_t`` |
-| ``adamw-paper`` | ``AdamW(convention="paper")`` | ``w <- (1 - eta_t*wd) w - lr_t u_t`` |
-| ``proxadam`` | ``ProxAdam`` | ``w <- (w - lr_t u_t) / (1 + eta_t*wd)`` |
-| ``adamc`` | ``AdamC`` | normalized groups ``w <- (1 - lr_t^2/lr_max*wd) w - lr_t u_t``, others as ``adamw`` |
+The variants (``adaml2``, ``adamw``, ``adamw-paper``, ``proxadam``, ``adamc``) and their one-step formulas: the
+registry's table in ``docs/variants.md``; each formula is its rule's (:mod:`lightning_decay.optim.rules`). Each public
+class is one line: :class:`KernelAdam` with its rule fixed (:meth:`DecayOptimizer.__init_subclass__
+<lightning_decay.optim.base.DecayOptimizer.__init_subclass__>`).
 
 Exact and fast by construction: each step is torch's kernel (fused on CPU and CUDA by default) with the settings of
 :meth:`~lightning_decay.optim.rules.KernelDecayRule.kernel_settings`, so the step *is* the rule.
@@ -28,7 +25,6 @@ from lightning_decay.optim.base import (
     DecayOptimizer,
     _group_label,
     check_adam_hyperparameters,
-    convention_rule,
     default_weight_decay,
     fused_supported,
     unhooked_step,
@@ -135,92 +131,20 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
 CONVENTIONS = {"torch": AdamWTorchRule, "paper": AdamWPaperRule}
 
 
-class AdamL2(KernelAdam):
-    """Adam with an L2 penalty in the gradient: ``g <- g + wd * w``, then the Adam step.
-
-    Not scale-free: the penalty does not scale with the loss. torch's ``Adam(weight_decay=wd)``.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-4,
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, rule=AdamL2Rule(), maximize=maximize, foreach=foreach,
-            capturable=capturable, differentiable=differentiable, fused=fused,
-        )
+class AdamL2(KernelAdam, rule=AdamL2Rule, weight_decay=1e-4):
+    """Adam with an L2 penalty in the gradient (the ``adaml2`` rule, :class:`~lightning_decay.optim.rules.AdamL2Rule`):
+    torch's ``Adam(weight_decay=wd)``, not scale-free. ``weight_decay`` defaults to 1e-4."""
 
 
-class AdamW(KernelAdam):
-    """AdamW in either convention.
-
-    * ``convention="torch"`` (default; a drop-in for ``torch.optim.AdamW``): ``w <- (1 - lr_t*wd) w - lr_t u_t``.
-    * ``convention="paper"`` (Loshchilov & Hutter): ``w <- (1 - eta_t*wd) w - lr_t u_t``, ``eta_t = lr_t / alpha``.
-
-    ``weight_decay=None`` means torch's default 1e-2 in the torch convention and the same decay at the initial
-    lr in the paper convention (``1e-2 * lr``).
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float | None = None,
-        amsgrad: bool = False,
-        *,
-        convention: str = "torch",
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        rule = convention_rule(convention, CONVENTIONS)
-        self.convention = convention
-        super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, rule=rule, maximize=maximize, foreach=foreach,
-            capturable=capturable, differentiable=differentiable, fused=fused,
-        )
+class AdamW(KernelAdam, conventions=CONVENTIONS):
+    """AdamW in torch's convention (``convention="torch"``, the default: a drop-in for ``torch.optim.AdamW``, rule
+    ``adamw``) or Loshchilov & Hutter's (``"paper"``, rule ``adamw-paper``, decay ``eta_t * wd``).
+    ``weight_decay=None`` means torch's 1e-2, or in the paper convention the same decay at the initial lr."""
 
 
-class ProxAdam(KernelAdam):
-    """Zhuang et al.'s proximal Adam: ``w <- (w - lr_t * u_t) / (1 + eta_t * wd)``, ``eta_t = lr_t / alpha``.
-
-    ``weight_decay=None`` means ``1e-2 * lr`` (torch AdamW's default decay at the initial lr).
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float | None = None,
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, rule=ProxAdamRule(), maximize=maximize, foreach=foreach,
-            capturable=capturable, differentiable=differentiable, fused=fused,
-        )
+class ProxAdam(KernelAdam, rule=ProxAdamRule):
+    """Zhuang et al.'s proximal Adam (the ``proxadam`` rule, :class:`~lightning_decay.optim.rules.ProxAdamRule`).
+    ``weight_decay=None`` means ``1e-2 * lr`` (torch AdamW's default decay at the initial lr)."""
 
 
 class AdamCGroups:

@@ -12,13 +12,16 @@ of the tensor the scheduler moves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_decay.optim.checked_groups import LR_AT_CONSTRUCTION, LR_ONLY, CheckedGroup
 from lightning_decay.optim.rules import DecayRule, KernelDecayRule, KernelSettings
 from lightning_decay.validation import check_betas, check_bool, check_lr, check_nonnegative, tensor_value_readable
 
@@ -38,8 +41,6 @@ __all__ = [
     "unhooked_step",
 ]
 
-#: Group key holding the lr a group was built with: the blog's alpha when no scheduler set ``initial_lr``.
-LR_AT_CONSTRUCTION = "lr_at_construction"
 
 ADAMW_DEFAULT_WEIGHT_DECAY = 1e-2  # torch.optim.AdamW's default, torch convention
 
@@ -116,6 +117,49 @@ def convention_rule(convention: str, conventions: dict[str, type[KernelDecayRule
     return conventions[convention]()
 
 
+def _fixed_rule_constructor(
+    cls: type,
+    rule: type[KernelDecayRule] | None,
+    conventions: Mapping[str, type[KernelDecayRule]] | None,
+    weight_decay: float | None,
+) -> Callable[..., None]:
+    """``cls.__init__`` for :meth:`DecayOptimizer.__init_subclass__`: the base constructor with the rule fixed."""
+    base_init = super(cls, cls).__init__  # the generic constructor (KernelAdam's, KernelSGD's)
+    base_signature = inspect.signature(base_init)
+    if "rule" not in base_signature.parameters:
+        raise TypeError(f"{cls.__name__}: rule= and conventions= need a base class whose constructor takes rule=")
+    parameters = []
+    for parameter in base_signature.parameters.values():
+        if parameter.name == "rule":
+            if conventions is not None:
+                parameters.append(parameter.replace(name="convention", default=next(iter(conventions)),
+                                                    annotation="str"))
+            continue
+        if parameter.name == "weight_decay" and weight_decay is not None:
+            parameter = parameter.replace(default=weight_decay, annotation="float")
+        parameters.append(parameter)
+    signature = base_signature.replace(parameters=parameters)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        del arguments["self"]
+        if conventions is not None:
+            convention = arguments.pop("convention", next(iter(conventions)))
+            decay_rule = convention_rule(convention, dict(conventions))
+            self.convention = convention
+        else:
+            assert rule is not None
+            decay_rule = rule()
+        if weight_decay is not None:
+            arguments.setdefault("weight_decay", weight_decay)
+        base_init(self, **arguments, rule=decay_rule)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    return __init__
+
+
 def _group_label(optimizer: Optimizer, group: dict[str, Any]) -> str:
     index = next((i for i, g in enumerate(optimizer.param_groups) if g is group), len(optimizer.param_groups))
     name = group.get("name")
@@ -143,10 +187,33 @@ def fused_supported(params: list[Any]) -> bool:
 
 
 class DecayOptimizer:
-    """What every optimizer of this package shares: its decay rule, alpha bookkeeping and validation."""
+    """What every optimizer of this package shares: its decay rule, alpha bookkeeping and validation.
+
+    A class that runs any rule given as ``rule=`` (:class:`~lightning_decay.optim.adam.KernelAdam`,
+    :class:`~lightning_decay.optim.sgd.KernelSGD`) makes a variant's public class in one line, through class
+    keywords (:meth:`__init_subclass__`): ``class ProxAdam(KernelAdam, rule=ProxAdamRule)``.
+    """
 
     decay_rule: DecayRule
     param_groups: list[dict[str, Any]]
+
+    def __init_subclass__(
+        cls,
+        *,
+        rule: type[KernelDecayRule] | None = None,
+        conventions: Mapping[str, type[KernelDecayRule]] | None = None,
+        weight_decay: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A subclass of a class that takes ``rule=`` fixes the rule: ``rule`` (a rule class), or ``conventions``
+        (``{name: rule class}``; the constructor then takes ``convention``, the first name by default, kept as
+        ``self.convention``). ``weight_decay`` is the default weight decay of its constructor (else the base's
+        ``None``: torch AdamW's default, scaled for ``eta_t * wd`` rules). The constructor's signature is the
+        base's without ``rule`` (what ``inspect``, jsonargparse and the factory read)."""
+        super().__init_subclass__(**kwargs)
+        if rule is None and conventions is None:
+            return
+        cls.__init__ = _fixed_rule_constructor(cls, rule, conventions, weight_decay)  # type: ignore[method-assign]
 
     #: Attributes a copy or pickle keeps (torch's ``Optimizer.__getstate__`` keeps only defaults, state and groups).
     _PICKLED_ATTRIBUTES = ("decay_rule", "convention", "_adamc_defaults", "_unnormalized_rule")
@@ -189,7 +256,7 @@ class DecayOptimizer:
         lr = group["lr"]
         return kernel_lr(settings.lr, lr, isinstance(lr, Tensor) and wants_tensor_lr(group)), settings.weight_decay
 
-    def _checked_entry(self, group: dict[str, Any]) -> _CheckedGroup | None:
+    def _checked_entry(self, group: dict[str, Any]) -> CheckedGroup | None:
         """The record of ``group``'s last check, where it still holds (None while torch.compile traces)."""
         entry = self.__dict__.get("_checked_groups", {}).get(id(group))
         if entry is None or entry.group is not group or torch.compiler.is_compiling():
@@ -246,15 +313,27 @@ class DecayOptimizer:
     def _check_rule_domain(self, group: dict[str, Any], where: str) -> None:
         """The group's rule's own limits (:meth:`~lightning_decay.optim.rules.DecayRule.check_domain`) at its lr
         and weight decay, which are valid already; the error names the group."""
+        rule = self.rule_for(group)
+        # a rule written before check_domain existed put its limits into check (it validates lr and wd again)
+        check = rule.check if type(rule).check is not DecayRule.check else rule.check_domain
         try:
-            self.rule_for(group).check_domain(group["lr"], self.initial_lr(group), group["weight_decay"])
+            check(group["lr"], self.initial_lr(group), group["weight_decay"])
         except ValueError as error:
             raise ValueError(f"{error}{where}") from None
 
     def _check_decay_change(self, group: dict[str, Any], lr_changed: bool, weight_decay_changed: bool) -> bool:
         """Check what a scheduler or a user changed since the group's last check: its lr and / or weight decay,
-        then the rule's limits; False when the lr's value could not be read."""
-        where = _group_label(self, group)  # type: ignore[arg-type]
+        then the rule's limits; False when the lr's value could not be read. The group's label is computed for an
+        error message only (the checks run again with it)."""
+        try:
+            return self._check_decay_values(group, lr_changed, weight_decay_changed, "")
+        except (TypeError, ValueError):
+            where = _group_label(self, group)  # type: ignore[arg-type]
+            self._check_decay_values(group, lr_changed, weight_decay_changed, where)
+            raise
+
+    def _check_decay_values(self, group: dict[str, Any], lr_changed: bool, weight_decay_changed: bool,
+                            where: str) -> bool:
         lr = group["lr"]
         if lr_changed:
             check_lr("lr", lr, where)
@@ -268,36 +347,45 @@ class DecayOptimizer:
     def _check_changed_groups(self) -> None:
         """Check the groups whose settings changed since their last check (all of them at the first step, after a
         ``load_state_dict`` or while torch.compile traces); a group whose lr or weight decay alone changed has only
-        those and the rule's limits checked. A change is any new value of a group key, a new tensor, or an in-place
-        update of a tensor (its version counter: a scheduler's ``lr.fill_``)."""
+        those and the rule's limits checked. A change is a key set to another object (a scheduler's new lr), or a
+        tensor updated in place (its version counter: a scheduler's ``lr.fill_``)."""
         if torch.compiler.is_compiling():
             for group in self.param_groups:
                 self._check_group(group)
             return
-        checked: dict[int, _CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
+        checked: dict[int, CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
         if len(checked) > len(self.param_groups):  # groups replaced (load_state_dict) or removed
             alive = {id(group) for group in self.param_groups}
             for key in [key for key in checked if key not in alive]:
                 del checked[key]
         for group in self.param_groups:
-            decay_key, settings_key = _decay_fingerprint(group), _settings_fingerprint(group)
             entry = checked.get(id(group))
-            if entry is not None and entry.group is group and _same(entry.settings_key, settings_key):
-                if _same(entry.decay_key, decay_key):
-                    continue
-                lr_changed = not _same(entry.decay_key[0], decay_key[0])
-                weight_decay_changed = not _same(entry.decay_key[1], decay_key[1])
-                complete = self._check_decay_change(group, lr_changed, weight_decay_changed)
+            if entry is None or entry.group is not group:
+                self._remember_check(group, self._check_group(group))
+                continue
+            values = tuple(group.values())
+            if entry.tensors:
+                changed = entry.changed_keys(group, values, {
+                    key for key, tensor, version in entry.tensors if tensor._version != version
+                })
+            elif len(values) == len(entry.values) and all(map(operator.is_, values, entry.values)):
+                continue  # the common case: nothing changed (no tensor setting, every value the same object)
+            elif entry.only_a_float_lr_changed(group, values):
+                changed = LR_ONLY  # a scheduler's step
             else:
-                complete = self._check_group(group)
-            self._remember_check(group, decay_key, settings_key, complete)
+                changed = entry.changed_keys(group, values, set())
+            if changed is None:
+                self._remember_check(group, self._check_group(group))
+            elif changed:
+                if self._check_decay_change(group, "lr" in changed, "weight_decay" in changed):
+                    entry.refresh(group, values, changed)
+                else:
+                    checked.pop(id(group), None)
 
-    def _remember_check(
-        self, group: dict[str, Any], decay_key: tuple[Any, ...], settings_key: tuple[Any, ...], complete: bool
-    ) -> None:
-        checked: dict[int, _CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
+    def _remember_check(self, group: dict[str, Any], complete: bool) -> None:
+        checked: dict[int, CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
         if complete:
-            checked[id(group)] = _CheckedGroup(group, decay_key, settings_key)
+            checked[id(group)] = CheckedGroup(group)
         else:
             checked.pop(id(group), None)
 
@@ -335,54 +423,7 @@ class DecayOptimizer:
             check_bool(flag, group.get(flag), where, allow_none=True)
         if group.get("fused") and group.get("foreach"):
             raise ValueError(f"fused and foreach{where} cannot both be True")
-        complete = self._check_group(group)
-        self._remember_check(group, _decay_fingerprint(group), _settings_fingerprint(group), complete)
-
-
-class _CheckedGroup:
-    """What a group held when it was last checked, and the kernel values computed from it since."""
-
-    __slots__ = ("group", "decay_key", "settings_key", "kernel_settings", "kernel_values")
-
-    def __init__(self, group: dict[str, Any], decay_key: tuple[Any, ...], settings_key: tuple[Any, ...]) -> None:
-        self.group = group  # held, so that its id is not reused while the entry lives
-        self.decay_key = decay_key
-        self.settings_key = settings_key
-        self.kernel_settings: KernelSettings | None = None
-        self.kernel_values: tuple[Any, Any] | None = None
-
-
-#: The group keys of the decay: the lr and weight decay a scheduler or a user sets, and alpha.
-_DECAY_KEYS = ("lr", "weight_decay", "initial_lr", LR_AT_CONSTRUCTION)
-
-
-def _fingerprint(value: Any) -> Any:
-    """A value as a check compares it: a tensor by identity and version counter (in-place updates count), a tuple
-    or list by its items, anything else as it is."""
-    if isinstance(value, Tensor):
-        return (id(value), value._version)
-    if isinstance(value, (tuple, list)):
-        return tuple(_fingerprint(item) for item in value)
-    return value
-
-
-def _decay_fingerprint(group: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(_fingerprint(group.get(key)) for key in _DECAY_KEYS)
-
-
-def _settings_fingerprint(group: dict[str, Any]) -> tuple[Any, ...]:
-    """Every other group setting (betas, eps, momentum, flags, ...), and whether the lr is a tensor."""
-    return (isinstance(group["lr"], Tensor), *(
-        (key, _fingerprint(value)) for key, value in group.items() if key != "params" and key not in _DECAY_KEYS
-    ))
-
-
-def _same(old: Any, new: Any) -> bool:
-    """``old == new`` as one bool; False where the comparison is no bool (a NaN is never the same: re-checked)."""
-    try:
-        return bool(old == new)
-    except (TypeError, ValueError, RuntimeError):
-        return False
+        self._remember_check(group, self._check_group(group))
 
 
 #: Constructor flags that must be booleans (``foreach`` and ``fused`` may also be None: the default path).

@@ -1,9 +1,8 @@
 """Adam with an elementwise decay — the blog's AdamP and cautious weight decay — as compiled multi-tensor steps.
 
-| variant | class | one step |
-|---|---|---|
-| ``adamp`` | ``AdamP`` | ``w <- (w - lr_t u_t) / (1 + lr_t*wd/D)``, elementwise |
-| ``adamw-cautious``, ``adamw-paper-cautious`` | ``CautiousAdamW`` | ``w <- w - lr_t u_t - c_t 1[u_t*w >= 0] w`` |
+``AdamP`` runs ``adamp``, ``CautiousAdamW`` runs ``adamw-cautious`` and ``adamw-paper-cautious``; their formulas are
+their rules' (:class:`~lightning_decay.optim.rules.AdamPRule`, :class:`~lightning_decay.optim.rules.CautiousRule`),
+the table of every variant is the registry's (``docs/variants.md``).
 
 No torch kernel decays elementwise: the step is a ``torch.compile``'d multi-tensor kernel (the memory traffic of
 torch's fused AdamW), or the same step eagerly where compiling is impossible (one warning). A complex parameter is

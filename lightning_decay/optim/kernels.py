@@ -6,9 +6,10 @@ foreach, fused), ``torch.optim.Adam(decoupled_weight_decay=True)``, torchao's ``
 ``AdamWFp8`` / ``_AdamW``, bitsandbytes' AdamWs, ``torch.optim.Muon`` (``f(lr) = adjust_lr(lr)``). A scalar rule
 (:class:`~lightning_decay.optim.rules.KernelDecayRule`) is then the kernel run with the per-step settings
 ``(lr', wd') = rule.kernel_settings(lr_t, alpha, wd)``: one step is ``w <- (1 - lr' * wd') w - f(lr') update``,
-which is the rule's step with the kernel's update (ProxAdam: ``lr' = lr_t / (1 + eta_t * wd)``, ``wd' = wd / alpha``
-give ``(w - f(lr_t) update) / (1 + eta_t * wd)``). An L2 rule needs a kernel whose decay goes through the gradient
-(``torch.optim.Adam``, torchao's ``Adam8bit``); elementwise rules (AdamP, cautious decay) have no such setting.
+which is the rule's step with the kernel's update (the proximal settings of
+:class:`~lightning_decay.optim.rules.ProximalRule` give the proximal step). An L2 rule needs a kernel whose decay
+goes through the gradient (``torch.optim.Adam``, torchao's ``Adam8bit``); elementwise rules (AdamP, cautious decay)
+have no such setting.
 
 .. code-block:: python
 

@@ -258,10 +258,7 @@ class AdamWPaperRule(PaperConventionRule):
 
 
 class ProxAdamRule(ProximalRule):
-    """Zhuang et al.'s ProxAdam: ``w <- (w - lr_t * u_t) / (1 + eta_t * wd)``.
-
-    Equal to torch's AdamW kernel with ``lr' = lr_t / (1 + eta_t * wd)`` and ``wd' = wd / alpha``.
-    """
+    """Zhuang et al.'s ProxAdam: :class:`ProximalRule` with Adam's update, ``step_t = u_t``."""
 
     name = "proxadam"
     scale_free = True
@@ -435,7 +432,7 @@ class SGDWPaperRule(PaperConventionRule):
 
 
 class ProxSGDRule(ProximalRule):
-    """Proximal SGD: ``w <- (w - lr_t * d_t) / (1 + eta_t * wd)``, the prox of ``wd / (2 alpha) ||w||^2``."""
+    """Proximal SGD: :class:`ProximalRule` with SGD's momentum direction, ``step_t = d_t``."""
 
     name = "proxsgd"
     scale_free = False
@@ -459,8 +456,8 @@ class MuonPaperRule(PaperConventionRule):
 
 
 class ProxMuonRule(ProximalRule):
-    """Proximal Muon: ``w <- (w - adjust(lr_t) * O_t) / (1 + eta_t * wd)`` (torch's Muon kernel with
-    ``lr' = lr_t / (1 + eta_t * wd)``, ``wd' = wd / alpha``: exact, since ``adjust`` is linear in the lr)."""
+    """Proximal Muon: :class:`ProximalRule` with Muon's update, ``lr_t * step_t = adjust(lr_t) * O_t`` (torch's Muon
+    kernel runs it exactly with the proximal ``(lr', wd')``, since ``adjust`` is linear in the lr)."""
 
     name = "proxmuon"
     scale_free = True

@@ -2,22 +2,18 @@
 
 Momentum is torch's SGD's: ``b_1 = g_1``, ``b_t = mu * b_{t-1} + (1 - tau) * g_t`` (``tau`` the dampening), the
 direction ``d_t = b_t``, or ``g_t + mu * b_t`` with Nesterov, or ``d_t = g_t`` without momentum; the lr multiplies
-the direction outside the buffer. Where each rule puts the decay:
+the direction outside the buffer.
 
-| variant | class | one step | where the decay sits |
-|---|---|---|---|
-| ``sgd-l2`` | ``SGDL2`` | ``g <- g + wd * w``, then SGD | in the gradient, so in the momentum buffer |
-| ``sgdw`` | ``SGDW(convention="torch")`` | ``w <- (1 - lr_t * wd) * w - lr_t * d_t`` | on the weights |
-| ``sgdw-paper`` | ``SGDW(convention="paper")`` | ``w <- (1 - eta_t * wd) * w - lr_t * d_t`` | on the weights |
-| ``proxsgd`` | ``ProxSGD`` | ``w <- (w - lr_t * d_t) / (1 + eta_t * wd)`` | after the step (its proximal map) |
+The variants (``sgd-l2``, ``sgdw``, ``sgdw-paper``, ``proxsgd``) and their one-step formulas: the registry's table
+in ``docs/variants.md``; each formula is its rule's (:mod:`lightning_decay.optim.rules`). Where each puts the decay:
 
-* ``sgd-l2`` is ``torch.optim.SGD(weight_decay=wd)`` exactly: with momentum the decay term is smoothed and
-  amplified by the buffer (long-run weight ``(1 - tau) / (1 - mu)``).
+* ``sgd-l2`` (in the gradient, so in the momentum buffer) is ``torch.optim.SGD(weight_decay=wd)`` exactly: with
+  momentum the decay term is smoothed and amplified by the buffer (long-run weight ``(1 - tau) / (1 - mu)``).
 * The decoupled rules keep the buffer gradient-only: the decay shrinks the weights before the step, ``w_{t-1}``,
   in the same update that subtracts ``lr_t * d_t``. This is Loshchilov & Hutter's SGDW with torch's momentum (their
   Algorithm 1 puts ``eta_t * alpha`` inside the buffer, ``m_t = mu * m_{t-1} + eta_t * alpha * g_t``; the two
-  agree for a constant lr). ``proxsgd`` is the proximal step of ``wd / (2 alpha) * ||w||^2`` with step ``lr_t``,
-  taken at the point the momentum step reaches.
+  agree for a constant lr). ``proxsgd`` (after the step) is the proximal step of ``wd / (2 alpha) * ||w||^2`` with
+  step ``lr_t``, taken at the point the momentum step reaches.
 
 Speed by construction (``benchmarks/optimizer_step.py`` compares each to torch's fused SGD with the same momentum):
 
@@ -45,7 +41,6 @@ from torch.optim import Optimizer
 from torch.optim.sgd import sgd as torch_sgd
 
 from lightning_decay.optim.base import (
-    convention_rule,
     default_weight_decay,
     fused_supported,
     kernel_lr,
@@ -232,85 +227,20 @@ class KernelSGD(CompiledKernelOptimizer, Optimizer):
             self.state[param]["momentum_buffer"] = buffer if before is None else before
 
 
-class SGDL2(KernelSGD):
-    """SGD with an L2 penalty in the gradient, ``g <- g + wd * w``, then torch's SGD step: exactly
-    ``torch.optim.SGD(weight_decay=wd)`` (the decay term enters the momentum buffer). Not scale-free.
-
-    Defaults as torch's SGD except ``weight_decay=5e-4``; fused kernel by default where supported.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = SGD_DEFAULT_WEIGHT_DECAY,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(
-            params, lr, momentum, dampening, weight_decay, nesterov, rule=SGDL2Rule(), maximize=maximize,
-            foreach=foreach, fused=fused,
-        )
+class SGDL2(KernelSGD, rule=SGDL2Rule, weight_decay=SGD_DEFAULT_WEIGHT_DECAY):
+    """SGD with an L2 penalty in the gradient (the ``sgd-l2`` rule, :class:`~lightning_decay.optim.rules.SGDL2Rule`):
+    exactly ``torch.optim.SGD(weight_decay=wd)``, the decay term in the momentum buffer; not scale-free. Defaults as
+    torch's SGD except ``weight_decay=5e-4``; fused kernel by default where supported."""
 
 
-class SGDW(KernelSGD):
-    """SGD with decoupled weight decay, in either convention (``d_t`` the momentum direction, see the module).
-
-    * ``convention="torch"`` (default): ``w <- (1 - lr_t * wd) * w - lr_t * d_t``;
-    * ``convention="paper"`` (Loshchilov & Hutter): ``w <- (1 - eta_t * wd) * w - lr_t * d_t``, ``eta_t = lr_t/alpha``.
-
-    The momentum buffer sees only gradients. ``weight_decay=None`` means 5e-4 (torch convention) or the same decay at
-    the initial lr, ``5e-4 * lr`` (paper convention). Without momentum: torch's (fused) SGD; with it: compiled kernel.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float | None = None,
-        nesterov: bool = False,
-        *,
-        convention: str = "torch",
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-    ) -> None:
-        rule = convention_rule(convention, SGD_CONVENTIONS)
-        self.convention = convention
-        super().__init__(
-            params, lr, momentum, dampening, weight_decay, nesterov, rule=rule, maximize=maximize,
-            foreach=foreach, fused=fused,
-        )
+class SGDW(KernelSGD, conventions=SGD_CONVENTIONS):
+    """SGD with decoupled weight decay in torch's convention (``convention="torch"``, the default, rule ``sgdw``) or
+    Loshchilov & Hutter's (``"paper"``, rule ``sgdw-paper``); the momentum buffer sees only gradients.
+    ``weight_decay=None`` means 5e-4, or in the paper convention the same decay at the initial lr (``5e-4 * lr``).
+    Without momentum: torch's (fused) SGD; with it: the compiled kernel."""
 
 
-class ProxSGD(KernelSGD):
-    """Proximal SGD: ``w <- (w - lr_t * d_t) / (1 + eta_t * wd)``, ``eta_t = lr_t / alpha`` (``d_t`` as in SGDW).
-
-    The proximal map of ``wd / (2 alpha) * ||w||^2`` after the momentum step. ``weight_decay=None`` means
-    ``5e-4 * lr``. Without momentum: torch's (fused) SGD; with it: compiled kernel.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float | None = None,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(
-            params, lr, momentum, dampening, weight_decay, nesterov, rule=ProxSGDRule(), maximize=maximize,
-            foreach=foreach, fused=fused,
-        )
+class ProxSGD(KernelSGD, rule=ProxSGDRule):
+    """Proximal SGD (the ``proxsgd`` rule, :class:`~lightning_decay.optim.rules.ProxSGDRule`): the proximal map of
+    ``wd / (2 alpha) * ||w||^2`` after the momentum step. ``weight_decay=None`` means ``5e-4 * lr``. Without
+    momentum: torch's (fused) SGD; with it: the compiled kernel."""
