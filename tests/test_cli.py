@@ -230,3 +230,27 @@ def test_console_script_finds_class_paths_in_the_current_folder(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "MyMLP: ProxAdam (proxadam), paper convention" in output
+
+
+def test_the_settings_help_lists_the_registry_variants() -> None:
+    """DecaySettings' help lines (its docstring, written out, not rewritten at import) list exactly the registry's
+    variants in each class: every name, the torch and paper conventions, L2, elementwise, Muon."""
+    import re
+
+    from lightning_decay.integration.settings import DecaySettings
+    from lightning_decay.optim.registry import REGISTRY
+
+    text = " ".join(DecaySettings.__doc__.split())
+
+    def listed(before: str, after: str) -> list[str]:
+        return re.search(re.escape(before) + r"(.*?)" + re.escape(after), text).group(1).replace(",", " ").split()
+
+    def names(keep) -> list[str]:
+        return [name for name, info in REGISTRY.items() if keep(info)]
+
+    assert listed("the weight-decay variant: ", " (adamw is") == list(REGISTRY)
+    assert listed("decay lr_t*wd per step for ", ";") == names(lambda i: i.decoupled and not i.rule.per_unit_lr)
+    assert listed("eta_t*wd for ", ";") == names(lambda i: i.decoupled and i.rule.per_unit_lr)
+    assert listed("in the gradient for ", ".") == names(lambda i: not i.decoupled)
+    assert listed("not the elementwise ", ")") == names(lambda i: i.elementwise)
+    assert listed("with a Muon variant (", ", which") == names(lambda i: i.family == "muon")

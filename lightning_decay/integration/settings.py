@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from lightning_decay.integration.construction import check_optimizer_settings
-from lightning_decay.integration.guards import NONFINITE_POLICIES, check_nonfinite_policy, check_skip_limit
+from lightning_decay.integration.guards import check_nonfinite_policy, check_skip_limit
 from lightning_decay.integration.muon_split import OthersSettings
 from lightning_decay.integration.param_groups import ParamGroupSettings
-from lightning_decay.integration.schedules import SCHEDULES, check_schedule_settings
+from lightning_decay.integration.schedules import check_schedule_settings
 from lightning_decay.optim.conventions import weight_decay_for_timescale
-from lightning_decay.optim.registry import REGISTRY, VariantInfo, variant_names
+from lightning_decay.optim.registry import REGISTRY, VariantInfo
 from lightning_decay.optim.rules import DecayRule
 from lightning_decay.validation import check_bool, check_positive
 
@@ -42,23 +42,28 @@ class DecaySettings:
 
     Everything :class:`~lightning_decay.integration.mixin.DecayMixin` needs to build them. :meth:`to_dict` gives the
     plain form stored in ``hparams["decay"]``; :meth:`coerce` reads it back. The ``Args`` below are also the
-    LightningCLI's help lines (``--help``, ``--model.help``).
+    LightningCLI's help lines (``--help``, ``--model.help``); the variant lists in them are the registry's
+    (``tests/test_cli.py`` keeps them so).
 
     Args:
-        optimizer: the weight-decay variant: <VARIANTS> (adamw is torch's convention, decay 1 - lr_t*wd per
-            step; adamw-paper Loshchilov & Hutter's, 1 - eta_t*wd: the same number decays ~1/lr times
-            faster); or a dotted torch.optim.Optimizer class path.
+        optimizer: the weight-decay variant: adaml2, adamw, adamw-paper, proxadam, adamp, adamc, adamw-cautious,
+            adamw-paper-cautious, sgd-l2, sgdw, sgdw-paper, proxsgd, muon, muon-paper, proxmuon, muonc,
+            muon-cautious (adamw is torch's convention, decay 1 - lr_t*wd per step; adamw-paper Loshchilov &
+            Hutter's, 1 - eta_t*wd: the same number decays ~1/lr times faster); or a dotted
+            torch.optim.Optimizer class path.
         lr: the peak learning rate alpha; the schedule sets lr_t = alpha * eta_t.
-        weight_decay: in the variant's own convention: decay lr_t*wd per step for <TORCH>; eta_t*wd
-            for <PAPER>; an L2 term wd*w in the gradient for <L2>. null: the optimizer's default (torch AdamW:
-            0.01). The startup summary prints the decay timescale it means.
+        weight_decay: in the variant's own convention: decay lr_t*wd per step for adamw, adamp, adamc,
+            adamw-cautious, sgdw, muon, muonc, muon-cautious; eta_t*wd for adamw-paper, proxadam,
+            adamw-paper-cautious, sgdw-paper, proxsgd, muon-paper, proxmuon; an L2 term wd*w in the gradient for
+            adaml2, sgd-l2. null: the optimizer's default (torch AdamW: 0.01). The startup summary prints the decay
+            timescale it means.
         decay_timescale_epochs: instead of weight_decay: the decay's EMA timescale in epochs (Wang & Aitchison
             2024), turned into a weight decay once the trainer knows the steps per epoch (variants with one decay
             factor per step only).
         betas: Adam's (beta1, beta2); null: the optimizer's default.
         eps: Adam's eps; null: the optimizer's default.
         optimizer_kwargs: further constructor arguments of the optimizer, e.g. {fused: false} or {momentum: 0.9}.
-        schedule: the lr shape after the warmup: <SCHEDULES>; stepped every optimizer step.
+        schedule: the lr shape after the warmup: cosine, linear, constant; stepped every optimizer step.
         warmup_steps: optimizer steps of linear warmup to lr (0: none).
         warmup_ratio: the warmup as a fraction of total_steps, instead of warmup_steps.
         total_steps: the step at which the schedule reaches min_lr_ratio * lr; null: the fit's optimizer steps
@@ -70,7 +75,7 @@ class DecaySettings:
             Lightning) or 'step' (every optimizer step). Without an injected scheduler it is an error (the built-in
             schedule is always stepped every optimizer step).
         lr_scheduler_monitor: only with a ReduceLROnPlateau model.lr_scheduler_callable: the metric it watches.
-        nonfinite_grads: what a NaN/inf gradient does: <POLICIES> (raise: an error naming the parameter;
+        nonfinite_grads: what a NaN/inf gradient does: raise, skip, off (raise: an error naming the parameter;
             skip: the step is skipped, weights and optimizer state unchanged; off: no check).
         nonfinite_skip_limit: with nonfinite_grads skip: raise after this many consecutive skipped steps (null:
             never).
@@ -83,9 +88,11 @@ class DecaySettings:
         kernel: run the variant's decay rule on another AdamW implementation's step, state and state_dict, given
             by class path: e.g. torchao.optim.AdamW8bit (8-bit moments, 2 bytes per parameter instead of 8),
             torchao.optim.AdamW4bit, torchao.optim.AdamWFp8, torch.optim.AdamW; null: the variant's own optimizer.
-            Scalar variants only (not the elementwise <ELEMENTWISE>).
-        others: with a Muon variant (<MUON>, which step only hidden weight matrices): the optimizer of every other
-            parameter (embeddings, the output head, biases, norms, convolution filters), e.g. {optimizer:
+            Scalar variants only (not the elementwise adamp, adamw-cautious, adamw-paper-cautious,
+            muon-cautious).
+        others: with a Muon variant (muon, muon-paper, proxmuon, muonc, muon-cautious, which step only hidden
+            weight matrices): the optimizer of every other parameter (embeddings, the output head, biases, norms,
+            convolution filters), e.g. {optimizer:
             adamw-paper, lr: 0.001, weight_decay: 0.0001}; keys optimizer, lr, weight_decay, betas, eps,
             optimizer_kwargs, kernel, muon_exclude / muon_include (name patterns). One optimizer to Lightning.
     """
@@ -240,19 +247,6 @@ class DecaySettings:
 def _names(keep: Callable[[VariantInfo], bool]) -> str:
     return ", ".join(name for name, info in REGISTRY.items() if keep(info))
 
-
-# The help lines name what the registry and the modules hold, never a copy: LightningCLI's --help shows them.
-DecaySettings.__doc__ = (
-    (DecaySettings.__doc__ or "")
-    .replace("<VARIANTS>", ", ".join(variant_names()))
-    .replace("<TORCH>", _names(lambda info: info.decoupled and not info.rule.per_unit_lr))
-    .replace("<PAPER>", _names(lambda info: info.decoupled and info.rule.per_unit_lr))
-    .replace("<L2>", _names(lambda info: not info.decoupled))
-    .replace("<ELEMENTWISE>", _names(lambda info: info.elementwise))
-    .replace("<MUON>", _names(lambda info: info.family == "muon"))
-    .replace("<SCHEDULES>", ", ".join(SCHEDULES))
-    .replace("<POLICIES>", ", ".join(NONFINITE_POLICIES))
-)
 
 
 def check_timescale_settings(
