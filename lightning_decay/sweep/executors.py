@@ -79,12 +79,23 @@ class Unit:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            import ctypes
+def _parent_death_signal() -> Any:
+    """A function for ``preexec_fn`` that makes the child get SIGTERM when its parent (the job wrapper) dies, or
+    None off Linux. libc is looked up here, before the fork: the child only calls it (no import after the fork
+    of a process with threads, such as a Ray worker)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
 
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the cell stops when its job wrapper dies
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_unit(arguments: Sequence[str], env: Mapping[str, str], cwd: str, log: str) -> int:
@@ -96,11 +107,11 @@ def run_unit(arguments: Sequence[str], env: Mapping[str, str], cwd: str, log: st
     with open(log, "a") as output:
         process = subprocess.Popen(
             [sys.executable, *arguments], cwd=cwd, env=full_env, stdout=output, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            stdin=subprocess.DEVNULL, preexec_fn=_parent_death_signal(),
         )
         previous = None
         with contextlib.suppress(ValueError):  # not the main thread: no handler, the parent-death signal remains
-            previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return process.wait()
         except BaseException:
