@@ -2,6 +2,7 @@
 
 Modules: :mod:`~lightning_decay.optim.rules` (every decay formula, once), :mod:`~lightning_decay.optim.registry`
 (one record per variant), :mod:`~lightning_decay.optim.base` (what every optimizer shares),
+:mod:`~lightning_decay.optim.checked_groups` (what a group held at its last check: a step checks only what changed),
 :mod:`~lightning_decay.optim.adam` (rules on torch's Adam kernel), :mod:`~lightning_decay.optim.elementwise` (AdamP,
 cautious decay), :mod:`~lightning_decay.optim.compiled` (the compiled multi-tensor step),
 :mod:`~lightning_decay.optim.sgd` (SGD counterparts), :mod:`~lightning_decay.optim.kernels` (any rule on another
