@@ -95,3 +95,17 @@ def test_batched_cells_smoke(tmp_path: Path, cifar_jpeg_tar: Path) -> None:
     assert "round 1, one    : 3 cells" in out and "round 1, batched: 3 cells" in out
     assert "cells/h" in out and "ratio: " in out
     assert "same figures both ways: 3/3 cells" in out
+
+
+def test_configure_calls_counts_the_plan_path() -> None:
+    """The issue-26 measures of configuring one AdamW model: lookups below the 20 of the settings' old path (before
+    the plan), and within the integration modules one star from the plan (mixin -> plan -> its parts)."""
+    import re
+
+    out = run(str(BENCHMARKS / "configure_calls.py"))
+    counts = re.search(r"(\d+) validator calls .* (\d+) registry lookups", out)
+    assert counts is not None, out
+    assert int(counts.group(2)) < 20
+    inside = re.search(r"within lightning_decay.integration .*: (\d+) crossings, (\d+) up", out)
+    assert inside is not None and int(inside.group(1)) <= 12 and int(inside.group(2)) <= 1, out
+    assert "lightning_decay.integration.mixin -> lightning_decay.integration.plan" in out
