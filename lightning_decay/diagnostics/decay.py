@@ -55,7 +55,7 @@ def initial_lr(optimizer: Optimizer, group: Mapping[str, Any]) -> float:
 
 def decays_through_gradient(rule: DecayRule | None) -> bool:
     """True for L2 rules (``g <- g + wd w``: Adam-L2, SGD-L2), whose decay enters through the gradient."""
-    return isinstance(rule, KernelDecayRule) and not rule.kernel_settings(1.0, 1.0, 0.0).decoupled
+    return isinstance(rule, KernelDecayRule) and not rule.decoupled
 
 
 def infer_decay_metrics(rule: DecayRule) -> tuple[str, ...]:

@@ -150,7 +150,7 @@ def rotational_equilibrium(
     if rule is None or "betas" not in group:  # not an Adam-family step: the derivation does not apply
         return EquilibriumPrediction(math.nan, math.nan, lr, adam_like=False)
     alpha, weight_decay = initial_lr(optimizer, group), float(group.get("weight_decay", 0.0))
-    if not isinstance(rule, KernelDecayRule) or not rule.kernel_settings(lr, alpha, weight_decay).decoupled:
+    if not isinstance(rule, KernelDecayRule) or not rule.decoupled:
         return EquilibriumPrediction(math.nan, math.nan, lr, adam_like=True)
     kernel_lr = rule.kernel_settings(lr, alpha, weight_decay).lr
     if callable(getattr(optimizer, "decay_factor", None)):
@@ -168,7 +168,7 @@ def _muon_prediction(
 
     lr = float(group["lr"])
     alpha, weight_decay = initial_lr(optimizer, group), float(group.get("weight_decay", 0.0))
-    if not isinstance(rule, KernelDecayRule) or not rule.kernel_settings(lr, alpha, weight_decay).decoupled:
+    if not isinstance(rule, KernelDecayRule) or not rule.decoupled:
         return EquilibriumPrediction(math.nan, math.nan, lr, adam_like=True)
     settings = rule.kernel_settings(lr, alpha, weight_decay)
     adjusted = _adjust_lr(float(settings.lr), group.get("adjust_lr_fn"), torch.Size(shape))
@@ -192,9 +192,8 @@ def equilibrium_not_derived(optimizer: Optimizer, group: Mapping[str, Any]) -> s
             f"{name} ({rule.name}) is not an Adam-family step: its update is not normalized, so the equilibrium is a"
             " different one (not implemented)"
         )
-    lr = float(group["lr"])
-    alpha, weight_decay = initial_lr(optimizer, group), float(group.get("weight_decay", 0.0))
-    if isinstance(rule, KernelDecayRule) and not rule.kernel_settings(lr, alpha, weight_decay).decoupled:
+    weight_decay = float(group.get("weight_decay", 0.0))
+    if isinstance(rule, KernelDecayRule) and not rule.decoupled:
         return f"{name} ({rule.name}) decays through the gradient (L2, preconditioned by Adam): no single factor"
     if isinstance(rule, CautiousRule):
         return f"{name} ({rule.name}) decays only where u * w >= 0, a data-dependent share of the coordinates"

@@ -2,15 +2,8 @@
 
 torch's Muon steps a 2-D parameter as ``w <- (1 - lr * wd) w - adjust(lr) O_t``, ``O_t`` the Newton-Schulz
 orthogonalized momentum and ``adjust`` linear in the lr; so a scalar rule is torch's kernel with
-``rule.kernel_settings(lr_t, alpha, wd)`` (:func:`~lightning_decay.optim.kernels.on_kernel`), exactly:
-
-| variant | one step |
-|---|---|
-| ``muon`` | ``w <- (1 - lr_t*wd) w - adjust(lr_t) O_t`` (torch's) |
-| ``muon-paper`` | ``w <- (1 - eta_t*wd) w - adjust(lr_t) O_t`` |
-| ``proxmuon`` | ``w <- (w - adjust(lr_t) O_t) / (1 + eta_t*wd)`` |
-| ``muonc`` | ``w <- (1 - lr_t^2/lr_max*wd) w - adjust(lr_t) O_t`` |
-| ``muon-cautious`` | ``w <- w - adjust(lr_t) O_t - lr_t*wd 1[O_t w >= 0] w`` |
+``rule.kernel_settings(lr_t, alpha, wd)`` (:func:`~lightning_decay.optim.kernels.on_kernel`), exactly
+(each Muon variant's one step: the registry's table in ``docs/variants.md``).
 
 Cautious decay is elementwise (a mask on the sign of Muon's update), so :class:`CautiousMuon` runs torch's kernel
 without decay and then decays the masked coordinates; the update's sign is read from the step itself
