@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,11 @@ def run_unit(arguments: Sequence[str], env: Mapping[str, str], cwd: str, log: st
         with contextlib.suppress(ValueError):  # not the main thread: no handler, the parent-death signal remains
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            return process.wait()
+            # Polled, not a blocking wait: Ray cancels a task with an interrupt flag (interrupt_main), which a thread
+            # blocked in waitpid would only see once the cell ends.
+            while process.poll() is None:
+                time.sleep(0.2)
+            return process.returncode
         except BaseException:
             _stop_process(process)
             raise
