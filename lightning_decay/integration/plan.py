@@ -18,6 +18,7 @@ config and the monitors read it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -250,7 +251,7 @@ def resolve(
     )
     notes = timescale_notes(plan)
     _warn_short_timescales(plan)
-    return DecayPlan(**{**plan.__dict__, "notes": notes})
+    return dataclasses.replace(plan, notes=notes)
 
 
 def _timescale_steps(settings: DecaySettings, steps_per_epoch: int | None) -> float | None:
