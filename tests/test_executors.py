@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from lightning_decay.sweep import GridError, GridSpec, run_sweep
-from lightning_decay.sweep.executors import ExecutorError, Unit, make_executor
+from lightning_decay.sweep.executors import ExecutorError, make_executor
 from lightning_decay.sweep.locks import claim_info, is_claimed
 from lightning_decay.sweep.results import RESULT_FILE
+from lightning_decay.sweep.units import Unit
 from tests.test_sweep import REPO, write_base_config
 
 pytestmark = pytest.mark.xdist_group("executors")

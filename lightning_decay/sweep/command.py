@@ -16,11 +16,12 @@ from collections.abc import Sequence
 
 from lightning_decay.sweep.cell import cell_spec, run_cell
 from lightning_decay.sweep.comparison import main as compare_main
-from lightning_decay.sweep.executors import EXECUTORS, run_cell_command
+from lightning_decay.sweep.executors import EXECUTORS
 from lightning_decay.sweep.grid import Cell, GridError, GridSpec, number_or_value
 from lightning_decay.sweep.locks import cell_state, claim_owner, hold_cell
 from lightning_decay.sweep.pool import run_sweep
 from lightning_decay.sweep.results import cell_dir, collect_results, write_results
+from lightning_decay.sweep.units import run_cell_command
 
 __all__ = ["main"]
 

@@ -25,7 +25,7 @@ from lightning_decay.experiments.cifar10 import DISK_CACHE_ENV
 from lightning_decay.sweep.batched import describe_batches, plan_batches
 from lightning_decay.sweep.cell import cell_spec
 from lightning_decay.sweep.check import check_cells
-from lightning_decay.sweep.executors import Executor, ExecutorError, Job, Unit, make_executor
+from lightning_decay.sweep.executors import Executor, ExecutorError, Job, make_executor
 from lightning_decay.sweep.grid import Cell, GridError, GridSpec
 from lightning_decay.sweep.locks import NOT_RUN_EXIT_CODE, cell_state, claim_owner, is_claimed, prepare_cell
 from lightning_decay.sweep.results import (
@@ -40,6 +40,7 @@ from lightning_decay.sweep.results import (
     write_results,
 )
 from lightning_decay.sweep.summary import SweepSummary, finish_sweep, format_number
+from lightning_decay.sweep.units import Unit
 from lightning_decay.sweep.wandb_export import wandb_mode, write_wandb_sweeps
 
 __all__ = ["run_sweep"]
