@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "check_optional_real",
     "check_int",
     "check_bool",
+    "check_flags",
     "check_lr",
     "check_betas",
     "tensor_value_readable",
@@ -129,6 +131,14 @@ def check_bool(name: str, value: Any, where: str = "", allow_none: bool = False)
         accepted = "True, False or None" if allow_none else "True or False"
         raise TypeError(f"{name}{where} must be {accepted}, got {type(value).__name__} {value!r}")
     return value
+
+
+def check_flags(values: Mapping[str, Any], names: Iterable[str], where: str = "", allow_none: bool = False,
+                prefix: str = "") -> None:
+    """Each of ``names`` in ``values`` (a missing one reads as None) is a :func:`check_bool` flag; errors name
+    ``prefix + name``."""
+    for name in names:
+        check_bool(prefix + name, values.get(name), where, allow_none)
 
 
 def check_betas(value: Any, where: str = "", name: str = "betas") -> tuple[float, float]:

@@ -335,7 +335,7 @@ def test_custom_norm_classes_by_name() -> None:
         (lambda: GroupOverride("", patterns=["a"]), "name must be a non-empty string"),
         (lambda: ParamGroupSettings(no_decay_bias="yes"), "no_decay_bias must be True or False"),
         (lambda: ParamGroupSettings.coerce({"no_decay_bias": True, "no_decay_bais": False}), "no_decay_bais"),
-        (lambda: GroupOverride.coerce({"name": "x", "pattern": ["a"]}), r"unknown GroupOverride setting\(s\)"),
+        (lambda: GroupOverride.coerce({"name": "x", "pattern": ["a"]}), r"overrides\.pattern: unknown key"),
         (
             lambda: ParamGroupSettings(
                 overrides=[{"name": "h", "patterns": ["a"], "lr": 0.1}, {"name": "h", "patterns": ["b"]}]

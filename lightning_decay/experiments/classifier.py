@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_decay.experiments.models import build_model
 from lightning_decay.integration import DecayMixin, DecaySettings
-from lightning_decay.validation import check_positive
+from lightning_decay.validation import check_int, check_positive
 
 __all__ = ["ImageClassifier"]
 
@@ -28,7 +28,8 @@ class ImageClassifier(DecayMixin, LightningModule):
     Args:
         architecture: ``resnet20``, ``small_cnn`` or ``mlp`` (:func:`lightning_decay.experiments.build_model`).
         batch_norm: keep the batch-norm layers (``False``: identity, as in the blog's experiment).
-        width: ResNet20's first-stage channels (16 in He et al.).
+        width: first-stage channels: ResNet20's (16 in He et al.; then ``2*width``, ``4*width``), SmallCNN's
+            two layers have ``width`` and ``2*width`` (16: the default ``(16, 32)``); not used by ``mlp``.
         num_classes: output classes.
         loss_scale: the optimizer sees ``loss_scale * cross_entropy`` (the blog's scale-freeness experiment);
             the logged losses are unscaled.
@@ -59,9 +60,15 @@ class ImageClassifier(DecayMixin, LightningModule):
         )
         checked_loss_scale = check_positive("loss_scale", loss_scale)
         self.save_hyperparameters(ignore=["optimizer_callable", "lr_scheduler_callable"])
-        options = {"num_classes": num_classes, "batch_norm": batch_norm}
-        if architecture.strip().lower().replace("-", "_") == "resnet20":
+        options: dict[str, object] = {"num_classes": num_classes, "batch_norm": batch_norm}
+        key = architecture.strip().lower().replace("-", "_")
+        if key == "resnet20":
             options["width"] = width
+        elif key == "small_cnn":
+            channels = check_int("width", width, low=1)
+            options["channels"] = (channels, 2 * channels)
+        elif width != 16:
+            raise ValueError(f"width={width!r} is not used by architecture={architecture!r}; leave it at 16")
         self.network = build_model(architecture, **options)
         self.loss_scale = checked_loss_scale
         self.channels_last = channels_last

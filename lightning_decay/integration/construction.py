@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from torch.optim import Optimizer
 
 from lightning_decay.optim.conventions import weight_decay_for_timescale
 from lightning_decay.optim.kernels import on_kernel
-from lightning_decay.optim.registry import REGISTRY, VariantInfo, get_variant, record_of_class, resolve_variant, rule_of
+from lightning_decay.optim.registry import REGISTRY, VariantInfo, get_variant, record_of_class, rule_of
 from lightning_decay.optim.rules import DecayRule
 from lightning_decay.validation import check_betas, check_lr, check_nonnegative, is_real
 
@@ -31,6 +32,10 @@ __all__ = [
     "optimizer_rule",
     "OptimizerMaker",
     "variant_recipe",
+    "Constructor",
+    "resolve_constructor",
+    "checked_constructor",
+    "NamesOptimizer",
     "callable_recipe",
     "resolve_optimizer",
     "constructor_kwargs",
@@ -50,21 +55,30 @@ def resolve_optimizer(
     optimizer class or its dotted path, e.g. ``"torchao.optim.AdamW8bit"``), the variant's rule on that kernel
     (:func:`~lightning_decay.optim.kernels.on_kernel`); ``optimizer`` must then be a variant name.
     """
+    cls, fixed, _ = _resolve_class(optimizer, kernel)
+    return cls, fixed
+
+
+def _resolve_class(
+    optimizer: str | type[Optimizer], kernel: str | type[Optimizer] | None
+) -> tuple[type[Optimizer], dict[str, Any], VariantInfo | None]:
+    """:func:`resolve_optimizer` and the registry record of a variant name (one lookup; None otherwise)."""
     if kernel is not None:
         if not isinstance(optimizer, str) or optimizer.strip().lower().replace("_", "-") not in REGISTRY:
             raise ValueError(
                 f"kernel runs a variant's rule on another optimizer's step: optimizer must be a variant name "
                 f"({', '.join(REGISTRY)}), got {optimizer!r}"
             )
-        return on_kernel(kernel, optimizer), {}
+        return on_kernel(kernel, optimizer), {}, None
     if isinstance(optimizer, type):
         if not issubclass(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass, got {optimizer!r}")
-        return optimizer, {}
+        return optimizer, {}, None
     if not isinstance(optimizer, str):
         raise TypeError(f"optimizer must be a variant name or an Optimizer class, got {type(optimizer).__name__}")
     try:
-        return resolve_variant(optimizer)
+        record = get_variant(optimizer)
+        return record.optimizer, dict(record.kwargs), record
     except ValueError:
         if "." not in optimizer:
             raise ValueError(
@@ -80,7 +94,7 @@ def resolve_optimizer(
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
         raise ValueError(f"optimizer {optimizer!r} is not a torch.optim.Optimizer subclass")
-    return cls, {}
+    return cls, {}, None
 
 
 def accepts(cls: type, name: str) -> bool:
@@ -98,7 +112,15 @@ def constructor_kwargs(
     kernel: str | type[Optimizer] | None = None,
 ) -> tuple[type[Optimizer], dict[str, Any]]:
     """The class and the keyword arguments to build it with; ValueError naming a setting the class cannot take."""
-    cls, fixed = resolve_optimizer(optimizer, kernel)
+    cls, fixed, _ = _resolve_class(optimizer, kernel)
+    return cls, _kwargs_for(cls, fixed, optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
+
+
+def _kwargs_for(
+    cls: type[Optimizer], fixed: Mapping[str, Any], optimizer: str | type[Optimizer], lr: float | None,
+    weight_decay: float | None, betas: tuple[float, float] | None, eps: float | None,
+    optimizer_kwargs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     extra = dict(optimizer_kwargs or {})
     kwargs: dict[str, Any] = dict(fixed)
     for key, value in extra.items():
@@ -117,7 +139,46 @@ def constructor_kwargs(
         if not accepts(cls, key):
             raise ValueError(f"{key}: {cls.__name__} takes no argument {key!r} (leave it unset)")
         kwargs[key] = tuple(value) if key == "betas" else value
-    return cls, kwargs
+    return kwargs
+
+
+@dataclass(frozen=True)
+class Constructor:
+    """A variant name or optimizer class with its settings, resolved once: the class ``cls``, the keyword arguments
+    ``kwargs`` to build it with, the registry ``record`` (None outside the registry or on a kernel), the decay
+    ``rule`` it applies (None where none describes it), the peak ``lr`` its signature gives (None: unknown) and the
+    ``kernel`` class path it runs on (None: its own step)."""
+
+    cls: type[Optimizer]
+    kwargs: Mapping[str, Any]
+    record: VariantInfo | None
+    rule: DecayRule | None
+    peak_lr: float | None
+    kernel: str | None = None
+
+
+def resolve_constructor(
+    optimizer: str | type[Optimizer],
+    lr: float | None,
+    weight_decay: float | None,
+    betas: tuple[float, float] | None,
+    eps: float | None,
+    optimizer_kwargs: Mapping[str, Any] | None,
+    kernel: str | type[Optimizer] | None = None,
+) -> Constructor:
+    """Resolve a variant name or class with its settings (one registry lookup); ValueError naming a setting the
+    class cannot take. Nothing is built and the values are not range-checked (:func:`check_optimizer_settings`)."""
+    cls, fixed, record = _resolve_class(optimizer, kernel)
+    kwargs = _kwargs_for(cls, fixed, optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
+    if kernel is not None:
+        rule = rule_of(cls)
+    else:
+        if record is None:
+            record = record_of_class(cls, kwargs)
+        rule = record.rule if record is not None else rule_of(cls)
+    peak_lr = kwargs.get("lr", signature_default(cls, "lr"))
+    return Constructor(cls, kwargs, record, rule, float(peak_lr) if is_real(peak_lr) else None,
+                       _path(getattr(cls, "kernel", None)) if kernel is not None else None)
 
 
 def signature_default(cls: type, name: str) -> Any:
@@ -189,30 +250,13 @@ def check_optimizer_settings(
     the variant on that kernel; an unknown path, a class that is no optimizer, or a variant the kernel cannot run
     (elementwise, L2 on a decoupled kernel) is an error naming ``kernel``.
     """
-    if lr is not None:
-        check_lr("lr", lr)
-    if weight_decay is not None:
-        check_nonnegative("weight_decay", weight_decay)
-    if eps is not None:
-        check_nonnegative("eps", eps)
-    if betas is not None:
-        if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
-            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        check_betas(tuple(betas))
-    if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, Mapping):
-        raise TypeError(f"optimizer_kwargs must be a mapping, got {type(optimizer_kwargs).__name__}")
-    if kernel is not None and not isinstance(kernel, (str, type)):
-        raise TypeError(f"kernel must be an optimizer class path or class, got {type(kernel).__name__} {kernel!r}")
-    if kernel is not None and not isinstance(optimizer, (str, type)):
-        raise ValueError("kernel: set the variant by name (optimizer), not with an optimizer callable")
     if isinstance(optimizer, (str, type)):
-        cls, kwargs = constructor_kwargs(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
-        rule = optimizer_rule(optimizer, optimizer_kwargs, kernel)
-        peak_lr = kwargs.get("lr", signature_default(cls, "lr"))
-        peak_lr = float(peak_lr) if is_real(peak_lr) else None
-        if rule is not None and peak_lr is not None and weight_decay is not None:
-            rule.check(peak_lr, peak_lr, weight_decay)
-        return rule, peak_lr
+        constructor = checked_constructor(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
+        return constructor.rule, constructor.peak_lr
+    if kernel is not None:
+        if not isinstance(kernel, (str, type)):
+            raise TypeError(f"kernel must be an optimizer class path or class, got {type(kernel).__name__} {kernel!r}")
+        raise ValueError("kernel: set the variant by name (optimizer), not with an optimizer callable")
     if callable(optimizer):
         given = {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps}
         given = {key: value for key, value in given.items() if value is not None}
@@ -228,6 +272,67 @@ def check_optimizer_settings(
     raise TypeError(
         f"optimizer must be a variant name, an Optimizer class or a callable, got {type(optimizer).__name__}"
     )
+
+
+def checked_constructor(
+    optimizer: str | type[Optimizer],
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+    optimizer_kwargs: Mapping[str, Any] | None = None,
+    kernel: str | type[Optimizer] | None = None,
+) -> Constructor:
+    """:func:`check_optimizer_settings` of a variant name or class, returning what it resolved (settings keep it:
+    the plan builds from it without resolving again)."""
+    if lr is not None:
+        check_lr("lr", lr)
+    if weight_decay is not None:
+        check_nonnegative("weight_decay", weight_decay)
+    if eps is not None:
+        check_nonnegative("eps", eps)
+    if betas is not None:
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        check_betas(tuple(betas))
+    if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, Mapping):
+        raise TypeError(f"optimizer_kwargs must be a mapping, got {type(optimizer_kwargs).__name__}")
+    if kernel is not None and not isinstance(kernel, (str, type)):
+        raise TypeError(f"kernel must be an optimizer class path or class, got {type(kernel).__name__} {kernel!r}")
+    constructor = resolve_constructor(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
+    if constructor.rule is not None and constructor.peak_lr is not None and weight_decay is not None:
+        constructor.rule.check(constructor.peak_lr, constructor.peak_lr, weight_decay)
+    return constructor
+
+
+@dataclass(frozen=True)
+class NamesOptimizer:
+    """Mixin of the frozen settings that name an optimizer (fields ``optimizer``, ``lr``, ``weight_decay``,
+    ``betas``, ``eps``, ``optimizer_kwargs``, ``kernel``): :meth:`_check_optimizer` checks them once, when the
+    settings are made, and keeps what they resolved to as :attr:`constructor`. It is kept beside the settings, not
+    in them (LightningCLI serialises the instance's attributes; a class made by ``on_kernel`` does not pickle): a
+    copy or an unpickled settings object resolves it again on first use. A dataclass without fields, so that
+    the settings stay pure dataclasses (jsonargparse nests only those)."""
+
+    def _check_optimizer(self) -> Constructor:
+        settings: Any = self
+        constructor = checked_constructor(settings.optimizer, settings.lr, settings.weight_decay, settings.betas,
+                                          settings.eps, settings.optimizer_kwargs, settings.kernel)
+        key = id(self)
+        if key not in _RESOLVED:
+            weakref.finalize(self, _RESOLVED.pop, key, None)
+        _RESOLVED[key] = constructor
+        return constructor
+
+    @property
+    def constructor(self) -> Constructor:
+        """The optimizer these settings describe (class, arguments, registry record, rule, peak lr)."""
+        constructor = _RESOLVED.get(id(self))
+        return constructor if constructor is not None else self._check_optimizer()
+
+
+#: What each live settings object resolved to, by ``id`` (an entry leaves with its object).
+_RESOLVED: dict[int, Constructor] = {}
 
 
 class OptimizerMaker:
@@ -334,25 +439,12 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def variant_recipe(
-    optimizer: str | type[Optimizer],
-    lr: float | None,
-    weight_decay: float | None,
-    betas: tuple[float, float] | None,
-    eps: float | None,
-    optimizer_kwargs: Mapping[str, Any] | None,
-    kernel: str | None,
-    decay_timescale_steps: float | None = None,
-) -> OptimizerRecipe:
-    """The recipe of a variant name or optimizer class path with these (validated) settings; with
-    ``decay_timescale_steps`` the weight decay whose timescale at the peak lr is that many steps."""
-    cls, kwargs = constructor_kwargs(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
-    name = optimizer.strip().lower().replace("_", "-") if isinstance(optimizer, str) else None
-    record = REGISTRY.get(name) if name is not None else None
-    if record is None and kernel is None:
-        record = record_of_class(cls, kwargs)
+def variant_recipe(constructor: Constructor, decay_timescale_steps: float | None = None) -> OptimizerRecipe:
+    """The recipe of a resolved variant or optimizer class (validated settings: :attr:`DecaySettings.constructor`);
+    with ``decay_timescale_steps`` the weight decay whose timescale at the peak lr is that many steps."""
+    cls, kwargs, record = constructor.cls, dict(constructor.kwargs), constructor.record
     probe = _probe(lambda params: cls(params, **kwargs))
-    rule = record.rule if record is not None and kernel is None else rule_of(probe)
+    rule = constructor.rule if record is not None else rule_of(probe)
     peak_lr = _number(probe.defaults.get("lr"))
     if decay_timescale_steps is not None:
         kwargs["weight_decay"] = weight_decay_for_timescale(decay_timescale_steps, peak_lr or 1e-3, rule)
@@ -360,7 +452,7 @@ def variant_recipe(
     return OptimizerRecipe(
         variant=record.name if record is not None else None, class_name=cls.__name__,
         class_path=f"{cls.__module__}.{cls.__qualname__}",
-        kernel=_path(getattr(cls, "kernel", None)) if kernel else None, kwargs=kwargs, lr=peak_lr,
+        kernel=constructor.kernel, kwargs=kwargs, lr=peak_lr,
         weight_decay=_number(probe.defaults.get("weight_decay")), family=record.family if record else None,
         step=record.step if record else None, rule=rule, _probe=probe, _cls=cls,
     )

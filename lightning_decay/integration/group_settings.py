@@ -4,10 +4,11 @@ layers. Plain, validated data; :mod:`lightning_decay.integration.param_groups` a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from lightning_decay.validation import check_bool, check_optional_real
+from lightning_decay.integration.settings_record import SettingsRecord
+from lightning_decay.validation import check_bool, check_flags, check_optional_real
 
 __all__ = ["DECAY", "NO_DECAY", "NO_DECAY_SUFFIX", "GROUP_RULES", "GroupOverride", "ParamGroupSettings"]
 
@@ -40,7 +41,7 @@ def strings(value: Any, what: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class GroupOverride:
+class GroupOverride(SettingsRecord):
     """A named parameter group for the parameters matched by name ``patterns`` or by ``modules`` type.
 
     The names "decay" / "no_decay" add the matches to the built-in groups and then take no settings.
@@ -56,6 +57,8 @@ class GroupOverride:
         normalized: AdamC only: false for layers whose output no normalization follows (their decay keeps AdamW's
             lr_t * wd); null leaves the optimizer's default.
     """
+
+    config_key = "decay.groups.overrides"
 
     name: str
     patterns: tuple[str, ...] = ()
@@ -105,29 +108,12 @@ class GroupOverride:
         return {key: value for key, value in values.items() if value is not None}
 
     @classmethod
-    def coerce(cls, value: GroupOverride | Mapping[str, Any]) -> GroupOverride:
-        """A ``GroupOverride`` from itself or a mapping of its fields (unknown keys: ValueError naming them)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(f"an override must be a GroupOverride or a mapping, got {type(value).__name__}")
-        return cls(**_known_keys(cls, value, "GroupOverride"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain (YAML- and ``weights_only``-safe) form: lists for the tuples."""
-        return {f.name: list(v) if isinstance(v, tuple) else v for f in fields(self) for v in [getattr(self, f.name)]}
-
-
-def _known_keys(cls: type, mapping: Mapping[str, Any], what: str) -> dict[str, Any]:
-    valid = [f.name for f in fields(cls)]
-    unknown = [key for key in mapping if key not in valid]
-    if unknown:
-        raise ValueError(f"unknown {what} setting(s) {unknown}; valid: {valid}")
-    return dict(mapping)
+    def _from_other(cls, value: Any) -> GroupOverride:
+        raise TypeError(f"an override must be a GroupOverride or a mapping, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
-class ParamGroupSettings:
+class ParamGroupSettings(SettingsRecord):
     """How the parameters are split into groups (model.decay.groups). For each parameter the first matching rule
     decides: overrides, no_decay patterns, the model's no_weight_decay(), the default no-decay set, else "decay".
     With every rule off there is one "decay" group.
@@ -150,6 +136,8 @@ class ParamGroupSettings:
             per-neuron norms see them as the out x in map they are.
     """
 
+    config_key = "decay.groups"
+
     no_decay_bias: bool = True
     no_decay_norm: bool = True
     no_decay_1d: bool = True
@@ -161,8 +149,8 @@ class ParamGroupSettings:
     transposed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("no_decay_bias", "no_decay_norm", "no_decay_1d", "no_decay_embeddings", "model_no_weight_decay"):
-            check_bool(f"ParamGroupSettings.{name}", getattr(self, name))
+        check_flags(vars(self), ("no_decay_bias", "no_decay_norm", "no_decay_1d", "no_decay_embeddings",
+                                 "model_no_weight_decay"), prefix="groups.")
         if self.rule not in GROUP_RULES:
             raise ValueError(f"groups.rule must be one of {list(GROUP_RULES)}, got {self.rule!r}")
         object.__setattr__(self, "no_decay", strings(self.no_decay, "ParamGroupSettings.no_decay"))
@@ -187,25 +175,6 @@ class ParamGroupSettings:
                     f"ParamGroupSettings.overrides: {override.no_decay_name!r} is the no-decay part of override "
                     f"{override.name!r} (which sets no weight_decay); use another name"
                 )
-
-    @classmethod
-    def coerce(cls, value: ParamGroupSettings | Mapping[str, Any] | None) -> ParamGroupSettings:
-        """``ParamGroupSettings`` from itself, a mapping of its fields, or None (the defaults)."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(f"groups must be ParamGroupSettings or a mapping, got {type(value).__name__}")
-        return cls(**_known_keys(cls, value, "ParamGroupSettings"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain (YAML- and ``weights_only``-safe) form."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["no_decay"] = list(self.no_decay)
-        out["transposed"] = list(self.transposed)
-        out["overrides"] = [override.to_dict() for override in self.overrides]
-        return out
 
     @property
     def group_names(self) -> list[str]:

@@ -156,7 +156,7 @@ def check_callables(
     lr_scheduler_callable: LRSchedulerCallable | None,
 ) -> None:
     """Callables are callable, build what they should, and do not fight with ``decay`` settings."""
-    defaults = DecaySettings()
+    defaults = DecaySettings.defaults()
     check_scheduler_interval(settings.lr_scheduler_interval, settings.lr_scheduler_monitor,
                              lr_scheduler_callable is not None)
     if optimizer_callable is not None:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from lightning_decay.integration.construction import NamesOptimizer
+from lightning_decay.integration.settings_record import SettingsRecord
 from lightning_decay.integration.transposed import is_transposed_layer
 from lightning_decay.validation import check_bool
 
@@ -35,7 +37,7 @@ _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
 
 @dataclass(frozen=True)
-class OthersSettings:
+class OthersSettings(NamesOptimizer, SettingsRecord):
     """The optimizer of the parameters Muon does not step (``decay.others`` in YAML).
 
     Args:
@@ -53,6 +55,9 @@ class OthersSettings:
             matrices.
     """
 
+    config_key = "decay.others"
+    compact = True
+
     optimizer: str = "adamw"
     lr: float | None = None
     weight_decay: float | None = None
@@ -66,39 +71,23 @@ class OthersSettings:
 
     def __post_init__(self) -> None:
         check_bool("flatten_convolutions", self.flatten_convolutions)
-
-    @classmethod
-    def coerce(cls, value: OthersSettings | Mapping[str, Any] | None) -> OthersSettings | None:
-        """From ``decay.others``: a mapping whose unknown keys are an error naming ``others.<key>``."""
-        if value is None or isinstance(value, OthersSettings):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(f"others must be a mapping such as {{optimizer: adamw, lr: 0.001}}, got {value!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"others.{unknown[0]}: unknown key; known keys: {', '.join(sorted(known))}")
-        values = dict(value)
         for key in ("muon_exclude", "muon_include"):
-            patterns = values.get(key, ())
-            if isinstance(patterns, str):
-                patterns = (patterns,)
+            patterns = getattr(self, key)
+            patterns = (patterns,) if isinstance(patterns, str) else patterns
             if not all(isinstance(p, str) for p in patterns):
                 raise TypeError(f"others.{key} must be a list of name patterns, got {patterns!r}")
-            values[key] = tuple(patterns)
-        if values.get("betas") is not None:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values)
+            object.__setattr__(self, key, tuple(patterns))
+        if self.betas is not None and not isinstance(self.betas, (str, bytes)):
+            object.__setattr__(self, "betas", tuple(self.betas))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The plain form (hparams, YAML), without unset fields."""
-        plain: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value not in (None, (), False):
-                plain[f.name] = list(value) if isinstance(value, tuple) else (
-                    dict(value) if isinstance(value, Mapping) else value)
-        return plain
+    @classmethod
+    def coerce(cls, value: Any) -> OthersSettings | None:  # type: ignore[override]
+        """None stays None (no separate optimizer); otherwise as :meth:`SettingsRecord.coerce`."""
+        return None if value is None else super().coerce(value)
+
+    @classmethod
+    def _from_other(cls, value: Any) -> OthersSettings:
+        raise TypeError(f"others must be a mapping such as {{optimizer: adamw, lr: 0.001}}, got {value!r}")
 
 
 @dataclass(frozen=True)

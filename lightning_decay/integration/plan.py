@@ -42,19 +42,14 @@ from lightning_decay.integration.muon_split import MuonRoute, check_muon_routes,
 from lightning_decay.integration.param_groups import ParamAssignment, assign_param_groups, timm_departures
 from lightning_decay.integration.schedules import WarmupSchedule, resolve_warmup
 from lightning_decay.integration.settings import DecaySettings
-from lightning_decay.integration.summary import plan_summary, timescale_notes
+from lightning_decay.integration.summary import plan_summary
+from lightning_decay.integration.timescale_notes import SHORT_TIMESCALE_STEPS, short_timescale_warning, timescale_note
 from lightning_decay.integration.transposed import transposed_weights
 from lightning_decay.optim.combined import CombinedOptimizer
 from lightning_decay.optim.conventions import epochs_to_steps, weight_decay_for_timescale
 from lightning_decay.optim.rules import DecayRule
 
 __all__ = ["SHORT_TIMESCALE_STEPS", "GroupPlan", "SchedulePlan", "DecayPlan", "resolve", "build", "build_optimizer_of"]
-
-#: A decoupled decay whose timescale at the peak lr is shorter than this many optimizer steps gets a UserWarning:
-#: such a decay erases the weights within a few dozen steps, which is almost always a weight decay given in the
-#: other convention (torch's ``lr_t*wd`` vs the paper's ``eta_t*wd``).
-SHORT_TIMESCALE_STEPS = 50.0
-
 
 @dataclass(frozen=True)
 class GroupPlan:
@@ -227,8 +222,7 @@ def resolve(
     if optimizer_callable is not None:
         main = callable_recipe(optimizer_callable)
     else:
-        main = variant_recipe(settings.optimizer, settings.lr, settings.weight_decay, settings.betas, settings.eps,
-                              settings.optimizer_kwargs, settings.kernel, tau_steps)
+        main = variant_recipe(settings.constructor, tau_steps)
     transposed = transposed_weights(model, settings.groups.transposed)
     assignments = assign_param_groups(model, settings.groups)
     if not assignments:
@@ -240,8 +234,7 @@ def resolve(
         check_muon_routes(model, settings, routes)
         if settings.others is not None:
             others = settings.others
-            recipes = (main, variant_recipe(others.optimizer, others.lr, others.weight_decay, others.betas,
-                                            others.eps, others.optimizer_kwargs, others.kernel, tau_steps))
+            recipes = (main, variant_recipe(others.constructor, tau_steps))
     groups = _group_plans(model, settings.groups, assignments, recipes, routes, transposed, tau_steps)
     schedule = _schedule_plan(settings, total_steps, lr_scheduler_callable, main)
     plan = DecayPlan(
@@ -249,9 +242,7 @@ def resolve(
         transposed=transposed, muon_routes=routes, timm_departures=tuple(timm_departures(model, settings.groups)),
         steps_per_epoch=steps_per_epoch, planned_steps=total_steps,
     )
-    notes = timescale_notes(plan)
-    _warn_short_timescales(plan)
-    return dataclasses.replace(plan, notes=notes)
+    return dataclasses.replace(plan, notes=_notes_and_warnings(plan))
 
 
 def _timescale_steps(settings: DecaySettings, steps_per_epoch: int | None) -> float | None:
@@ -360,29 +351,25 @@ def _schedule_plan(
                         min_lr_ratio=settings.min_lr_ratio)
 
 
-def _warn_short_timescales(plan: DecayPlan) -> None:
-    """A UserWarning per decayed group whose decoupled decay erases the weights within
-    :data:`SHORT_TIMESCALE_STEPS` steps at the peak lr, with the value in the other convention."""
+def _notes_and_warnings(plan: DecayPlan) -> dict[str, str]:
+    """The timescale note of each decayed group (:func:`timescale_note`); a UserWarning per group whose decay
+    erases the weights within :data:`SHORT_TIMESCALE_STEPS` steps at the peak lr."""
+    notes = {}
+    multiplier = plan.schedule.multiplier
     for group in plan.groups:
-        tau = group.timescale_steps
-        rule = plan.rule_of(group)
-        if tau is None or not tau < SHORT_TIMESCALE_STEPS or rule is None or not group.weight_decay or not group.lr:
+        tau, rule, lr, weight_decay = group.timescale_steps, plan.rule_of(group), group.lr, group.weight_decay
+        if tau is None or not math.isfinite(tau) or lr is None or weight_decay is None:
             continue
+        note = timescale_note(group.name, tau, rule, lr, weight_decay, multiplier, plan.planned_steps,
+                              plan.steps_per_epoch)
+        if note is not None:
+            notes[group.name] = note
         recipe = plan.optimizers[group.part]
-        wd, lr = group.weight_decay, group.lr
-        if rule.per_unit_lr:
-            meant = (f"if {wd:g} was meant in torch's convention (decay lr_t*wd per step, as torch.optim.AdamW), the "
-                     f"value in this variant's paper convention is lr * wd = {lr * wd:.6g}")
-        else:
-            meant = (f"if {wd:g} was meant in the paper convention (decay eta_t*wd per step), the value in this "
-                     f"variant's torch convention is wd / lr = {wd / lr:.6g}")
-        warnings.warn(
-            f"weight_decay={wd:g} with {recipe.variant or recipe.class_name} at lr={lr:g} gives group "
-            f"{group.name!r} a decay timescale of {tau:.3g} steps: the weights forget everything older than ~"
-            f"{tau:.3g} optimizer steps ({100 / tau:.3g}% per step). {meant[0].upper()}{meant[1:]}",
-            UserWarning,
-            stacklevel=3,
-        )
+        warning = None if rule is None else short_timescale_warning(
+            group.name, tau, rule, lr, weight_decay, recipe.variant or recipe.class_name)
+        if warning is not None:
+            warnings.warn(warning, UserWarning, stacklevel=3)
+    return notes
 
 
 # ------------------------------------------------------------------------------------------------------------- build

@@ -8,21 +8,23 @@ through the optimizer class's signature.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
-from lightning_decay.integration.construction import check_optimizer_settings
+from lightning_decay.integration.construction import NamesOptimizer
 from lightning_decay.integration.guards import check_nonfinite_policy, check_skip_limit
 from lightning_decay.integration.muon_split import OthersSettings
 from lightning_decay.integration.param_groups import ParamGroupSettings
 from lightning_decay.integration.schedules import check_schedule_settings
+from lightning_decay.integration.settings_record import SettingsRecord
 from lightning_decay.optim.conventions import weight_decay_for_timescale
 from lightning_decay.optim.registry import REGISTRY, VariantInfo
 from lightning_decay.optim.rules import DecayRule
-from lightning_decay.validation import check_bool, check_positive
+from lightning_decay.validation import check_bool, check_flags, check_positive
 
 __all__ = ["DecaySettings", "OPTIMIZER_FIELDS", "SCHEDULE_FIELDS", "GENERAL_FIELDS", "check_timescale_settings"]
 
@@ -37,7 +39,7 @@ GENERAL_FIELDS = ("nonfinite_grads", "nonfinite_skip_limit", "verbose", "allow_e
 
 
 @dataclass(frozen=True)
-class DecaySettings:
+class DecaySettings(NamesOptimizer, SettingsRecord):
     """The decay optimizer and its lr schedule (model.decay); every key is checked before training.
 
     Everything :class:`~lightning_decay.integration.mixin.DecayMixin` needs to build them. :meth:`to_dict` gives the
@@ -96,6 +98,8 @@ class DecaySettings:
             adamw-paper, lr: 0.001, weight_decay: 0.0001}; keys optimizer, lr, weight_decay, betas, eps,
             optimizer_kwargs, kernel, muon_exclude / muon_include (name patterns). One optimizer to Lightning.
     """
+
+    config_key = "decay"
 
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -159,18 +163,16 @@ class DecaySettings:
             raise TypeError(f"lr_scheduler_monitor must be a metric name, got {self.lr_scheduler_monitor!r}")
         check_nonfinite_policy(self.nonfinite_grads, "nonfinite_grads")
         check_skip_limit(self.nonfinite_skip_limit, "nonfinite_skip_limit")
-        check_bool("verbose", self.verbose)
-        check_bool("allow_external_optimizer", self.allow_external_optimizer)
+        check_flags(vars(self), ("verbose", "allow_external_optimizer"))
         if self.optimizer in REGISTRY and REGISTRY[self.optimizer].family == "muon":
             for setting in ("kernel", "betas", "eps"):
                 if getattr(self, setting) is not None:
                     raise ValueError(f"{setting}: {self.optimizer!r} runs torch's Muon, which has no {setting}; set "
                                      f"others.{setting} for the optimizer of the other parameters")
-        rule, peak_lr = check_optimizer_settings(
-            self.optimizer, self.lr, self.weight_decay, self.betas, self.eps, self.optimizer_kwargs, self.kernel
-        )
+        constructor = self._check_optimizer()
         if self.decay_timescale_epochs is not None:
-            check_timescale_settings(self.decay_timescale_epochs, self.weight_decay, rule, peak_lr)
+            check_timescale_settings(self.decay_timescale_epochs, self.weight_decay, constructor.rule,
+                                     constructor.peak_lr)
         self._check_others()
 
     def _check_others(self) -> None:
@@ -178,7 +180,8 @@ class DecaySettings:
         try:
             others = OthersSettings.coerce(self.others)
         except (TypeError, ValueError) as error:
-            raise type(error)(f"others: {error}" if not str(error).startswith("others") else str(error)) from None
+            raise type(error)(str(error) if str(error).startswith(("others", "decay.others")) else f"others: {error}"
+                              ) from None
         object.__setattr__(self, "others", others)
         muon = self.optimizer in REGISTRY and REGISTRY[self.optimizer].family == "muon"
         if muon and "orthogonalize_dtype" in self.optimizer_kwargs:
@@ -198,45 +201,29 @@ class DecaySettings:
             raise ValueError(f"others.optimizer: {others.optimizer!r} is a Muon variant; the others need an Adam or "
                              "SGD variant (Muon steps matrices only)")
         try:
-            check_optimizer_settings(others.optimizer, others.lr, others.weight_decay, others.betas, others.eps,
-                                     others.optimizer_kwargs, others.kernel)
+            others._check_optimizer()
         except (TypeError, ValueError) as error:
             raise type(error)(f"others: {error}") from None
 
     @classmethod
-    def coerce(cls, value: DecaySettings | Mapping[str, Any] | str | None) -> DecaySettings:
-        """Settings from themselves, their :meth:`to_dict` form (unknown keys: ValueError naming them), a variant
-        name, or ``None`` (the defaults)."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
+    def _from_other(cls, value: Any) -> DecaySettings:
+        """A variant name alone: ``DecaySettings(optimizer=value)``."""
         if isinstance(value, str):
             return cls(optimizer=value)
-        if isinstance(value, Mapping):
-            valid = [f.name for f in fields(cls)]
-            unknown = [key for key in value if key not in valid]
-            if unknown:
-                raise ValueError(f"DecaySettings: unknown setting(s) {unknown}; valid: {valid}")
-            return cls(**value)
         raise TypeError(f"decay must be DecaySettings, a mapping, a variant name or None, got {type(value).__name__}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain (YAML- and ``torch.load(weights_only=True)``-safe) form, as stored in ``hparams["decay"]``."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["betas"] = list(self.betas) if self.betas is not None else None
-        out["optimizer_kwargs"] = dict(self.optimizer_kwargs)
-        out["groups"] = self.groups.to_dict()
-        out["others"] = self.others.to_dict() if self.others is not None else None
-        return out
 
     def replace(self, **changes: Any) -> DecaySettings:
         """A copy with ``changes`` (validated)."""
         return dataclasses.replace(self, **changes)
 
+    @staticmethod
+    def defaults() -> DecaySettings:
+        """The settings with every default (made and checked once)."""
+        return _default_settings()
+
     def changed(self, names: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The settings (among ``names``, default: all) that differ from the defaults, in field order."""
-        defaults = type(self)()
+        defaults = _default_settings()
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
@@ -265,3 +252,8 @@ def check_timescale_settings(
         weight_decay_for_timescale(1e6, peak_lr if peak_lr else 1e-3, rule)
     except ValueError as error:
         raise ValueError(f"decay_timescale_epochs: {error}") from None
+
+
+@functools.cache
+def _default_settings() -> DecaySettings:
+    return DecaySettings()

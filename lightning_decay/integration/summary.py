@@ -11,31 +11,23 @@
 Everything comes from the :class:`~lightning_decay.integration.plan.DecayPlan` (``str(plan)``): the variant, its
 convention and one-step formula from the registry record of the plan's optimizer, the schedule the plan resolved
 (its warmup shortened to a short fit), each group's timescale from its decay rule, the layers treated as transposed,
-the tensors where the default no-decay rule departs from timm's. With ``verbose`` a table of every parameter
-follows: its group and the reason it is there. A decayed group whose
-timescale is more than :data:`LONG_TIMESCALE_FACTOR` times the planned fit, or shorter than one epoch, gets one
-``note:`` line: the timescale view of Wang & Aitchison 2024 (the weights are an EMA of their updates over ~timescale
-steps, so a timescale far beyond the fit leaves the decay without effect, one shorter than an epoch forgets within
-it).
+the tensors where the default no-decay rule departs from timm's, the plan's notes (one ``note:`` line per group
+whose decay timescale is far from the fit's length: :mod:`lightning_decay.integration.timescale_notes`). With
+``verbose`` a table of every parameter follows: its group and the reason it is there.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from lightning_decay.integration.construction import OptimizerRecipe
 from lightning_decay.integration.muon_split import routing_summary
-from lightning_decay.optim.rules import DecayRule
 
 #: A :class:`~lightning_decay.integration.plan.DecayPlan` (the plan module imports this one, not the reverse).
 DecayPlan = Any
 
-__all__ = ["LONG_TIMESCALE_FACTOR", "plan_summary", "timescale_notes"]
-
-#: A decayed group whose timescale is more than this many times the planned fit gets a note in the summary.
-LONG_TIMESCALE_FACTOR = 10.0
+__all__ = ["plan_summary"]
 
 
 def plan_summary(plan: DecayPlan) -> str:
@@ -112,25 +104,6 @@ def _parameter_table(plan: DecayPlan) -> list[str]:
     return lines
 
 
-def timescale_notes(plan: DecayPlan) -> dict[str, str]:
-    """One note per decayed group whose timescale is far longer than the planned fit or shorter than one epoch."""
-    notes = {}
-    multiplier = plan.schedule.multiplier
-    for group in plan.groups:
-        tau = group.timescale_steps
-        if tau is None or not math.isfinite(tau) or group.lr is None or group.weight_decay is None:
-            continue
-        note = _timescale_note(group.name, tau, plan.rule_of(group), group.lr, group.weight_decay, multiplier,
-                               plan.planned_steps, plan.steps_per_epoch)
-        if note is not None:
-            notes[group.name] = note
-    return notes
-
-
-def _steps_text(steps: float) -> str:
-    return f"{steps:,.0f}" if steps >= 100 else f"{steps:.3g}"
-
-
 def _describe_schedule(plan: DecayPlan) -> str:
     """``warmup 10 steps, then cosine to 0 at step 30, stepped every optimizer step``, from the plan."""
     schedule = plan.schedule
@@ -170,42 +143,3 @@ def _decay_needs_denominator(recipe: OptimizerRecipe) -> bool:
     """The registry says the variant's decay is scaled by Adam's denominator D (AdamP, Adam + L2)."""
     return recipe.record is not None and bool(
         {"elementwise_factor", "preconditioned_decay"} & set(recipe.record.decay_metrics))
-
-
-def _run_shrink(
-    rule: DecayRule, lr: float, weight_decay: float, multiplier: Callable[[int], float] | None, steps: int
-) -> float:
-    """The fraction of the weights that the decay alone removes over ``steps`` optimizer steps of the schedule
-    (the product of the per-step decay factors; at most 10,000 evaluations)."""
-    stride = max(1, math.ceil(steps / 10_000))
-    log_kept = 0.0
-    for step in range(0, steps, stride):
-        eta = float(multiplier(step)) if multiplier is not None else 1.0
-        factor = float(rule.decay_factor(lr * eta, lr, weight_decay))
-        if factor <= 0.0:
-            return 1.0
-        log_kept += min(stride, steps - step) * math.log(min(1.0, factor))
-    return 1.0 - math.exp(log_kept)
-
-
-def _timescale_note(
-    name: str, tau: float, rule: DecayRule | None, lr: float, weight_decay: float,
-    multiplier: Callable[[int], float] | None, planned: int | None, per_epoch: int | None,
-) -> str | None:
-    """One line when a decayed group's timescale is far longer than the planned fit or shorter than one epoch (the
-    timescale view of Wang & Aitchison 2024: the weights are an EMA of the updates over ~tau steps)."""
-    if planned is not None and tau > LONG_TIMESCALE_FACTOR * planned and rule is not None:
-        shrink = _run_shrink(rule, lr, weight_decay, multiplier, planned)
-        bound = "at most " if rule.elementwise else ""
-        return (
-            f"group {name!r}: decay timescale {_steps_text(tau)} steps is {tau / planned:.0f}x the {planned:,} "
-            f"planned steps, so over the whole fit the decay shrinks these weights by {bound}{100 * shrink:.2g}% and "
-            "barely acts (Wang & Aitchison 2024: the weights average their updates over ~timescale steps)"
-        )
-    if per_epoch is not None and tau < per_epoch:
-        return (
-            f"group {name!r}: decay timescale {_steps_text(tau)} steps is shorter than one epoch ({per_epoch:,} "
-            "steps): these weights forget their updates within an epoch (Wang & Aitchison 2024: they average their "
-            "updates over ~timescale steps)"
-        )
-    return None

@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from lightning_decay.optim.checked_groups import LR_AT_CONSTRUCTION, LR_ONLY, CheckedGroup
 from lightning_decay.optim.rules import DecayRule, KernelDecayRule, KernelSettings
-from lightning_decay.validation import check_betas, check_bool, check_lr, check_nonnegative, tensor_value_readable
+from lightning_decay.validation import check_betas, check_flags, check_lr, check_nonnegative, tensor_value_readable
 
 __all__ = [
     "DecayOptimizer",
@@ -417,14 +417,30 @@ class DecayOptimizer:
         return loss
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
+        """Check a new group once. A group whose settings are those an earlier group passed (the same objects: the
+        constructor's defaults every group inherits) but for a float lr and / or a weight decay has only these and
+        its rule's limits checked, as a step does after a scheduler's change; any other group is checked whole."""
         group.setdefault(LR_AT_CONSTRUCTION, as_number(group["lr"]))  # a float: a tensor lr moves
+        trusted: dict[str, Any] | None = self.__dict__.get("_trusted_settings")
+        if trusted is not None and not isinstance(group["lr"], Tensor):
+            own = {key for key, value in group.items() if key not in trusted or value is not trusted[key]}
+            if own <= _DECAY_KEYS:
+                complete = self._check_decay_change(group, "lr" in own, "weight_decay" in own)
+                self._remember_check(group, complete)
+                return
         where = _group_label(self, group)  # type: ignore[arg-type]
-        for flag in _BOOLEAN_FLAGS:
-            check_bool(flag, group.get(flag), where, allow_none=True)
+        check_flags(group, _BOOLEAN_FLAGS, where, allow_none=True)
         if group.get("fused") and group.get("foreach"):
             raise ValueError(f"fused and foreach{where} cannot both be True")
-        self._remember_check(group, self._check_group(group))
+        complete = self._check_group(group)
+        self._remember_check(group, complete)
+        if complete and not isinstance(group["lr"], Tensor):
+            self.__dict__["_trusted_settings"] = {key: value for key, value in group.items() if key != "params"}
 
+
+#: The keys in which a new group may differ from an earlier, fully checked one and still be checked in part (with
+#: ``params``, the group's ``name`` label and the lr it was made with, which follows its lr).
+_DECAY_KEYS = frozenset({"params", "lr", "weight_decay", "name", LR_AT_CONSTRUCTION})
 
 #: Constructor flags that must be booleans (``foreach`` and ``fused`` may also be None: the default path).
 _BOOLEAN_FLAGS = ("amsgrad", "maximize", "foreach", "fused", "capturable", "differentiable", "nesterov")
