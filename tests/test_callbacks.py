@@ -818,3 +818,26 @@ def test_training_report_draws_the_logged_series(tmp_path: Path, capsys: pytest.
     norms = [value for _, value in series["weight_norm/total"]]
     assert norms == [expected[step]["weight_norm/total"] for step in range(STEPS)]
     assert {"lr-AdamW/decay", "decay_factor/decay"} <= set(series)
+
+
+def test_the_monitors_share_one_row_per_step_in_any_callback_order(tmp_path: Path) -> None:
+    """The monitors' shared row (``MonitorsOfFit``) does not depend on their order in the callback list: each
+    logging step is one raw ``metrics.csv`` row with every monitor's values, and the values are the same."""
+
+    def raw_rows(directory: Path) -> list[dict[str, str]]:
+        (path,) = directory.rglob("metrics.csv")
+        with open(path) as handle:
+            return [row for row in csv.DictReader(handle) if row.get("weight_norm/total")]
+
+    results = []
+    for index, order in enumerate(((0, 1, 2), (2, 1, 0), (1, 2, 0))):
+        monitors = [WeightNormMonitor(), EffectiveDecayMonitor(), ScaleInvarianceMonitor()]
+        ordered = [monitors[i] for i in order]
+        ordered.insert(1, LearningRateMonitor(logging_interval="step"))
+        fit(tmp_path / str(index), Net("adamw"), ordered, log_every_n_steps=2)
+        rows = raw_rows(tmp_path / str(index))
+        assert [int(row["step"]) for row in rows] == [1, 3, 5]  # one row per logging step
+        for row in rows:
+            assert row["decay_factor/decay"] and row["scale_invariance/cos/net.3.weight"], order
+        results.append([{key: value for key, value in row.items() if value} for row in rows])
+    assert results[0] == results[1] == results[2]

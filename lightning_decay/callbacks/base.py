@@ -4,9 +4,10 @@ logging step's values, and the choice of layers.
 A monitor subclasses :class:`StepMonitor` and implements ``_after_step`` (weights updated), optionally
 ``_before_step`` (gradients final, weights not yet updated); both run on logging steps only, every
 ``log_every_n_steps`` optimizer steps (default: the trainer's), at the step number Lightning's own ``self.log``
-uses. The values of all monitors of a trainer for one step go through every logger of the trainer on global
-rank 0 in one ``log_metrics`` call (:class:`StepRow`: one row of a CSVLogger's ``metrics.csv``); non-logging steps
-cost one integer comparison.
+uses. The values of all monitors of a fit for one step go through every logger of the trainer on global rank 0 in
+one ``log_metrics`` call: the monitors share one row per step, their one shared source
+(:class:`~lightning_decay.callbacks.step_row.MonitorsOfFit`), whatever their order in the callback list;
+non-logging steps cost one integer comparison.
 
 What a monitor will not log, it says once per fit (a :class:`MonitorWarning`): a fit too short for its interval,
 a trainer without loggers, a ``layers=`` filter that matches nothing (and, per monitor, the checks it runs).
@@ -26,14 +27,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_decay.callbacks.media import (
-    CHART_POINTS,
-    define_family_metrics,
-    epoch_summary_media,
-    family_charts,
-    wandb_loggers,
-)
-from lightning_decay.diagnostics.families import family_of
+from lightning_decay.callbacks.media import epoch_summary_media, wandb_loggers
+from lightning_decay.callbacks.step_row import MonitorsOfFit
 from lightning_decay.diagnostics.names import clean_parameter_name
 from lightning_decay.validation import check_bool, check_int
 
@@ -42,7 +37,6 @@ __all__ = [
     "MonitorWarning",
     "StepMetrics",
     "StepMonitor",
-    "StepRow",
     "all_layers",
     "weight_layers",
     "layer_matcher",
@@ -153,75 +147,6 @@ class StepMetrics:
         return metrics
 
 
-class StepRow:
-    """The values all monitors of one trainer log for one step, written with one ``log_metrics`` call per logger
-    (one row of a CSVLogger's ``metrics.csv``, one W&B history row) by the last monitor of the trainer's callback
-    list, after every monitor has added its values for the step."""
-
-    def __init__(self) -> None:
-        self.step: int | None = None
-        self.values: dict[str, float] = {}
-        #: W&B-only objects (histograms), written with the values to ``WandbLogger`` instances only.
-        self.media: dict[str, Any] = {}
-        #: With a ``WandbLogger``: every value written in this fit, ``key -> [(step, value), ...]`` (the family
-        #: charts), and whether values came since the charts were last logged.
-        self.history: dict[str, list[tuple[int, float]]] = {}
-        self.charted = True
-        self._charted_key: dict[str, bool] = {}
-
-    def _remember(self, step: int, values: Mapping[str, float]) -> None:
-        """Keep the values of charted families (a series past ``2 * CHART_POINTS`` points drops every other one,
-        so memory stays bounded on long fits and the chart keeps evenly spaced points)."""
-        for key, value in values.items():
-            charted = self._charted_key.get(key)
-            if charted is None:
-                family = family_of(key)
-                charted = self._charted_key[key] = family is not None and family.chart
-            if not charted:
-                continue
-            series = self.history.setdefault(key, [])
-            series.append((step, value))
-            if len(series) > 2 * CHART_POINTS:
-                series[:] = series[::-1][::2][::-1]
-            self.charted = False
-
-    def add(self, trainer: pl.Trainer, step: int, values: Mapping[str, float], media: Mapping[str, Any]) -> None:
-        if self.step is not None and self.step != step:  # left over from an earlier step: write it first
-            self.flush(trainer)
-        self.step = step
-        self.values.update(values)
-        self.media.update(media)
-
-    def flush(self, trainer: pl.Trainer) -> None:
-        """Write the collected values (nothing when none); then start empty."""
-        step, values, media = self.step, self.values, self.media
-        self.step, self.values, self.media = None, {}, {}
-        if step is None or not (values or media):
-            return
-        wandb = set(map(id, wandb_loggers(trainer)))
-        if wandb:
-            self._remember(step, values)
-        for logger in trainer.loggers:
-            if id(logger) in wandb:
-                define_family_metrics(logger, values)
-            if id(logger) in wandb and media:
-                logger.log_metrics({**values, **media}, step=step)
-            elif values:
-                logger.log_metrics(values, step=step)
-
-    def log_charts(self, trainer: pl.Trainer, step: int) -> None:
-        """The multi-line chart of every charted key family (``charts/<family>``) to each ``WandbLogger``, when
-        values came since the last call."""
-        if self.charted or not self.history:
-            return
-        self.charted = True
-        loggers = wandb_loggers(trainer)
-        charts = family_charts(self.history) if loggers else {}
-        if charts:
-            for logger in loggers:
-                logger.log_metrics(charts, step=step)
-
-
 def _step_monitors(trainer: pl.Trainer) -> list[StepMonitor]:
     return [callback for callback in trainer.callbacks if isinstance(callback, StepMonitor)]
 
@@ -229,13 +154,13 @@ def _step_monitors(trainer: pl.Trainer) -> list[StepMonitor]:
 class StepMonitor(Callback):
     """Runs ``_before_step`` (grads ready, weights not yet updated) and ``_after_step`` (weights updated) on
     logging steps only, and logs what ``_after_step`` returns through every logger of the trainer: the values of
-    all monitors of the trainer for one step in one ``log_metrics`` call (:class:`StepRow`).
+    all monitors of the fit for one step in one ``log_metrics`` call (:class:`MonitorsOfFit`).
 
     With a ``WandbLogger`` (and ``wandb_summary``), the latest per-layer values kept by ``_update_summary`` are
     logged at each epoch end as ``tables/<_summary_name>`` and, for ``_summary_plot_columns``, a bar chart
     ``plots/<_summary_name>``. Each key gets its family's ``define_metric`` (step metric, run summary) before its
-    first row, and the last monitor logs one multi-line chart per key family (``charts/<family>``) at each epoch
-    end and at the end of the fit (:mod:`~lightning_decay.callbacks.media`).
+    first row, and one multi-line chart per key family (``charts/<family>``) is logged at each epoch end and at
+    the end of the fit (:mod:`~lightning_decay.callbacks.media`).
     """
 
     _default_layers: Callable[[str, Tensor], bool] = staticmethod(all_layers)
@@ -257,10 +182,8 @@ class StepMonitor(Callback):
         self.last_metrics: dict[str, float] = {}
         #: layer -> column -> latest value, for the W&B epoch summary.
         self._summary: dict[str, dict[str, float]] = {}
-        #: This monitor's row; the first monitor's row is shared by all monitors of a trainer.
-        self._own_row = StepRow()
-        self._row = self._own_row
-        self._flushes = True
+        #: The fit's monitors and their shared row (joined at the fit's start).
+        self._fit = MonitorsOfFit(1)
         #: Logging steps of the current fit, and whether the cadence warning named this monitor.
         self._logged_steps = 0
         self._cadence_warned = False
@@ -273,16 +196,12 @@ class StepMonitor(Callback):
         self._params = [p for _, p in named]
         self._flat_group = flat_shard_group(trainer)
         self._selected = [i for i, (n, p) in enumerate(named) if self._match(n, p)]
-        monitors = _step_monitors(trainer) or [self]
-        self._row = monitors[0]._own_row
-        self._flushes = monitors[-1] is self
         self._start_step = logging_step_index(trainer)
-        if monitors[0] is self:  # the first monitor of the trainer starts the fit for all of them
-            self._own_row = self._row = StepRow()
-            for monitor in monitors:
-                monitor._logged_steps = 0
-                monitor._cadence_warned = False
-            self._warn_cadence(trainer, monitors)
+        self._logged_steps = 0
+        self._cadence_warned = False
+        self._fit = MonitorsOfFit.join(trainer, self, len(_step_monitors(trainer)))
+        if self._fit.complete:  # the last monitor to join speaks for all of them
+            self._warn_cadence(trainer, self._fit.members)
         if not self._selected:
             self._warn_no_layers(trainer)
         self._setup(trainer, pl_module)
@@ -351,12 +270,9 @@ class StepMonitor(Callback):
             )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._row.flush(trainer)
-        if self._flushes and trainer.is_global_zero:  # the fit's end: the charts, unless the epoch end drew them
-            self._row.log_charts(trainer, logging_step_index(trainer))
-        monitors = _step_monitors(trainer) or [self]
-        if monitors[0] is not self:
-            return
+        if not self._fit.end(trainer, self, logging_step_index(trainer)):
+            return  # the last monitor to end speaks for all of them
+        monitors = self._fit.members
         done = logging_step_index(trainer) - self._start_step
         silent = [
             m for m in monitors
@@ -404,8 +320,7 @@ class StepMonitor(Callback):
             with torch.no_grad():
                 metrics = self._after_step(trainer, pl_module)
             self._emit(trainer, metrics)
-        if self._flushes:  # the last monitor of the trainer: every monitor has added its values for this step
-            self._row.flush(trainer)
+        self._fit.batch_done(trainer, self)
 
     def _before_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
         """Called on logging steps before each optimizer step (grads final, weights not updated)."""
@@ -416,7 +331,7 @@ class StepMonitor(Callback):
 
     # -- output --------------------------------------------------------------------------------------------------
     def _emit(self, trainer: pl.Trainer, metrics: StepMetrics) -> None:
-        """Add this step's values to the trainer's :class:`StepRow` (written once all monitors have added theirs)."""
+        """Add this step's values to the fit's shared row (written once every monitor has finished the batch)."""
         values = metrics.resolve()
         self.last_metrics = values
         self._logged_steps += 1
@@ -427,7 +342,7 @@ class StepMonitor(Callback):
             if self.wandb_summary:
                 self._update_summary(values)
             media = self._wandb_step_media(values)
-        self._row.add(trainer, logging_step_index(trainer), values, media)
+        self._fit.row.add(trainer, logging_step_index(trainer), values, media)
 
     def _update_summary(self, values: Mapping[str, float]) -> None:
         """Keep the latest per-layer values for the epoch-end W&B table."""
@@ -441,8 +356,7 @@ class StepMonitor(Callback):
         return []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._flushes and trainer.is_global_zero:  # the last monitor: every monitor's values are in the row
-            self._row.log_charts(trainer, logging_step_index(trainer))
+        self._fit.epoch_done(trainer, logging_step_index(trainer))  # every batch of the epoch is written
         if not (self.wandb_summary and self._summary and trainer.is_global_zero):
             return
         loggers = wandb_loggers(trainer)
