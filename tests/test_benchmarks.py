@@ -98,14 +98,15 @@ def test_batched_cells_smoke(tmp_path: Path, cifar_jpeg_tar: Path) -> None:
 
 
 def test_configure_calls_counts_the_plan_path() -> None:
-    """The issue-26 measures of configuring one AdamW model: lookups below the 20 of the settings' old path (before
-    the plan), and within the integration modules one star from the plan (mixin -> plan -> its parts)."""
+    """The issue-26 measures of configuring one AdamW model, at their goals: at most 50 validator calls and 3
+    registry lookups; through the integration modules at most 12 crossings, one star from the plan (mixin -> plan ->
+    its parts) that climbs up at most once (the summary reading the plan)."""
     import re
 
     out = run(str(BENCHMARKS / "configure_calls.py"))
     counts = re.search(r"(\d+) validator calls .* (\d+) registry lookups", out)
     assert counts is not None, out
-    assert int(counts.group(2)) < 20
-    inside = re.search(r"within lightning_decay.integration .*: (\d+) crossings, (\d+) up", out)
+    assert int(counts.group(1)) <= 50 and int(counts.group(2)) <= 3, out
+    inside = re.search(r"through lightning_decay.integration: (\d+) module crossings .*, (\d+) up", out)
     assert inside is not None and int(inside.group(1)) <= 12 and int(inside.group(2)) <= 1, out
     assert "lightning_decay.integration.mixin -> lightning_decay.integration.plan" in out
