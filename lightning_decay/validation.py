@@ -56,6 +56,8 @@ def check_real(
 ) -> float:
     """``value`` as a float in ``[low, high]`` (``low_open`` / ``high_open`` exclude the bound); finite unless
     ``allow_inf`` (then ``+inf`` passes an upper bound)."""
+    if type(value) is float and low <= value <= high and not (low_open or high_open):
+        return value  # the common case, decided without the number-type checks (NaN and inf fail the comparison)
     if not is_real(value):
         raise TypeError(f"{name}{where} must be a real number, got {type(value).__name__} {value!r}")
     value = float(value)

@@ -308,6 +308,7 @@ def test_compare_errors_name_the_folder_or_panel(tmp_path: Path, capsys: pytest.
 RESULTS = Path(__file__).parents[1] / "docs" / "results"
 COMMITTED_COMPARISONS = {
     "decoupling-fine.md": [f"decoupling-fine-{name}" for name in ("l2", "torch", "paper", "prox")],
+    "decoupling-fine-4x.md": [f"decoupling-fine-{name}-4x" for name in ("l2", "torch", "paper", "prox")],
     "muon-decoupling.md": ["muon-torch-scale", "muon-paper-scale"],
 }
 
