@@ -112,8 +112,8 @@ def constructor_kwargs(
     kernel: str | type[Optimizer] | None = None,
 ) -> tuple[type[Optimizer], dict[str, Any]]:
     """The class and the keyword arguments to build it with; ValueError naming a setting the class cannot take."""
-    cls, fixed, _ = _resolve_class(optimizer, kernel)
-    return cls, _kwargs_for(cls, fixed, optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
+    constructor = resolve_constructor(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
+    return constructor.cls, dict(constructor.kwargs)
 
 
 def _kwargs_for(
@@ -348,13 +348,12 @@ class OptimizerMaker:
         optimizer_kwargs: Mapping[str, Any] | None,
         kernel: str | type[Optimizer] | None = None,
     ) -> None:
-        check_optimizer_settings(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
         self.callable: Callable[[Iterable[Any]], Optimizer] | None = None
         if isinstance(optimizer, (str, type)):
-            self.cls, self.kwargs = constructor_kwargs(
-                optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel
-            )
+            constructor = checked_constructor(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
+            self.cls, self.kwargs = constructor.cls, dict(constructor.kwargs)
         else:
+            check_optimizer_settings(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
             self.callable = optimizer
 
     def __call__(self, groups: list[dict[str, Any]], weight_decay: float | None = None) -> Optimizer:
