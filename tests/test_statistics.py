@@ -310,6 +310,7 @@ COMMITTED_COMPARISONS = {
     "decoupling-fine.md": [f"decoupling-fine-{name}" for name in ("l2", "torch", "paper", "prox")],
     "decoupling-fine-4x.md": [f"decoupling-fine-{name}-4x" for name in ("l2", "torch", "paper", "prox")],
     "muon-decoupling.md": ["muon-torch-scale", "muon-paper-scale"],
+    "muon-decoupling-4x.md": ["muon-torch-scale-4x", "muon-paper-scale-4x"],
 }
 
 
