@@ -33,12 +33,10 @@ __all__ = [
     "OptimizerMaker",
     "variant_recipe",
     "Constructor",
-    "resolve_constructor",
     "checked_constructor",
     "NamesOptimizer",
     "callable_recipe",
     "resolve_optimizer",
-    "constructor_kwargs",
     "signature_default",
     "accepts",
     "with_tensor_lrs",
@@ -102,20 +100,6 @@ def accepts(cls: type, name: str) -> bool:
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def constructor_kwargs(
-    optimizer: str | type[Optimizer],
-    lr: float | None,
-    weight_decay: float | None,
-    betas: tuple[float, float] | None,
-    eps: float | None,
-    optimizer_kwargs: Mapping[str, Any] | None,
-    kernel: str | type[Optimizer] | None = None,
-) -> tuple[type[Optimizer], dict[str, Any]]:
-    """The class and the keyword arguments to build it with; ValueError naming a setting the class cannot take."""
-    constructor = resolve_constructor(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
-    return constructor.cls, dict(constructor.kwargs)
-
-
 def _kwargs_for(
     cls: type[Optimizer], fixed: Mapping[str, Any], optimizer: str | type[Optimizer], lr: float | None,
     weight_decay: float | None, betas: tuple[float, float] | None, eps: float | None,
@@ -155,30 +139,6 @@ class Constructor:
     rule: DecayRule | None
     peak_lr: float | None
     kernel: str | None = None
-
-
-def resolve_constructor(
-    optimizer: str | type[Optimizer],
-    lr: float | None,
-    weight_decay: float | None,
-    betas: tuple[float, float] | None,
-    eps: float | None,
-    optimizer_kwargs: Mapping[str, Any] | None,
-    kernel: str | type[Optimizer] | None = None,
-) -> Constructor:
-    """Resolve a variant name or class with its settings (one registry lookup); ValueError naming a setting the
-    class cannot take. Nothing is built and the values are not range-checked (:func:`check_optimizer_settings`)."""
-    cls, fixed, record = _resolve_class(optimizer, kernel)
-    kwargs = _kwargs_for(cls, fixed, optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
-    if kernel is not None:
-        rule = rule_of(cls)
-    else:
-        if record is None:
-            record = record_of_class(cls, kwargs)
-        rule = record.rule if record is not None else rule_of(cls)
-    peak_lr = kwargs.get("lr", signature_default(cls, "lr"))
-    return Constructor(cls, kwargs, record, rule, float(peak_lr) if is_real(peak_lr) else None,
-                       _path(getattr(cls, "kernel", None)) if kernel is not None else None)
 
 
 def signature_default(cls: type, name: str) -> Any:
@@ -283,8 +243,8 @@ def checked_constructor(
     optimizer_kwargs: Mapping[str, Any] | None = None,
     kernel: str | type[Optimizer] | None = None,
 ) -> Constructor:
-    """:func:`check_optimizer_settings` of a variant name or class, returning what it resolved (settings keep it:
-    the plan builds from it without resolving again)."""
+    """:func:`check_optimizer_settings` of a variant name or class, returning what it resolved (one registry
+    lookup; settings keep it: the plan builds from it without resolving again)."""
     if lr is not None:
         check_lr("lr", lr)
     if weight_decay is not None:
@@ -299,9 +259,19 @@ def checked_constructor(
         raise TypeError(f"optimizer_kwargs must be a mapping, got {type(optimizer_kwargs).__name__}")
     if kernel is not None and not isinstance(kernel, (str, type)):
         raise TypeError(f"kernel must be an optimizer class path or class, got {type(kernel).__name__} {kernel!r}")
-    constructor = resolve_constructor(optimizer, lr, weight_decay, betas, eps, optimizer_kwargs, kernel)
-    if constructor.rule is not None and constructor.peak_lr is not None and weight_decay is not None:
-        constructor.rule.check(constructor.peak_lr, constructor.peak_lr, weight_decay)
+    cls, fixed, record = _resolve_class(optimizer, kernel)
+    kwargs = _kwargs_for(cls, fixed, optimizer, lr, weight_decay, betas, eps, optimizer_kwargs)
+    if kernel is not None:
+        rule = rule_of(cls)
+    else:
+        if record is None:
+            record = record_of_class(cls, kwargs)
+        rule = record.rule if record is not None else rule_of(cls)
+    peak_lr = kwargs.get("lr", signature_default(cls, "lr"))
+    constructor = Constructor(cls, kwargs, record, rule, float(peak_lr) if is_real(peak_lr) else None,
+                              _path(getattr(cls, "kernel", None)) if kernel is not None else None)
+    if rule is not None and constructor.peak_lr is not None and weight_decay is not None:
+        rule.check(constructor.peak_lr, constructor.peak_lr, weight_decay)
     return constructor
 
 
