@@ -110,7 +110,10 @@ def test_adamc_defaults_and_decay_factor():
         lr, alpha, wd = group["lr"], config["lr"], config["weight_decay"]
         assert lr != alpha  # the schedule moved lr
         lr_max = config.get("lr_max", alpha)
-        assert optimizer.lr_max(group) == lr_max
+        rule = optimizer.rule_for(group)
+        assert rule.peak_lr(alpha) == lr_max if config["normalized"] else type(rule) is AdamWTorchRule
+        with pytest.warns(DeprecationWarning, match="rule_for"):
+            assert optimizer.lr_max(group) == lr_max
         expected = 1 - lr * lr / lr_max * wd if config["normalized"] else 1 - lr * wd
         assert optimizer.decay_factor(group) == pytest.approx(expected, rel=1e-14, abs=1e-15)
     # A group added later gets the constructor's defaults.

@@ -377,8 +377,9 @@ class OptimizerRecipe:
         return _probe(lambda params: self._cls(params, **self.kwargs))  # type: ignore[misc]
 
     def rule_for(self, given: Mapping[str, Any]) -> DecayRule | None:
-        """The rule a group that sets ``given`` follows (AdamC: AdamW's for ``normalized=False``)."""
-        if self._probe is None or "normalized" not in self._probe.defaults:  # one rule for every group
+        """The rule a group that sets ``given`` follows (the rule decides from its group keys: AdamC's
+        ``normalized=False`` groups follow AdamW's)."""
+        if self._probe is None or self.rule is None or not self.rule.group_keys:  # one rule for every group
             return self.rule
         return rule_of(self._probe, {**self._probe.defaults, **given})
 

@@ -15,6 +15,7 @@ taken where torch takes one (not by the foreach kernel unless capturable: refuse
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,13 +35,11 @@ from lightning_decay.optim.rules import (
     AdamL2Rule,
     AdamWPaperRule,
     AdamWTorchRule,
-    DecayRule,
     KernelDecayRule,
     ProxAdamRule,
 )
-from lightning_decay.validation import check_bool, check_optional_real
 
-__all__ = ["KernelAdam", "AdamL2", "AdamW", "ProxAdam", "AdamC", "AdamCGroups", "CONVENTIONS", "check_tensor_lr_path"]
+__all__ = ["KernelAdam", "AdamL2", "AdamW", "ProxAdam", "AdamC", "CONVENTIONS", "check_tensor_lr_path"]
 
 
 def check_tensor_lr_path(group: dict[str, Any], where: str) -> None:
@@ -147,90 +146,16 @@ class ProxAdam(KernelAdam, rule=ProxAdamRule):
     ``weight_decay=None`` means ``1e-2 * lr`` (torch AdamW's default decay at the initial lr)."""
 
 
-class AdamCGroups:
-    """AdamC's per-group rule, for any optimizer of this package that runs kernel settings (:class:`AdamC`, and
-    AdamC on another kernel, :func:`~lightning_decay.optim.kernels.on_kernel`): groups with ``normalized`` follow
-    :class:`AdamCRule` with the group's ``lr_max``, the others torch's AdamW rule. Call :meth:`_init_adamc` before
-    the optimizer's ``__init__`` (it adds the groups) and ``self.defaults.update(self._adamc_defaults)`` after."""
-
-    defaults: dict[str, Any]
-    param_groups: list[dict[str, Any]]
-
-    def _init_adamc(self, normalized: bool, lr_max: float | None) -> None:
-        self._adamc_defaults = {"normalized": normalized, "lr_max": lr_max}
-        self._check_adamc_settings(self._adamc_defaults, "")
-        self._unnormalized_rule = AdamWTorchRule()
-
-    @staticmethod
-    def _check_adamc_settings(group: dict[str, Any], where: str) -> None:
-        check_bool("normalized", group["normalized"], where)
-        check_optional_real("lr_max", group["lr_max"], positive=True, where=where)
-
-    def rule_for(self, group: dict[str, Any]) -> DecayRule:
-        """:class:`AdamCRule` with the group's ``lr_max`` for normalized groups, torch's AdamW rule otherwise."""
-        if group["normalized"]:
-            return AdamCRule(group["lr_max"])
-        return self._unnormalized_rule
-
-    def lr_max(self, group: dict[str, Any]) -> float:
-        """The peak lr AdamC divides by for ``group``: ``group["lr_max"]``, else alpha."""
-        return AdamCRule(group["lr_max"]).peak_lr(self.initial_lr(group))  # type: ignore[attr-defined]
-
-    def _check_settings(self, group: dict[str, Any], where: str) -> None:
-        super()._check_settings(group, where)  # type: ignore[misc]
-        self._check_adamc_settings(group, where)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        for key, value in self._adamc_defaults.items():
-            param_group.setdefault(key, value)
-        super().add_param_group(param_group)  # type: ignore[misc]
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)  # type: ignore[misc]
-        if not hasattr(self, "_unnormalized_rule"):  # unpickled or deep-copied
-            self._unnormalized_rule = AdamWTorchRule()
-            self._adamc_defaults = {
-                "normalized": self.defaults.get("normalized", True), "lr_max": self.defaults.get("lr_max")
-            }
-        for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict
-            for key, value in self._adamc_defaults.items():
-                group.setdefault(key, value)
-
-
-class AdamC(AdamCGroups, KernelAdam):
-    """Defazio et al. 2025's AdamC: torch's AdamW whose decay on normalized layers follows the schedule.
-
-    * groups with ``group["normalized"] = True``: ``w <- (1 - lr_t^2 / lr_max * wd) w - lr_t u_t``, i.e. torch's
-      kernel with ``wd' = lr_t * wd / lr_max`` (as fast as AdamW);
-    * other groups: torch's AdamW, ``w <- (1 - lr_t * wd) w - lr_t u_t``.
-
-    ``lr_max`` is per group (``group["lr_max"]``; the argument is the default for groups that do not set it).
-    ``None`` means the group's alpha, its initial lr: the peak of a warmup+cosine ``LambdaLR`` whose multiplier
-    peaks at 1 (set ``lr_max`` when the schedule peaks elsewhere). At ``lr_t = lr_max`` the decay equals AdamW's,
-    so ``weight_decay`` carries over from AdamW (default 1e-2). ``normalized`` is the default for groups without the
-    key; a param-group builder should set it on every group (False for layers not followed by a normalization).
+class AdamC(KernelAdam, rule=AdamCRule):
+    """Defazio et al. 2025's AdamC (the ``adamc`` rule, :class:`~lightning_decay.optim.rules.AdamCRule`): torch's
+    AdamW whose decay on normalized layers follows the schedule, ``w <- (1 - lr_t^2 / lr_max * wd) w - lr_t u_t``;
+    groups with ``normalized=False`` decay as torch's AdamW. ``normalized`` and ``lr_max`` are per group (the
+    arguments are the defaults of groups that set neither); ``lr_max=None`` means the group's alpha, its initial lr
+    (the peak of a warmup+cosine ``LambdaLR`` whose multiplier peaks at 1). ``weight_decay`` defaults to AdamW's 1e-2.
     """
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float | None = None,
-        amsgrad: bool = False,
-        *,
-        normalized: bool = True,
-        lr_max: float | None = None,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        self._init_adamc(normalized, lr_max)
-        super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, rule=AdamCRule(), maximize=maximize, foreach=foreach,
-            capturable=capturable, differentiable=differentiable, fused=fused,
-        )
-        self.defaults.update(self._adamc_defaults)
+    def lr_max(self, group: dict[str, Any]) -> float:
+        """Deprecated: ``optimizer.rule_for(group).peak_lr(optimizer.initial_lr(group))``."""
+        warnings.warn("AdamC.lr_max(group) is deprecated: use rule_for(group).peak_lr(initial_lr(group))",
+                      DeprecationWarning, stacklevel=2)
+        return AdamCRule(group["lr_max"]).peak_lr(self.initial_lr(group))

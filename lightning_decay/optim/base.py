@@ -119,12 +119,14 @@ def convention_rule(convention: str, conventions: dict[str, type[KernelDecayRule
 
 def _fixed_rule_constructor(
     cls: type,
-    rule: type[KernelDecayRule] | None,
+    rule: type[KernelDecayRule] | KernelDecayRule | None,
     conventions: Mapping[str, type[KernelDecayRule]] | None,
     weight_decay: float | None,
 ) -> Callable[..., None]:
-    """``cls.__init__`` for :meth:`DecayOptimizer.__init_subclass__`: the base constructor with the rule fixed."""
-    base_init = super(cls, cls).__init__  # the generic constructor (KernelAdam's, KernelSGD's)
+    """``cls.__init__`` for :meth:`DecayOptimizer.__init_subclass__`: the base constructor with the rule fixed; the
+    rule's group keys (:attr:`~lightning_decay.optim.rules.DecayRule.group_keys`) become keyword arguments, their
+    defaults the rule's."""
+    base_init = super(cls, cls).__init__  # the generic constructor (KernelAdam's, KernelSGD's, on_kernel's)
     base_signature = inspect.signature(base_init)
     if "rule" not in base_signature.parameters:
         raise TypeError(f"{cls.__name__}: rule= and conventions= need a base class whose constructor takes rule=")
@@ -138,6 +140,17 @@ def _fixed_rule_constructor(
         if parameter.name == "weight_decay" and weight_decay is not None:
             parameter = parameter.replace(default=weight_decay, annotation="float")
         parameters.append(parameter)
+    fixed = rule if isinstance(rule, DecayRule) else None  # a rule instance: its group keys' values are defaults
+    rule_class = type(rule) if fixed is not None else rule
+    group_keys = rule_class.group_keys if rule_class is not None else ()
+    defaults = fixed.group_defaults() if fixed is not None else {}
+    keys = [  # the rule's group keys (AdamC's normalized, lr_max): the defaults of the optimizer's groups
+        parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=defaults.get(parameter.name, parameter.default))
+        for parameter in (inspect.signature(rule_class).parameters.values() if group_keys else ())
+        if parameter.name in group_keys
+    ]
+    variadic = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+    parameters = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD] + keys + variadic
     signature = base_signature.replace(parameters=parameters)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -148,11 +161,12 @@ def _fixed_rule_constructor(
             decay_rule = convention_rule(convention, dict(conventions))
             self.convention = convention
         else:
-            assert rule is not None
-            decay_rule = rule()
+            values = {key: arguments.pop(key) for key in group_keys if key in arguments}
+            decay_rule = fixed.with_group_defaults(**values) if fixed is not None else rule_class(**values)
         if weight_decay is not None:
             arguments.setdefault("weight_decay", weight_decay)
-        base_init(self, **arguments, rule=decay_rule)
+        extra = arguments.pop(next((p.name for p in variadic), ""), {})
+        base_init(self, **arguments, **extra, rule=decay_rule)
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
@@ -200,23 +214,26 @@ class DecayOptimizer:
     def __init_subclass__(
         cls,
         *,
-        rule: type[KernelDecayRule] | None = None,
+        rule: type[KernelDecayRule] | KernelDecayRule | None = None,
         conventions: Mapping[str, type[KernelDecayRule]] | None = None,
         weight_decay: float | None = None,
         **kwargs: Any,
     ) -> None:
-        """A subclass of a class that takes ``rule=`` fixes the rule: ``rule`` (a rule class), or ``conventions``
-        (``{name: rule class}``; the constructor then takes ``convention``, the first name by default, kept as
-        ``self.convention``). ``weight_decay`` is the default weight decay of its constructor (else the base's
-        ``None``: torch AdamW's default, scaled for ``eta_t * wd`` rules). The constructor's signature is the
-        base's without ``rule`` (what ``inspect``, jsonargparse and the factory read)."""
+        """A subclass of a class that takes ``rule=`` fixes the rule: ``rule`` (a rule class, or a rule whose group
+        keys' values are then the defaults), or ``conventions`` (``{name: rule class}``; the constructor then takes
+        ``convention``, the first name by default, kept as ``self.convention``). ``weight_decay`` is the default
+        weight decay of its constructor (else the base's ``None``: torch AdamW's default, scaled for ``eta_t * wd``
+        rules). The constructor's signature is the base's without ``rule``, with the rule's group keys (what
+        ``inspect``, jsonargparse and the factory read). This is the one way a variant's class is made: the public
+        classes (``class ProxAdam(KernelAdam, rule=ProxAdamRule)``) and
+        :func:`~lightning_decay.optim.kernels.on_kernel`'s."""
         super().__init_subclass__(**kwargs)
         if rule is None and conventions is None:
             return
         cls.__init__ = _fixed_rule_constructor(cls, rule, conventions, weight_decay)  # type: ignore[method-assign]
 
     #: Attributes a copy or pickle keeps (torch's ``Optimizer.__getstate__`` keeps only defaults, state and groups).
-    _PICKLED_ATTRIBUTES = ("decay_rule", "convention", "_adamc_defaults", "_unnormalized_rule")
+    _PICKLED_ATTRIBUTES = ("decay_rule", "convention")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()  # type: ignore[misc]
@@ -232,8 +249,9 @@ class DecayOptimizer:
         return as_number(self.decay_rule.schedule_multiplier(precise_lr(group["lr"]), self.initial_lr(group)))
 
     def rule_for(self, group: dict[str, Any]) -> DecayRule:
-        """The rule ``group`` follows: :attr:`decay_rule`, except where a variant treats groups differently (AdamC)."""
-        return self.decay_rule
+        """The rule ``group`` follows: :attr:`decay_rule`, or what it decides from the group's keys (AdamC's
+        ``normalized`` and ``lr_max``: :meth:`~lightning_decay.optim.rules.DecayRule.for_group`)."""
+        return self.decay_rule.for_group(group)
 
     def decay_factor(self, group: dict[str, Any], denominator: Tensor | None = None) -> float | Tensor:
         """This step's decay factor for ``group`` (elementwise rules need Adam's denominator): a float for a scalar
@@ -305,6 +323,7 @@ class DecayOptimizer:
         """Check every setting of ``group``; False when the lr's value could not be read (then unchecked)."""
         where = _group_label(self, group)  # type: ignore[arg-type]
         self._check_settings(group, where)
+        self.decay_rule.check_group_keys(group, where)
         if isinstance(group["lr"], Tensor) and not tensor_value_readable(group["lr"]):
             return False  # a CUDA graph capture or a torch.compile trace: the lr's value cannot be read here
         self._check_rule_domain(group, where)
@@ -393,6 +412,10 @@ class DecayOptimizer:
     _GROUP_DEFAULTS: dict[str, Any] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, the rule's group keys (:attr:`~lightning_decay.optim.rules.DecayRule.group_keys`) among the
+        defaults a group inherits; then the new group is checked (:meth:`_prepare_group`)."""
+        for key, value in self.decay_rule.group_defaults().items():
+            self.defaults.setdefault(key, value)  # type: ignore[attr-defined]
         super().add_param_group(param_group)  # type: ignore[misc]
         try:
             self._prepare_group(self.param_groups[-1])
@@ -402,9 +425,11 @@ class DecayOptimizer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]
+        defaults = self.defaults  # type: ignore[attr-defined]
+        rule_defaults = {key: defaults.get(key, value) for key, value in self.decay_rule.group_defaults().items()}
         for group in self.param_groups:  # e.g. a torch.optim.AdamW state_dict: no alpha stored
             group.setdefault(LR_AT_CONSTRUCTION, as_number(group.get("initial_lr", group["lr"])))
-            for key, value in self._GROUP_DEFAULTS.items():
+            for key, value in {**self._GROUP_DEFAULTS, **rule_defaults}.items():
                 group.setdefault(key, value)
 
     def _closure_then_checks(self, closure: Callable[[], Any] | None) -> Any:

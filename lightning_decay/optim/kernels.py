@@ -43,10 +43,10 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from lightning_decay.optim.adam import AdamCGroups, check_tensor_lr_path
+from lightning_decay.optim.adam import check_tensor_lr_path
 from lightning_decay.optim.base import DecayOptimizer, as_number, default_weight_decay, unhooked_step
 from lightning_decay.optim.compiled import announce_compiling_step
-from lightning_decay.optim.rules import AdamCRule, DecayRule, KernelDecayRule, KernelSettings, rule_named
+from lightning_decay.optim.rules import DecayRule, KernelDecayRule, KernelSettings, rule_named
 from lightning_decay.validation import check_betas, check_lr, check_nonnegative
 
 __all__ = [
@@ -159,13 +159,11 @@ class KernelRuleOptimizer(DecayOptimizer):
 
     def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
         cls = type(self)
-        rule = kwargs.pop("rule", None) if cls.fixed_rule is None else cls.fixed_rule
-        if cls.fixed_rule is None and isinstance(rule, DecayRule):
+        rule = kwargs.pop("rule", None)
+        if cls.fixed_rule is None and isinstance(rule, DecayRule):  # a fixed rule was checked by on_kernel
             check_kernel_variant(cls.kernel, rule)
         if not isinstance(rule, KernelDecayRule):
             raise TypeError(f"rule must be a KernelDecayRule (a rule a kernel runs by its settings), got {rule!r}")
-        if isinstance(self, AdamCGroups):
-            self._init_adamc(kwargs.pop("normalized", True), kwargs.pop("lr_max", rule.lr_max))  # type: ignore
         self.decay_rule = rule
         parameters = _kernel_parameters(cls.kernel)
         try:
@@ -179,14 +177,14 @@ class KernelRuleOptimizer(DecayOptimizer):
             arguments["weight_decay"] = default_weight_decay(None, lr, rule.per_unit_lr, default=default)
         decoupled = rule.decoupled
         if "decoupled_weight_decay" in parameters:
-            if arguments.setdefault("decoupled_weight_decay", decoupled) != decoupled:
+            if arguments.get("decoupled_weight_decay") is None:
+                arguments["decoupled_weight_decay"] = decoupled
+            if arguments["decoupled_weight_decay"] != decoupled:
                 raise ValueError(
                     f"decoupled_weight_decay={arguments['decoupled_weight_decay']!r} contradicts the rule "
                     f"{rule.name!r}, whose decay is {'decoupled' if decoupled else 'L2'}: leave it unset"
                 )
         cls.kernel.__init__(self, *bound.args[1:], **bound.kwargs)
-        if isinstance(self, AdamCGroups):
-            self.defaults.update(self._adamc_defaults)
 
     def _check_settings(self, group: dict[str, Any], where: str) -> None:
         """lr, weight_decay, and the Adam settings where the kernel has them (betas, eps)."""
@@ -221,8 +219,10 @@ class KernelRuleOptimizer(DecayOptimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        # the kernel's own attributes (torchao's block_size, is_adamw, ...); torch's hooks are rebuilt on load
-        state.update({key: value for key, value in self.__dict__.items() if not key.startswith("_")})
+        # the kernel's own attributes (torchao's block_size, is_adamw, ...); torch's hooks are rebuilt on load, and
+        # an LR scheduler's wrapper of ``step`` is dropped (as torch's own optimizers drop it)
+        state.update({key: value for key, value in self.__dict__.items()
+                      if not key.startswith("_") and not callable(value)})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -248,7 +248,7 @@ class KernelRuleOptimizer(DecayOptimizer):
 
     def __reduce__(self) -> tuple[Any, ...]:
         cls = type(self)
-        return _new_instance, (cls.kernel, cls.fixed_rule, isinstance(self, AdamCGroups)), self.__getstate__()
+        return _new_instance, (cls.kernel, cls.fixed_rule), self.__getstate__()
 
 
 #: The key that marks a flattened tensor subclass in a state dict.
@@ -284,14 +284,15 @@ def unflatten_state_tensor(value: Any) -> Any:
     return cls.__tensor_unflatten__(inner, value["ctx"], torch.Size(value["size"]), tuple(value["stride"]))
 
 
-def _new_instance(kernel: type[Optimizer], rule: KernelDecayRule | None, adamc: bool) -> Optimizer:
-    """An empty instance of ``on_kernel(kernel, rule)`` (pickle fills it through ``__setstate__``)."""
-    cls = _class_for(kernel, rule, adamc)
+def _new_instance(kernel: type[Optimizer], rule: KernelDecayRule | None, *_: Any) -> Optimizer:
+    """An empty instance of ``on_kernel(kernel, rule)`` (pickle fills it through ``__setstate__``; a third argument
+    is an older version's AdamC flag, now the rule's own)."""
+    cls = _class_for(kernel, rule)
     return cls.__new__(cls)
 
 
 _CACHE: dict[tuple[Any, ...], type[Optimizer]] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.RLock()  # a fixed-rule class makes its generic class first
 
 
 def on_kernel(kernel: type[Optimizer] | str, variant: str | KernelDecayRule | None = None) -> type[Optimizer]:
@@ -302,7 +303,8 @@ def on_kernel(kernel: type[Optimizer] | str, variant: str | KernelDecayRule | No
     :class:`~lightning_decay.optim.rules.KernelDecayRule`; each step is the kernel with
     ``rule.kernel_settings(lr_t, alpha, wd)``. ``None`` gives the generic class ``Kernel<Name>`` whose constructor
     takes ``rule=`` (keyword), like :class:`~lightning_decay.optim.adam.KernelAdam`. The constructor is the
-    kernel's (plus ``normalized`` / ``lr_max`` for AdamC). The same arguments give the same class.
+    kernel's, plus the rule's group keys (AdamC's ``normalized`` / ``lr_max``). The same arguments give the same
+    class.
 
     ValueError naming the variant and the kernel for a rule the kernel cannot run (elementwise rules; an L2 rule on
     a decoupled kernel or the reverse); errors naming ``kernel`` for a path that does not import or a class that
@@ -310,11 +312,11 @@ def on_kernel(kernel: type[Optimizer] | str, variant: str | KernelDecayRule | No
     """
     kernel = resolve_kernel(kernel)
     if variant is None:
-        return _class_for(kernel, None, False)
+        return _class_for(kernel, None)
     rule, name = _resolve_rule(variant)
     check_kernel_variant(kernel, rule, name)
     assert isinstance(rule, KernelDecayRule)
-    return _class_for(kernel, rule, isinstance(rule, AdamCRule))
+    return _class_for(kernel, rule)
 
 
 def _rule_key(rule: KernelDecayRule | None) -> Any:
@@ -329,53 +331,58 @@ def _class_name(kernel: type[Optimizer], rule: KernelDecayRule | None) -> str:
     return f"{rule_name}On{kernel_name}"
 
 
-def _class_for(kernel: type[Optimizer], rule: KernelDecayRule | None, adamc: bool) -> type[Optimizer]:
-    key = (kernel, _rule_key(rule), adamc)
+def _class_for(kernel: type[Optimizer], rule: KernelDecayRule | None) -> type[Optimizer]:
+    key = (kernel, _rule_key(rule))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _make_class(kernel, rule, adamc)
+            _CACHE[key] = _make_class(kernel, rule)
         return _CACHE[key]
 
 
-def _make_class(kernel: type[Optimizer], rule: KernelDecayRule | None, adamc: bool) -> type[Optimizer]:
+def _make_class(kernel: type[Optimizer], rule: KernelDecayRule | None) -> type[Optimizer]:
+    """The generic class ``Kernel<Name>`` (constructor: the kernel's, plus ``rule=``), or for a rule its subclass
+    with the rule fixed, made as every variant's class is (:meth:`DecayOptimizer.__init_subclass__`)."""
     name = _class_name(kernel, rule)
-    bases = (AdamCGroups, KernelRuleOptimizer, kernel) if adamc else (KernelRuleOptimizer, kernel)
-    described = f"the rule {rule!r}" if rule is not None else "the decay rule given as ``rule=``"
+    if rule is not None:
+        namespace = {
+            "__module__": __name__, "__qualname__": name, "fixed_rule": rule, "decay_rule": rule,
+            "__doc__": f"{kernel.__module__}.{kernel.__qualname__}'s step run with the rule {rule!r}'s per-step "
+                       "``(lr', wd')`` (see :func:`lightning_decay.optim.kernels.on_kernel`).",
+        }
+        return type(name, (_class_for(kernel, None),), namespace, rule=rule)
+    signature = _signature(kernel)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        KernelRuleOptimizer.__init__(self, *args, **kwargs)
+
+    __init__.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *signature.parameters.values()]
+    )
+    __init__.__qualname__ = f"{name}.__init__"
     namespace = {
         "__module__": __name__,
         "__qualname__": name,
-        "__doc__": f"{kernel.__module__}.{kernel.__qualname__}'s step run with {described}'s per-step "
-                   "``(lr', wd')`` (see :func:`lightning_decay.optim.kernels.on_kernel`).",
+        "__doc__": f"{kernel.__module__}.{kernel.__qualname__}'s step run with the decay rule given as ``rule=``'s "
+                   "per-step ``(lr', wd')`` (see :func:`lightning_decay.optim.kernels.on_kernel`).",
+        "__init__": __init__,
         "kernel": kernel,
-        "fixed_rule": rule,
-        **({"decay_rule": rule} if rule is not None else {}),
         "tensor_settings": _takes_tensor_settings(kernel),
         "compiles_first_step": _is_torchao(kernel),
     }
-    cls = type(name, bases, namespace)
-    cls.__signature__ = _signature(kernel, rule, adamc)  # type: ignore[attr-defined]
-    return cls
+    return type(name, (KernelRuleOptimizer, kernel), namespace)
 
 
-def _signature(kernel: type[Optimizer], rule: KernelDecayRule | None, adamc: bool) -> inspect.Signature:
+def _signature(kernel: type[Optimizer]) -> inspect.Signature:
     """The kernel's constructor signature (without ``self``), ``weight_decay`` defaulting to None (the kernel's
-    default, scaled for ``eta_t * wd`` rules), plus ``rule`` (generic class) or AdamC's ``normalized``, ``lr_max``."""
+    default, scaled for ``eta_t * wd`` rules), plus the keyword ``rule``."""
     parameters = []
     for parameter in _kernel_parameters(kernel).values():
         if parameter.name == "weight_decay":
             parameter = parameter.replace(default=None, annotation="float | None")
-        if parameter.name == "decoupled_weight_decay":
-            continue  # set from the rule
+        if parameter.name == "decoupled_weight_decay":  # None: the rule's (another value is refused)
+            parameter = parameter.replace(default=None, annotation="bool | None")
         parameters.append(parameter)
-    extra = []
-    if rule is None:
-        extra.append(inspect.Parameter("rule", inspect.Parameter.KEYWORD_ONLY, annotation="KernelDecayRule"))
-    if adamc:
-        lr_max = rule.lr_max if isinstance(rule, AdamCRule) else None
-        extra += [
-            inspect.Parameter("normalized", inspect.Parameter.KEYWORD_ONLY, default=True, annotation="bool"),
-            inspect.Parameter("lr_max", inspect.Parameter.KEYWORD_ONLY, default=lr_max, annotation="float | None"),
-        ]
+    extra = [inspect.Parameter("rule", inspect.Parameter.KEYWORD_ONLY, annotation="KernelDecayRule")]
     variadic = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
     parameters = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
     return inspect.Signature(parameters + extra + variadic)

@@ -39,11 +39,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from lightning_decay.validation import check_lr, check_nonnegative, check_positive
+from lightning_decay.validation import check_bool, check_lr, check_nonnegative, check_optional_real
 
 __all__ = [
     "DecayRule",
@@ -115,9 +116,29 @@ class DecayRule(ABC):
     #: True if the decay coefficient is ``eta_t * wd`` (paper convention, proximal): a weight decay that means the
     #: same decay as torch's ``wd`` at the initial lr is ``wd * alpha`` (defaults scale with the lr).
     per_unit_lr: bool = False
+    #: Param-group keys the rule reads (AdamC's ``normalized`` and ``lr_max``): they are the rule's constructor
+    #: arguments, whose values are the defaults of groups that do not set them (an optimizer's constructor takes
+    #: them too). Empty: every group follows the rule as it is.
+    group_keys: ClassVar[tuple[str, ...]] = ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+    def group_defaults(self) -> dict[str, Any]:
+        """The values of :attr:`group_keys` for groups that set none (this rule's own)."""
+        return {key: getattr(self, key) for key in self.group_keys}
+
+    def with_group_defaults(self, **values: Any) -> DecayRule:
+        """This rule with other :attr:`group_keys` defaults (an optimizer constructor's ``normalized=False``)."""
+        return type(self)(**{**self.group_defaults(), **values}) if values else self
+
+    def check_group_keys(self, group: Mapping[str, Any], where: str = "") -> None:
+        """Check a group's values of :attr:`group_keys` (errors name the key and ``where``). None here."""
+        return None
+
+    def for_group(self, group: Mapping[str, Any]) -> DecayRule:
+        """The rule a param group follows, given its :attr:`group_keys`: this rule, unless the rule has group keys."""
+        return self
 
     def check(self, lr: float | Tensor, initial_lr: float, weight_decay: float) -> None:
         """Raise ValueError (TypeError for a wrong type) naming the argument when the settings are outside the
@@ -290,18 +311,44 @@ class AdamCRule(KernelDecayRule):
     steady-state weight norm does not move as the schedule lowers the lr (its gradient norm then stays flat at the
     end of training). torch's AdamW kernel runs it with ``lr' = lr_t`` and ``wd' = lr_t * wd / lr_max``.
     ``lr_max=None`` means alpha, the group's initial lr (the peak of a schedule whose multiplier peaks at 1).
+
+    Per group (:attr:`~DecayRule.group_keys`): a group's ``lr_max``, and ``normalized``: groups with
+    ``normalized=False`` follow :attr:`unnormalized` (torch's AdamW rule). The constructor's values are the
+    defaults of groups that set neither.
     """
 
     name = "adamc"
     scale_free = True
+    group_keys = ("normalized", "lr_max")
+    #: What a rule unpickled from before ``normalized`` was a rule argument reads.
+    normalized = True
 
-    def __init__(self, lr_max: float | None = None) -> None:
-        if lr_max is not None:
-            check_positive("lr_max", lr_max)
+    def __init__(self, lr_max: float | None = None, *, normalized: bool = True) -> None:
+        AdamCRule.check_group_keys(self, {"normalized": normalized, "lr_max": lr_max})
         self.lr_max = lr_max
+        self.normalized = normalized
 
     def __repr__(self) -> str:
-        return f"AdamCRule(lr_max={self.lr_max!r})" if self.lr_max is not None else "AdamCRule()"
+        arguments = ", ".join(
+            [f"lr_max={self.lr_max!r}"] * (self.lr_max is not None) + ["normalized=False"] * (not self.normalized)
+        )
+        return f"{type(self).__name__}({arguments})"
+
+    def check_group_keys(self, group: Mapping[str, Any], where: str = "") -> None:
+        check_bool("normalized", group["normalized"], where)
+        check_optional_real("lr_max", group["lr_max"], positive=True, where=where)
+
+    @property
+    def unnormalized(self) -> KernelDecayRule:
+        """The rule of the groups that are not normalized: torch's AdamW."""
+        return AdamWTorchRule()
+
+    def for_group(self, group: Mapping[str, Any]) -> DecayRule:
+        """:attr:`unnormalized` for a group with ``normalized=False``; else AdamC with the group's ``lr_max``."""
+        if not group["normalized"]:
+            return self.unnormalized
+        lr_max = group["lr_max"]
+        return self if lr_max == self.lr_max and self.normalized else type(self)(lr_max)
 
     def peak_lr(self, initial_lr: float) -> float:
         """``lr_max``, or alpha when it was not given."""
@@ -464,12 +511,17 @@ class ProxMuonRule(ProximalRule):
 
 
 class MuonCRule(AdamCRule):
-    """AdamC's correction on Muon's matrices: ``w <- (1 - lr_t^2 / lr_max * wd) * w - adjust(lr_t) * O_t``."""
+    """AdamC's correction on Muon's matrices: ``w <- (1 - lr_t^2 / lr_max * wd) * w - adjust(lr_t) * O_t``, on
+    every group Muon steps (Muon's matrices are hidden layers: no group key)."""
 
     name = "muonc"
+    group_keys = ()
 
-    def __repr__(self) -> str:
-        return f"MuonCRule(lr_max={self.lr_max!r})" if self.lr_max is not None else "MuonCRule()"
+    def check_group_keys(self, group: Mapping[str, Any], where: str = "") -> None:
+        return None
+
+    def for_group(self, group: Mapping[str, Any]) -> DecayRule:
+        return self
 
 
 #: The rule of every variant name (the registry's records carry these rules: ``tests/test_variants.py`` checks that
