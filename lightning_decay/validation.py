@@ -104,6 +104,8 @@ def check_lr(name: str, value: Any, where: str = "") -> float | torch.Tensor:
     """A learning rate: as torch, a finite real ``>= 0``, or a 0-dim real floating-point tensor holding one (returned
     as is, not copied: schedulers fill it in place). Its value is checked where it can be read
     (:func:`tensor_value_readable`)."""
+    if type(value) is float and 0.0 <= value <= MAX_SETTING:
+        return value  # the common case (a scheduler's new lr), decided at once (NaN fails the comparison)
     if not isinstance(value, torch.Tensor):
         return check_nonnegative(name, value, where)
     kind = "a real number or a 0-dim real floating-point tensor"

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_decay.optim.checked_groups import LR_AT_CONSTRUCTION, LR_ONLY, CheckedGroup
+from lightning_decay.optim.checked_groups import LR_AT_CONSTRUCTION, CheckedGroup
 from lightning_decay.optim.rules import DecayRule, KernelDecayRule, KernelSettings
 from lightning_decay.validation import check_betas, check_flags, check_lr, check_nonnegative, tensor_value_readable
 
@@ -264,9 +264,10 @@ class DecayOptimizer:
         """``(lr', wd', decoupled)`` of this step for ``group``: ``rule.kernel_settings(lr_t, alpha, wd)`` of the
         (scalar) rule the group follows, computed from the lr in float64 (:func:`precise_lr`)."""
         rule = self.rule_for(group)
-        if not isinstance(rule, KernelDecayRule):
+        kernel_settings = getattr(rule, "kernel_settings", None)  # a KernelDecayRule's (an ABC check is slower)
+        if kernel_settings is None:
             raise TypeError(f"{type(self).__name__}: the rule {rule!r} has no kernel settings (it is elementwise)")
-        return rule.kernel_settings(precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"])
+        return kernel_settings(precise_lr(group["lr"]), self.initial_lr(group), group["weight_decay"])
 
     def _kernel_values(self, group: dict[str, Any], settings: KernelSettings) -> tuple[Any, Any]:
         """``(lr', wd')`` as the kernel reads them from the group: ``lr'`` a tensor where the group's lr is one and
@@ -287,6 +288,9 @@ class DecayOptimizer:
         entry = self._checked_entry(group)
         if entry is None:
             return self.kernel_settings_for(group)
+        return self._entry_kernel_settings(entry, group)
+
+    def _entry_kernel_settings(self, entry: CheckedGroup, group: dict[str, Any]) -> KernelSettings:
         if entry.kernel_settings is None:
             entry.kernel_settings = self.kernel_settings_for(group)
         return entry.kernel_settings
@@ -305,14 +309,24 @@ class DecayOptimizer:
         ``weight_decay`` set to the rule's ``(lr', wd')``: one kernel step ``w <- (1 - lr'*wd') w - f(lr') u`` is then
         the rule's step. The group's own values (the scheduler's lr tensor, the user's weight decay) are restored
         after, also when the kernel raises."""
-        values = [self._cached_kernel_values(group) for group in self.param_groups]
-        saved = [(group["lr"], group["weight_decay"]) for group in self.param_groups]
+        groups = self.param_groups
+        checked = None if torch.compiler.is_compiling() else self.__dict__.get("_checked_groups")
+        values = []
+        for group in groups:  # :meth:`_cached_kernel_values`, with one look-up per group
+            entry = checked.get(id(group)) if checked else None
+            if entry is None or entry.group is not group:
+                values.append(self._kernel_values(group, self.kernel_settings_for(group)))
+                continue
+            if entry.kernel_values is None:
+                entry.kernel_values = self._kernel_values(group, self._entry_kernel_settings(entry, group))
+            values.append(entry.kernel_values)
+        saved = [(group["lr"], group["weight_decay"]) for group in groups]
         try:
-            for group, (lr, weight_decay) in zip(self.param_groups, values):
+            for group, (lr, weight_decay) in zip(groups, values):
                 group["lr"], group["weight_decay"] = lr, weight_decay
             kernel_step()
         finally:
-            for group, (lr, weight_decay) in zip(self.param_groups, saved):
+            for group, (lr, weight_decay) in zip(groups, saved):
                 group["lr"], group["weight_decay"] = lr, weight_decay
 
     def _check_settings(self, group: dict[str, Any], where: str) -> None:
@@ -332,13 +346,16 @@ class DecayOptimizer:
     def _check_rule_domain(self, group: dict[str, Any], where: str) -> None:
         """The group's rule's own limits (:meth:`~lightning_decay.optim.rules.DecayRule.check_domain`) at its lr
         and weight decay, which are valid already; the error names the group."""
-        rule = self.rule_for(group)
-        # a rule written before check_domain existed put its limits into check (it validates lr and wd again)
-        check = rule.check if type(rule).check is not DecayRule.check else rule.check_domain
         try:
-            check(group["lr"], self.initial_lr(group), group["weight_decay"])
+            self._domain_check(group)(group["lr"], self.initial_lr(group), group["weight_decay"])
         except ValueError as error:
             raise ValueError(f"{error}{where}") from None
+
+    def _domain_check(self, group: dict[str, Any]) -> Callable[[Any, float, float], None]:
+        """The limits of the rule ``group`` follows, ``(lr, alpha, weight_decay) -> None``."""
+        rule = self.rule_for(group)
+        # a rule written before check_domain existed put its limits into check (it validates lr and wd again)
+        return rule.check if type(rule).check is not DecayRule.check else rule.check_domain
 
     def _check_decay_change(self, group: dict[str, Any], lr_changed: bool, weight_decay_changed: bool) -> bool:
         """Check what a scheduler or a user changed since the group's last check: its lr and / or weight decay,
@@ -389,22 +406,30 @@ class DecayOptimizer:
                 })
             elif len(values) == len(entry.values) and all(map(operator.is_, values, entry.values)):
                 continue  # the common case: nothing changed (no tensor setting, every value the same object)
-            elif entry.only_a_float_lr_changed(group, values):
-                changed = LR_ONLY  # a scheduler's step
+            elif entry.only_a_float_lr_changed(group, values):  # a scheduler's step: the lr and the rule's limits
+                lr = values[entry.lr_index]
+                try:
+                    check_lr("lr", lr)
+                    entry.check_domain(lr, entry.initial_lr, group["weight_decay"])
+                except (TypeError, ValueError):
+                    self._check_decay_change(group, True, False)  # the same error, naming the group
+                    raise
+                entry.new_float_lr(values)
+                continue
             else:
                 changed = entry.changed_keys(group, values, set())
             if changed is None:
                 self._remember_check(group, self._check_group(group))
             elif changed:
                 if self._check_decay_change(group, "lr" in changed, "weight_decay" in changed):
-                    entry.refresh(group, values, changed)
+                    entry.refresh(group, values, changed, self.initial_lr(group))
                 else:
                     checked.pop(id(group), None)
 
     def _remember_check(self, group: dict[str, Any], complete: bool) -> None:
         checked: dict[int, CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
         if complete:
-            checked[id(group)] = CheckedGroup(group)
+            checked[id(group)] = CheckedGroup(group, self._domain_check(group), self.initial_lr(group))
         else:
             checked.pop(id(group), None)
 

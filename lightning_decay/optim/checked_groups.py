@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Set
+from collections.abc import Callable, Set
 from typing import Any
 
 from torch import Tensor
 
 from lightning_decay.optim.rules import KernelSettings
 
-__all__ = ["CheckedGroup", "DECAY_KEYS", "LR_ONLY", "LR_AT_CONSTRUCTION"]
+__all__ = ["CheckedGroup", "DECAY_KEYS", "LR_AT_CONSTRUCTION"]
 
 #: Group key holding the lr a group was built with: the blog's alpha when no scheduler set ``initial_lr``.
 LR_AT_CONSTRUCTION = "lr_at_construction"
@@ -28,9 +28,11 @@ class CheckedGroup:
     """What a group held when it was last checked (its keys, the objects they held, the version counters of its
     tensors, also inside tuples and lists), and the kernel settings computed from it since."""
 
-    __slots__ = ("group", "keys", "values", "lr_index", "tensors", "kernel_settings", "kernel_values")
+    __slots__ = ("group", "keys", "values", "lr_index", "tensors", "kernel_settings", "kernel_values", "check_domain",
+                 "initial_lr")
 
-    def __init__(self, group: dict[str, Any]) -> None:
+    def __init__(self, group: dict[str, Any], check_domain: Callable[[Any, float, float], None],
+                 initial_lr: float) -> None:
         self.group = group  # held, so that its id is not reused while the entry lives
         self.keys = tuple(group)
         self.values = tuple(group.values())
@@ -38,10 +40,20 @@ class CheckedGroup:
         self.tensors = _tensors_of(group)
         self.kernel_settings: KernelSettings | None = None
         self.kernel_values: tuple[Any, Any] | None = None
+        #: The limits of the rule the group follows, ``(lr, alpha, weight_decay) -> None`` (the rule is decided by
+        #: keys whose change has the group checked whole), and alpha (a decay key: see :meth:`refresh`).
+        self.check_domain = check_domain
+        self.initial_lr = initial_lr
 
-    def refresh(self, group: dict[str, Any], values: tuple[Any, ...], changed: Set[str]) -> None:
+    def new_float_lr(self, values: tuple[Any, ...]) -> None:
+        """Take up a checked new float lr (:meth:`only_a_float_lr_changed`)."""
+        self.values = values
+        self.kernel_settings = self.kernel_values = None
+
+    def refresh(self, group: dict[str, Any], values: tuple[Any, ...], changed: Set[str], initial_lr: float) -> None:
         """Take up a checked change of the decay keys ``changed`` (same keys; the kernel settings are recomputed)."""
         self.values = values
+        self.initial_lr = initial_lr
         if self.tensors or any(isinstance(group[key], Tensor) for key in changed):
             self.tensors = _tensors_of(group)
         self.kernel_settings = self.kernel_values = None
@@ -73,7 +85,6 @@ class CheckedGroup:
 
 #: The group keys of the decay: the lr and weight decay a scheduler or a user sets, and alpha.
 DECAY_KEYS = frozenset({"lr", "weight_decay", "initial_lr", LR_AT_CONSTRUCTION})
-LR_ONLY = frozenset({"lr"})
 
 
 def _tensors_of(group: dict[str, Any]) -> tuple[tuple[str, Tensor, int], ...]:

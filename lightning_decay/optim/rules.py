@@ -37,9 +37,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -80,20 +79,21 @@ def adam_denominator(exp_avg_sq: Tensor, bias_correction2_sqrt: Tensor | float, 
     return exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
 
 
-@dataclass(frozen=True)
-class KernelSettings:
-    """What to pass torch's Adam (or SGD) kernel so that its step is exactly a rule's step.
+class KernelSettings(NamedTuple):
+    """What to pass torch's Adam (or SGD) kernel so that its step is exactly a rule's step: ``(lr', wd', decoupled)``.
 
-    ``lr`` is a tensor when the group's lr is one; ``weight_decay`` is always a Python float (a tensor given is read).
+    ``lr`` is a tensor when the group's lr is one; ``weight_decay`` is always a Python float (make it with
+    :meth:`of`, which reads a tensor weight decay). A named tuple: a step makes one per group whose lr changed.
     """
 
     lr: float | Tensor
     weight_decay: float
     decoupled: bool
 
-    def __post_init__(self) -> None:
-        if isinstance(self.weight_decay, Tensor):
-            object.__setattr__(self, "weight_decay", self.weight_decay.item())
+    @classmethod
+    def of(cls, lr: float | Tensor, weight_decay: float | Tensor, decoupled: bool) -> KernelSettings:
+        """The settings, a tensor ``weight_decay`` read as a float."""
+        return cls(lr, weight_decay.item() if isinstance(weight_decay, Tensor) else weight_decay, decoupled)
 
     @property
     def decay_factor(self) -> float | Tensor:
@@ -367,7 +367,7 @@ class AdamCRule(KernelDecayRule):
         peak = self.peak_lr(initial_lr)
         if peak <= 0:
             return KernelSettings(lr, 0.0, decoupled=True)
-        return KernelSettings(lr, lr * weight_decay / peak, decoupled=True)
+        return KernelSettings.of(lr, lr * weight_decay / peak, decoupled=True)  # a tensor lr gives a tensor wd'
 
 
 class CautiousRule(DecayRule):
