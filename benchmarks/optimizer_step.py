@@ -12,9 +12,11 @@ The lr changes every step (as under a scheduler). Rounds interleave the optimize
 processes hits all of them alike, and each row's steps alternate with its baseline's: the reported step time is
 the median over steps and the ratio the median of the paired ratios (``--statistic min``: minima, for a loaded
 machine). Each row is compared with its baseline: Adam variants with torch's fused
-AdamW, SGD variants with torch's fused SGD with the same momentum and Nesterov setting. Goals: <= 1.05x where the
-variant reuses a torch kernel exactly (AdamL2, AdamW in both conventions, ProxAdam, AdamC; SGD-L2, and every SGD
-rule without momentum), <= 1.2x for compiled kernels (AdamP, cautious AdamW, SGDW/ProxSGD with momentum).
+AdamW, SGD variants with torch's fused SGD with the same momentum and Nesterov setting. Goals: <= 1.03x for the
+Adam variants that reuse a torch kernel exactly (AdamL2, AdamW in both conventions, ProxAdam, AdamC: issue 26, from
+1M parameters up), <= 1.05x for the SGD ones (SGD-L2, and every SGD rule without momentum), <= 1.2x for compiled
+kernels (AdamP, cautious AdamW, SGDW/ProxSGD with momentum). The row "torch AdamW fused (a second one)" is the
+baseline timed against itself, as a variant is: how far from 1.000x noise alone puts a ratio in this run.
 "sgdw via fused SGD + decay" is the alternative to SGDW's compiled kernel (torch's fused SGD, then one
 multiplicative decay pass over the weights), measured to justify the choice. Adam moves 7 tensor-elements per
 parameter per step (read p, g, m, v; write p, m, v), SGD with momentum 5 (read p, g, b; write p, b), SGD without
@@ -59,7 +61,8 @@ import torch
 from lightning_decay.optim.registry import REGISTRY, VARIANTS, variant_names
 
 ADAM_BASELINE = "torch AdamW fused"
-#: Variants that run a torch kernel exactly (goal 1.05x) when they have momentum; the rest are compiled (1.2x).
+#: Variants that run a torch kernel exactly (goal 1.03x for Adam, 1.05x for SGD with momentum); the rest are
+#: compiled (1.2x).
 # Everything about the variants comes from the registry: which reuse a torch kernel exactly, which are SGD, and
 # which rules scale the decay by eta_t (they get wd * lr: the same decay at the initial lr for every convention).
 EXACT_REUSE = {name for name, info in REGISTRY.items() if info.kernel == "torch"}
@@ -173,7 +176,7 @@ def optimizer_rows(names: list[str], momentum: float) -> dict[str, Row]:
         return lambda p: cls(p, lr=1e-3, weight_decay=weight_decay, **fixed, **options)
 
     for name in adam:
-        rows[name] = Row(variant(name), ADAM_BASELINE, 7, 1.05 if name in EXACT_REUSE else 1.2)
+        rows[name] = Row(variant(name), ADAM_BASELINE, 7, 1.03 if name in EXACT_REUSE else 1.2)
     for name in EAGER_FALLBACK_ROWS:
         if name in adam:
             rows[f"{name} (eager fallback)"] = Row(variant(name, fused=False), ADAM_BASELINE, 7)

@@ -3,6 +3,7 @@
     python benchmarks/validation_calls.py                # every scalar variant, 3 steps (the lr changes at the 3rd)
     python benchmarks/validation_calls.py --variants adamw proxadam
     python benchmarks/validation_calls.py --overhead     # also each step's fixed cost against torch's fused AdamW
+    python benchmarks/validation_calls.py --cold 4000    # ... and with cold caches, as at 1M parameters
 
 A step should pay only for what changed (issue 26): the validators (every function of
 ``lightning_decay/validation.py``) run when a group's lr or weight decay changed since the last check, and the
@@ -11,6 +12,10 @@ at all. The calls are counted with ``sys.setprofile``: every call into ``validat
 and the checks it calls inside ``validation.py`` count once), every call of a registry lookup; for the first step
 (the optimizer's state is built), a second step with nothing changed, and a third step after a scheduler-like
 change of both groups' lr. Goal: at most 4 validator calls per step.
+
+``--cold PAIRS``: the same fixed cost where a large model's step has left the caches cold (32 MB written before
+each step): every Python call of the step then costs ~1-2 us, several times what it costs in a tight loop, which is
+what the step pays at 1M parameters. Median over step pairs alternating with torch's fused AdamW.
 
 ``--overhead``: the fixed cost of a step, what it costs besides the arithmetic: the minimum over many steps (the
 lr changing every step, as under a scheduler) of each variant's step on two groups of tiny tensors, against torch's
@@ -21,6 +26,7 @@ to every step at any size (at 1M parameters a fused AdamW step takes ~1 ms on a 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections import Counter
@@ -119,6 +125,39 @@ def overhead_table(variants: list[str], steps: int) -> None:
         print(f"{variant:<16} {cost:8.1f} us   +{cost - base:6.1f} us over torch fused {info.family}")
 
 
+def cold_cost_us(build: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
+                 baseline: Callable[[list[dict[str, Any]]], torch.optim.Optimizer], pairs: int) -> float:
+    """The median over ``pairs`` step pairs of (step - baseline step), in microseconds, each step after 32 MB were
+    written (the caches then hold what a step over ~1M parameters leaves in them: not the optimizer's Python)."""
+    flush = torch.zeros(8_000_000)
+    ours, theirs = build(tiny_groups()), baseline(tiny_groups())
+    differences = []
+    for index in range(pairs):
+        times = {}
+        for name, optimizer in ((("ours", ours), ("theirs", theirs)) if index % 2 else
+                                (("theirs", theirs), ("ours", ours))):
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-3 * (1.0 - 1e-6 * index)
+            flush.add_(1.0)
+            started = time.perf_counter()
+            optimizer.step()
+            times[name] = time.perf_counter() - started
+        differences.append(times["ours"] - times["theirs"])
+    return statistics.median(differences) * 1e6
+
+
+def cold_table(variants: list[str], pairs: int) -> None:
+    adamw = lambda groups: torch.optim.AdamW(groups, lr=1e-3, fused=True)  # noqa: E731
+    print(f"\nfixed cost with cold caches (two groups of 8 tiny tensors; median over {pairs} pairs, lr changing):")
+    print(f"{'torch fused adam':<16} {cold_cost_us(adamw, adamw, pairs):+8.1f} us over itself (the noise floor)")
+    for variant in variants:
+        info = REGISTRY[variant]
+        if info.family != "adam":
+            continue
+        cost = cold_cost_us(lambda groups, info=info: info.build(groups, lr=1e-3), adamw, pairs)
+        print(f"{variant:<16} {cost:+8.1f} us over torch fused adam")
+
+
 def describe(counter: Counter[str]) -> str:
     return f"{sum(counter.values()):3d}" + (f"  ({', '.join(f'{k} {v}' for k, v in sorted(counter.items()))})"
                                             if counter else "")
@@ -129,6 +168,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=SCALAR_VARIANTS, choices=SCALAR_VARIANTS)
     parser.add_argument("--overhead", action="store_true", help="also measure each step's fixed cost")
     parser.add_argument("--steps", type=int, default=2000, help="steps per fixed-cost measurement")
+    parser.add_argument("--cold", type=int, default=0, metavar="PAIRS",
+                        help="also the fixed cost with cold caches, as a large model's step leaves them (PAIRS pairs)")
     arguments = parser.parse_args()
     print(f"{'variant':<12} {'step':<16} validator calls / registry lookups")
     worst = 0
@@ -147,6 +188,8 @@ def main() -> None:
     print(f"most validator calls in one two-group step: {worst} (goal: at most 4)")
     if arguments.overhead:
         overhead_table(arguments.variants, arguments.steps)
+    if arguments.cold:
+        cold_table(arguments.variants, arguments.cold)
 
 
 if __name__ == "__main__":

@@ -121,9 +121,7 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step: every group is checked, then torch's kernel runs with the rule's settings."""
-        loss = self._closure_then_checks(closure)
-        self._run_kernel_with_rule_settings(lambda: unhooked_step(torch.optim.Adam)(self))
-        return loss
+        return self._step_kernel_with_rule_settings(closure, lambda: unhooked_step(torch.optim.Adam)(self))
 
 
 #: The decoupled-AdamW rule of each ``convention``.

@@ -210,6 +210,8 @@ class DecayOptimizer:
 
     decay_rule: DecayRule
     param_groups: list[dict[str, Any]]
+    #: The class computes kernel settings as this base does (a step may then take them from the group's record).
+    _plain_kernel_settings: bool = True
 
     def __init_subclass__(
         cls,
@@ -228,6 +230,10 @@ class DecayOptimizer:
         classes (``class ProxAdam(KernelAdam, rule=ProxAdamRule)``) and
         :func:`~lightning_decay.optim.kernels.on_kernel`'s."""
         super().__init_subclass__(**kwargs)
+        cls._plain_kernel_settings = (
+            cls.kernel_settings_for is DecayOptimizer.kernel_settings_for
+            and cls._kernel_values is DecayOptimizer._kernel_values
+        )
         if rule is None and conventions is None:
             return
         cls.__init__ = _fixed_rule_constructor(cls, rule, conventions, weight_decay)  # type: ignore[method-assign]
@@ -304,30 +310,45 @@ class DecayOptimizer:
             entry.kernel_values = self._kernel_values(group, self._cached_kernel_settings(group))
         return entry.kernel_values
 
-    def _run_kernel_with_rule_settings(self, kernel_step: Callable[[], Any]) -> None:
+    def _run_kernel_with_rule_settings(self, kernel_step: Callable[[], Any],
+                                       entries: list[CheckedGroup | None] | None = None) -> None:
         """Run ``kernel_step`` (the kernel's own step over :attr:`param_groups`) with every group's ``lr`` and
         ``weight_decay`` set to the rule's ``(lr', wd')``: one kernel step ``w <- (1 - lr'*wd') w - f(lr') u`` is then
         the rule's step. The group's own values (the scheduler's lr tensor, the user's weight decay) are restored
-        after, also when the kernel raises."""
+        after, also when the kernel raises. ``entries``: the groups' records from this step's check, if at hand."""
         groups = self.param_groups
-        checked = None if torch.compiler.is_compiling() else self.__dict__.get("_checked_groups")
-        values = []
-        for group in groups:  # :meth:`_cached_kernel_values`, with one look-up per group
-            entry = checked.get(id(group)) if checked else None
-            if entry is None or entry.group is not group:
-                values.append(self._kernel_values(group, self.kernel_settings_for(group)))
-                continue
-            if entry.kernel_values is None:
-                entry.kernel_values = self._kernel_values(group, self._entry_kernel_settings(entry, group))
-            values.append(entry.kernel_values)
-        saved = [(group["lr"], group["weight_decay"]) for group in groups]
+        if entries is None:
+            entries = [self._checked_entry(group) for group in groups]
+        plain = self._plain_kernel_settings
+        swapped = []  # (group, its lr, its weight decay) where the kernel's differ (torch's AdamW rule: nowhere)
         try:
-            for group, (lr, weight_decay) in zip(groups, values):
-                group["lr"], group["weight_decay"] = lr, weight_decay
+            for group, entry in zip(groups, entries):
+                if entry is None:
+                    lr, weight_decay = self._kernel_values(group, self.kernel_settings_for(group))
+                    kernel_values = None
+                elif (kernel_values := entry.kernel_values) is None:
+                    own_lr = group["lr"]
+                    if plain and type(own_lr) is float:  # straight from the rule and alpha of the group's record
+                        settings = entry.rule.kernel_settings(own_lr, entry.initial_lr, group["weight_decay"])
+                        entry.kernel_settings = settings
+                        kernel_values = entry.kernel_values = settings[:2]
+                    else:
+                        kernel_values = self._entry_kernel_values(entry, group)
+                if kernel_values is not None:
+                    lr, weight_decay = kernel_values
+                own_lr, own_weight_decay = group["lr"], group["weight_decay"]
+                if lr is not own_lr or weight_decay is not own_weight_decay:
+                    swapped.append((group, own_lr, own_weight_decay))
+                    group["lr"], group["weight_decay"] = lr, weight_decay
             kernel_step()
         finally:
-            for group, (lr, weight_decay) in zip(groups, saved):
+            for group, lr, weight_decay in swapped:
                 group["lr"], group["weight_decay"] = lr, weight_decay
+
+    def _entry_kernel_values(self, entry: CheckedGroup, group: dict[str, Any]) -> tuple[Any, Any]:
+        """The kernel's ``(lr', wd')`` for a checked group, computed once per change."""
+        entry.kernel_values = self._kernel_values(group, self._entry_kernel_settings(entry, group))
+        return entry.kernel_values
 
     def _check_settings(self, group: dict[str, Any], where: str) -> None:
         """The optimizer family's own settings (Adam's betas and eps here; SGD overrides)."""
@@ -347,13 +368,13 @@ class DecayOptimizer:
         """The group's rule's own limits (:meth:`~lightning_decay.optim.rules.DecayRule.check_domain`) at its lr
         and weight decay, which are valid already; the error names the group."""
         try:
-            self._domain_check(group)(group["lr"], self.initial_lr(group), group["weight_decay"])
+            self._domain_check(self.rule_for(group))(group["lr"], self.initial_lr(group), group["weight_decay"])
         except ValueError as error:
             raise ValueError(f"{error}{where}") from None
 
-    def _domain_check(self, group: dict[str, Any]) -> Callable[[Any, float, float], None]:
-        """The limits of the rule ``group`` follows, ``(lr, alpha, weight_decay) -> None``."""
-        rule = self.rule_for(group)
+    @staticmethod
+    def _domain_check(rule: DecayRule) -> Callable[[Any, float, float], None]:
+        """The limits of ``rule``, ``(lr, alpha, weight_decay) -> None``."""
         # a rule written before check_domain existed put its limits into check (it validates lr and wd again)
         return rule.check if type(rule).check is not DecayRule.check else rule.check_domain
 
@@ -380,58 +401,74 @@ class DecayOptimizer:
         self._check_rule_domain(group, where)
         return True
 
-    def _check_changed_groups(self) -> None:
+    def _check_changed_groups(self) -> list[CheckedGroup | None]:
         """Check the groups whose settings changed since their last check (all of them at the first step, after a
         ``load_state_dict`` or while torch.compile traces); a group whose lr or weight decay alone changed has only
         those and the rule's limits checked. A change is a key set to another object (a scheduler's new lr), or a
-        tensor updated in place (its version counter: a scheduler's ``lr.fill_``)."""
+        tensor updated in place (its version counter: a scheduler's ``lr.fill_``). Returns each group's record
+        (None where its lr could not be read, or while torch.compile traces)."""
+        groups = self.param_groups
         if torch.compiler.is_compiling():
-            for group in self.param_groups:
+            for group in groups:
                 self._check_group(group)
-            return
+            return [None] * len(groups)
         checked: dict[int, CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
-        if len(checked) > len(self.param_groups):  # groups replaced (load_state_dict) or removed
-            alive = {id(group) for group in self.param_groups}
+        if len(checked) > len(groups):  # groups replaced (load_state_dict) or removed
+            alive = {id(group) for group in groups}
             for key in [key for key in checked if key not in alive]:
                 del checked[key]
-        for group in self.param_groups:
+        # The two common cases are decided inline, without a call into the record: each Python call costs ~1-2 us
+        # where a step over a large model has evicted the caches (docs/performance.md, issue 26).
+        is_not = operator.is_not
+        entries: list[CheckedGroup | None] = []
+        for group in groups:
             entry = checked.get(id(group))
             if entry is None or entry.group is not group:
-                self._remember_check(group, self._check_group(group))
+                entries.append(self._remember_check(group, self._check_group(group)))
                 continue
             values = tuple(group.values())
+            old = entry.values
             if entry.tensors:
                 changed = entry.changed_keys(group, values, {
                     key for key, tensor, version in entry.tensors if tensor._version != version
                 })
-            elif len(values) == len(entry.values) and all(map(operator.is_, values, entry.values)):
-                continue  # the common case: nothing changed (no tensor setting, every value the same object)
-            elif entry.only_a_float_lr_changed(group, values):  # a scheduler's step: the lr and the rule's limits
-                lr = values[entry.lr_index]
-                try:
-                    check_lr("lr", lr)
-                    entry.check_domain(lr, entry.initial_lr, group["weight_decay"])
-                except (TypeError, ValueError):
-                    self._check_decay_change(group, True, False)  # the same error, naming the group
-                    raise
-                entry.new_float_lr(values)
-                continue
             else:
+                moved = sum(map(is_not, values, old)) if len(values) == len(old) else -1
+                if not moved:  # nothing changed (no tensor setting, every value the same object)
+                    entries.append(entry)
+                    continue
+                lr, old_lr = values[entry.lr_index], old[entry.lr_index]
+                if moved == 1 and lr is not old_lr and type(lr) is float and type(old_lr) is float:
+                    # a scheduler's step: the new lr and the rule's limits (errors again, naming the group)
+                    try:
+                        check_lr("lr", lr)
+                        entry.check_domain(lr, entry.initial_lr, group["weight_decay"])
+                    except (TypeError, ValueError):
+                        self._check_decay_change(group, True, False)
+                        raise
+                    entry.values = values
+                    entry.kernel_settings = entry.kernel_values = None
+                    entries.append(entry)
+                    continue
                 changed = entry.changed_keys(group, values, set())
             if changed is None:
-                self._remember_check(group, self._check_group(group))
+                entry = self._remember_check(group, self._check_group(group))
             elif changed:
                 if self._check_decay_change(group, "lr" in changed, "weight_decay" in changed):
                     entry.refresh(group, values, changed, self.initial_lr(group))
                 else:
-                    checked.pop(id(group), None)
+                    entry = checked.pop(id(group), None) and None
+            entries.append(entry)
+        return entries
 
-    def _remember_check(self, group: dict[str, Any], complete: bool) -> None:
+    def _remember_check(self, group: dict[str, Any], complete: bool) -> CheckedGroup | None:
         checked: dict[int, CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
-        if complete:
-            checked[id(group)] = CheckedGroup(group, self._domain_check(group), self.initial_lr(group))
-        else:
+        if not complete:
             checked.pop(id(group), None)
+            return None
+        rule = self.rule_for(group)
+        entry = checked[id(group)] = CheckedGroup(group, rule, self._domain_check(rule), self.initial_lr(group))
+        return entry
 
     #: Group keys a state dict saved by torch's optimizer (or an older version) may lack, and their defaults.
     _GROUP_DEFAULTS: dict[str, Any] = {}
@@ -464,6 +501,18 @@ class DecayOptimizer:
             with torch.enable_grad():
                 loss = closure()
         self._check_changed_groups()
+        return loss
+
+    def _step_kernel_with_rule_settings(self, closure: Callable[[], Any] | None,
+                                        kernel_step: Callable[[], Any]) -> Any:
+        """The step of a class whose kernel runs the rule's settings: the closure (gradients on), every group
+        checked before any update, then ``kernel_step`` with each group's ``(lr', wd')``
+        (:meth:`_run_kernel_with_rule_settings`); returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._run_kernel_with_rule_settings(kernel_step, self._check_changed_groups())
         return loss
 
     def _prepare_group(self, group: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_decay.optim.rules import KernelSettings
+from lightning_decay.optim.rules import DecayRule, KernelSettings
 
 __all__ = ["CheckedGroup", "DECAY_KEYS", "LR_AT_CONSTRUCTION"]
 
@@ -28,10 +28,10 @@ class CheckedGroup:
     """What a group held when it was last checked (its keys, the objects they held, the version counters of its
     tensors, also inside tuples and lists), and the kernel settings computed from it since."""
 
-    __slots__ = ("group", "keys", "values", "lr_index", "tensors", "kernel_settings", "kernel_values", "check_domain",
-                 "initial_lr")
+    __slots__ = ("group", "keys", "values", "lr_index", "tensors", "kernel_settings", "kernel_values", "rule",
+                 "check_domain", "initial_lr")
 
-    def __init__(self, group: dict[str, Any], check_domain: Callable[[Any, float, float], None],
+    def __init__(self, group: dict[str, Any], rule: DecayRule, check_domain: Callable[[Any, float, float], None],
                  initial_lr: float) -> None:
         self.group = group  # held, so that its id is not reused while the entry lives
         self.keys = tuple(group)
@@ -40,15 +40,11 @@ class CheckedGroup:
         self.tensors = _tensors_of(group)
         self.kernel_settings: KernelSettings | None = None
         self.kernel_values: tuple[Any, Any] | None = None
-        #: The limits of the rule the group follows, ``(lr, alpha, weight_decay) -> None`` (the rule is decided by
+        #: The rule the group follows and its limits, ``(lr, alpha, weight_decay) -> None`` (the rule is decided by
         #: keys whose change has the group checked whole), and alpha (a decay key: see :meth:`refresh`).
+        self.rule = rule
         self.check_domain = check_domain
         self.initial_lr = initial_lr
-
-    def new_float_lr(self, values: tuple[Any, ...]) -> None:
-        """Take up a checked new float lr (:meth:`only_a_float_lr_changed`)."""
-        self.values = values
-        self.kernel_settings = self.kernel_values = None
 
     def refresh(self, group: dict[str, Any], values: tuple[Any, ...], changed: Set[str], initial_lr: float) -> None:
         """Take up a checked change of the decay keys ``changed`` (same keys; the kernel settings are recomputed)."""
@@ -57,15 +53,6 @@ class CheckedGroup:
         if self.tensors or any(isinstance(group[key], Tensor) for key in changed):
             self.tensors = _tensors_of(group)
         self.kernel_settings = self.kernel_values = None
-
-    def only_a_float_lr_changed(self, group: dict[str, Any], values: tuple[Any, ...]) -> bool:
-        """Only the lr changed, from a float to a float (what a scheduler does to a float lr), with the same keys."""
-        index, old = self.lr_index, self.values
-        return (
-            type(values[index]) is float and type(old[index]) is float and len(values) == len(old)
-            and all(map(operator.is_, values[:index], old[:index]))
-            and all(map(operator.is_, values[index + 1:], old[index + 1:])) and tuple(group) == self.keys
-        )
 
     def changed_keys(self, group: dict[str, Any], values: tuple[Any, ...], moved: set[str]) -> Set[str] | None:
         """The keys set to another object (``values`` now), with ``moved`` (tensors updated in place) when they are

@@ -209,13 +209,15 @@ class KernelRuleOptimizer(DecayOptimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step: every group is checked, then the kernel's own step runs with the rule's ``(lr', wd')``."""
-        loss = self._closure_then_checks(closure)
         cls = type(self)
-        if cls.compiles_first_step and not self.state:
-            announce_compiling_step(cls.__name__, cls.kernel)
         kernel_step = unhooked_step(cls.kernel)
-        self._run_kernel_with_rule_settings(lambda: kernel_step(self))
-        return loss
+
+        def run_kernel() -> None:
+            if cls.compiles_first_step and not self.state:
+                announce_compiling_step(cls.__name__, cls.kernel)
+            kernel_step(self)
+
+        return self._step_kernel_with_rule_settings(closure, run_kernel)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
