@@ -15,6 +15,7 @@ taken where torch takes one (not by the foreach kernel unless capturable: refuse
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,6 +51,11 @@ def check_tensor_lr_path(group: dict[str, Any], where: str) -> None:
             f"lr as a Tensor is not supported for capturable=False and foreach=True{where} (torch's foreach Adam "
             "kernel): give a float lr, foreach=False or capturable=True"
         )
+
+
+#: torch's Adam step without its hook wrapper (resolved once: torch wraps ``Adam.step`` when an Adam is first made,
+#: and the function inside stays the same).
+_ADAM_STEP = unhooked_step(torch.optim.Adam)
 
 
 class KernelAdam(DecayOptimizer, torch.optim.Adam):
@@ -121,7 +127,7 @@ class KernelAdam(DecayOptimizer, torch.optim.Adam):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step: every group is checked, then torch's kernel runs with the rule's settings."""
-        return self._step_kernel_with_rule_settings(closure, lambda: unhooked_step(torch.optim.Adam)(self))
+        return self._step_kernel_with_rule_settings(closure, functools.partial(_ADAM_STEP, self))
 
 
 #: The decoupled-AdamW rule of each ``convention``.
