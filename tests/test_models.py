@@ -134,3 +134,21 @@ def test_build_model_typo_names_valid_models() -> None:
     with pytest.raises(ValueError, match="resnet20") as info:
         build_model("resnet2O")
     assert "small_cnn" in str(info.value) and "resnet2O" in str(info.value)
+
+
+@pytest.mark.parametrize("architecture, options", [
+    ("resnet20", {}), ("resnet20", {"batch_norm": False}), ("small_cnn", {}), ("small_cnn", {"width": 32}), ("mlp", {}),
+])
+def test_evaluation_in_chunks_gives_the_whole_batchs_logits_bitwise(architecture: str, options: dict) -> None:
+    """On CPU an evaluation batch is run 128 images at a time (faster); every committed result assumes the logits
+    are those of the whole batch, to the bit."""
+    torch.manual_seed(0)
+    model = ImageClassifier(architecture=architecture, **options).eval()
+    images = torch.randn(300, 3, 32, 32)  # three chunks, the last one short
+    sizes: list[int] = []
+    with torch.inference_mode():
+        whole = model(images)
+        model.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+        chunked = model.evaluation_logits(images)
+    assert sizes == [128, 128, 44]  # the chunked path ran
+    assert torch.equal(chunked, whole)
