@@ -22,7 +22,6 @@ from torch.optim import Optimizer
 from lightning_decay.optim.adam import CONVENTIONS
 from lightning_decay.optim.base import (
     check_adam_hyperparameters,
-    convention_rule,
     default_weight_decay,
     precise_lr,
     scalar_value,
@@ -35,6 +34,7 @@ from lightning_decay.optim.compiled import (
     real_view,
     scalar_table,
 )
+from lightning_decay.optim.fixed_rule import convention_rule
 from lightning_decay.optim.rules import AdamPRule, CautiousRule, DecayRule, adam_denominator
 
 __all__ = ["AdamP", "CautiousAdamW"]
