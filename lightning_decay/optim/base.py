@@ -259,8 +259,7 @@ class DecayOptimizer:
         try:
             for group, entry in zip(groups, entries):
                 if entry is None:
-                    lr, weight_decay = self._kernel_values(group, self.kernel_settings_for(group))
-                    kernel_values = None
+                    kernel_values = self._kernel_values(group, self.kernel_settings_for(group))
                 elif (kernel_values := entry.kernel_values) is None:
                     own_lr = group["lr"]
                     if plain and type(own_lr) is float:  # straight from the rule and alpha of the group's record
@@ -269,8 +268,7 @@ class DecayOptimizer:
                         kernel_values = entry.kernel_values = settings[:2]
                     else:
                         kernel_values = self._entry_kernel_values(entry, group)
-                if kernel_values is not None:
-                    lr, weight_decay = kernel_values
+                lr, weight_decay = kernel_values
                 own_lr, own_weight_decay = group["lr"], group["weight_decay"]
                 if lr is not own_lr or weight_decay is not own_weight_decay:
                     swapped.append((group, own_lr, own_weight_decay))
