@@ -236,48 +236,6 @@ class DecayOptimizer:
             entry.kernel_settings = self.kernel_settings_for(group)
         return entry.kernel_settings
 
-    def _cached_kernel_values(self, group: dict[str, Any]) -> tuple[Any, Any]:
-        """:meth:`_kernel_values` of :meth:`kernel_settings_for`, computed once per change of the group."""
-        entry = self._checked_entry(group)
-        if entry is None:
-            return self._kernel_values(group, self.kernel_settings_for(group))
-        if entry.kernel_values is None:
-            entry.kernel_values = self._kernel_values(group, self._cached_kernel_settings(group))
-        return entry.kernel_values
-
-    def _run_kernel_with_rule_settings(self, kernel_step: Callable[[], Any],
-                                       entries: list[CheckedGroup | None] | None = None) -> None:
-        """Run ``kernel_step`` (the kernel's own step over :attr:`param_groups`) with every group's ``lr`` and
-        ``weight_decay`` set to the rule's ``(lr', wd')``: one kernel step ``w <- (1 - lr'*wd') w - f(lr') u`` is then
-        the rule's step. The group's own values (the scheduler's lr tensor, the user's weight decay) are restored
-        after, also when the kernel raises. ``entries``: the groups' records from this step's check, if at hand."""
-        groups = self.param_groups
-        if entries is None:
-            entries = [self._checked_entry(group) for group in groups]
-        plain = self._plain_kernel_settings
-        swapped = []  # (group, its lr, its weight decay) where the kernel's differ (torch's AdamW rule: nowhere)
-        try:
-            for group, entry in zip(groups, entries):
-                if entry is None:
-                    kernel_values = self._kernel_values(group, self.kernel_settings_for(group))
-                elif (kernel_values := entry.kernel_values) is None:
-                    own_lr = group["lr"]
-                    if plain and type(own_lr) is float:  # straight from the rule and alpha of the group's record
-                        settings = entry.rule.kernel_settings(own_lr, entry.initial_lr, group["weight_decay"])
-                        entry.kernel_settings = settings
-                        kernel_values = entry.kernel_values = settings[:2]
-                    else:
-                        kernel_values = self._entry_kernel_values(entry, group)
-                lr, weight_decay = kernel_values
-                own_lr, own_weight_decay = group["lr"], group["weight_decay"]
-                if lr is not own_lr or weight_decay is not own_weight_decay:
-                    swapped.append((group, own_lr, own_weight_decay))
-                    group["lr"], group["weight_decay"] = lr, weight_decay
-            kernel_step()
-        finally:
-            for group, lr, weight_decay in swapped:
-                group["lr"], group["weight_decay"] = lr, weight_decay
-
     def _entry_kernel_values(self, entry: CheckedGroup, group: dict[str, Any]) -> tuple[Any, Any]:
         """The kernel's ``(lr', wd')`` for a checked group, computed once per change."""
         entry.kernel_values = self._kernel_values(group, self._entry_kernel_settings(entry, group))
@@ -300,16 +258,21 @@ class DecayOptimizer:
     def _check_rule_domain(self, group: dict[str, Any], where: str) -> None:
         """The group's rule's own limits (:meth:`~lightning_decay.optim.rules.DecayRule.check_domain`) at its lr
         and weight decay, which are valid already; the error names the group."""
+        check_domain = self._domain_check(self.rule_for(group))
+        if check_domain is None:
+            return
         try:
-            self._domain_check(self.rule_for(group))(group["lr"], self.initial_lr(group), group["weight_decay"])
+            check_domain(group["lr"], self.initial_lr(group), group["weight_decay"])
         except ValueError as error:
             raise ValueError(f"{error}{where}") from None
 
     @staticmethod
-    def _domain_check(rule: DecayRule) -> Callable[[Any, float, float], None]:
-        """The limits of ``rule``, ``(lr, alpha, weight_decay) -> None``."""
+    def _domain_check(rule: DecayRule) -> Callable[[Any, float, float], None] | None:
+        """The limits of ``rule``, ``(lr, alpha, weight_decay) -> None``; None where it has none."""
         # a rule written before check_domain existed put its limits into check (it validates lr and wd again)
-        return rule.check if type(rule).check is not DecayRule.check else rule.check_domain
+        if type(rule).check is not DecayRule.check:
+            return rule.check
+        return None if type(rule).check_domain is DecayRule.check_domain else rule.check_domain
 
     def _check_decay_change(self, group: dict[str, Any], lr_changed: bool, weight_decay_changed: bool) -> bool:
         """Check what a scheduler or a user changed since the group's last check: its lr and / or weight decay,
@@ -334,65 +297,92 @@ class DecayOptimizer:
         self._check_rule_domain(group, where)
         return True
 
-    def _check_changed_groups(self) -> list[CheckedGroup | None]:
+    def _check_changed_groups(self, swapped: list[tuple[dict[str, Any], Any, Any]] | None = None
+                              ) -> list[CheckedGroup | None]:
         """Check the groups whose settings changed since their last check (all of them at the first step, after a
         ``load_state_dict`` or while torch.compile traces); a group whose lr or weight decay alone changed has only
         those and the rule's limits checked. A change is a key set to another object (a scheduler's new lr), or a
         tensor updated in place (its version counter: a scheduler's ``lr.fill_``). Returns each group's record
-        (None where its lr could not be read, or while torch.compile traces)."""
+        (None where its lr could not be read, or while torch.compile traces).
+
+        ``swapped`` (a list, for a step that runs a kernel: :meth:`_step_kernel_with_rule_settings`): each checked
+        group's ``lr`` and ``weight_decay`` are also set to the kernel's ``(lr', wd')`` of its rule, computed once
+        per change and kept in its record; ``(group, its lr, its weight decay)`` is appended where they differ
+        (torch's AdamW rule: nowhere), for the caller to restore."""
         groups = self.param_groups
-        if torch.compiler.is_compiling():
-            for group in groups:
-                self._check_group(group)
-            return [None] * len(groups)
+        compiling = torch.compiler.is_compiling()
         checked: dict[int, CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
         if len(checked) > len(groups):  # groups replaced (load_state_dict) or removed
             alive = {id(group) for group in groups}
             for key in [key for key in checked if key not in alive]:
                 del checked[key]
-        # The two common cases are decided inline, without a call into the record: each Python call costs ~1-2 us
-        # where a step over a large model has evicted the caches (docs/performance.md, issue 26).
+        # The common cases (nothing changed; a scheduler's new float lr) are decided inline, in one pass with the
+        # kernel values: each Python call costs ~1-2 us where a step over a large model has evicted the caches
+        # (docs/performance.md, issue 26).
         is_not = operator.is_not
+        plain = self._plain_kernel_settings
         entries: list[CheckedGroup | None] = []
         for group in groups:
-            entry = checked.get(id(group))
-            if entry is None or entry.group is not group:
-                entries.append(self._remember_check(group, self._check_group(group)))
-                continue
-            values = tuple(group.values())
-            old = entry.values
-            if entry.tensors:
-                changed = entry.changed_keys(group, values, {
-                    key for key, tensor, version in entry.tensors if tensor._version != version
-                })
-            else:
-                moved = sum(map(is_not, values, old)) if len(values) == len(old) else -1
-                if not moved:  # nothing changed (no tensor setting, every value the same object)
-                    entries.append(entry)
-                    continue
-                lr, old_lr = values[entry.lr_index], old[entry.lr_index]
-                if moved == 1 and lr is not old_lr and type(lr) is float and type(old_lr) is float:
-                    # a scheduler's step: the new lr and the rule's limits (errors again, naming the group)
-                    try:
-                        check_lr("lr", lr)
-                        entry.check_domain(lr, entry.initial_lr, group["weight_decay"])
-                    except (TypeError, ValueError):
-                        self._check_decay_change(group, True, False)
-                        raise
-                    entry.values = values
-                    entry.kernel_settings = entry.kernel_values = None
-                    entries.append(entry)
-                    continue
-                changed = entry.changed_keys(group, values, set())
-            if changed is None:
+            entry = None if compiling else checked.get(id(group))
+            if compiling:
+                self._check_group(group)
+            elif entry is None or entry.group is not group:
                 entry = self._remember_check(group, self._check_group(group))
-            elif changed:
-                if self._check_decay_change(group, "lr" in changed, "weight_decay" in changed):
-                    entry.refresh(group, values, changed, self.initial_lr(group))
-                else:
-                    entry = checked.pop(id(group), None) and None
+            else:
+                values = tuple(group.values())
+                old = entry.values
+                moved = -1 if entry.tensors or len(values) != len(old) else sum(map(is_not, values, old))
+                if moved:
+                    lr, old_lr = values[entry.lr_index], old[entry.lr_index]
+                    if moved == 1 and lr is not old_lr and type(lr) is float and type(old_lr) is float:
+                        # a scheduler's step: the new lr and the rule's limits (errors again, naming the group)
+                        check_domain = entry.check_domain
+                        try:
+                            check_lr("lr", lr)
+                            if check_domain is not None:
+                                check_domain(lr, entry.initial_lr, group["weight_decay"])
+                        except (TypeError, ValueError):
+                            self._check_decay_change(group, True, False)
+                            raise
+                        entry.values = values
+                        entry.kernel_settings = entry.kernel_values = None
+                    else:
+                        entry = self._check_group_change(group, entry, values)
             entries.append(entry)
+            if swapped is None:
+                continue
+            if entry is None:
+                kernel_values = self._kernel_values(group, self.kernel_settings_for(group))
+            elif (kernel_values := entry.kernel_values) is None:
+                own_lr = group["lr"]
+                if plain and type(own_lr) is float:  # straight from the rule and alpha of the group's record
+                    settings = entry.rule.kernel_settings(own_lr, entry.initial_lr, group["weight_decay"])
+                    entry.kernel_settings = settings
+                    kernel_values = entry.kernel_values = settings[:2]
+                else:
+                    kernel_values = self._entry_kernel_values(entry, group)
+            lr, weight_decay = kernel_values
+            own_lr, own_weight_decay = group["lr"], group["weight_decay"]
+            if lr is not own_lr or weight_decay is not own_weight_decay:
+                swapped.append((group, own_lr, own_weight_decay))
+                group["lr"], group["weight_decay"] = lr, weight_decay
         return entries
+
+    def _check_group_change(self, group: dict[str, Any], entry: CheckedGroup, values: tuple[Any, ...]
+                            ) -> CheckedGroup | None:
+        """Check what changed in ``group`` (now holding ``values``) since its record ``entry``: its decay keys alone
+        (:meth:`_check_decay_change`), else the whole group; returns its new record (None: the lr is unreadable)."""
+        moved = {key for key, tensor, version in entry.tensors if tensor._version != version}
+        changed = entry.changed_keys(group, values, moved)
+        if changed is None:
+            return self._remember_check(group, self._check_group(group))
+        if not changed:
+            return entry
+        if self._check_decay_change(group, "lr" in changed, "weight_decay" in changed):
+            entry.refresh(group, values, changed, self.initial_lr(group))
+            return entry
+        self.__dict__["_checked_groups"].pop(id(group), None)
+        return None
 
     def _remember_check(self, group: dict[str, Any], complete: bool) -> CheckedGroup | None:
         checked: dict[int, CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
@@ -438,14 +428,23 @@ class DecayOptimizer:
 
     def _step_kernel_with_rule_settings(self, closure: Callable[[], Any] | None,
                                         kernel_step: Callable[[], Any]) -> Any:
-        """The step of a class whose kernel runs the rule's settings: the closure (gradients on), every group
-        checked before any update, then ``kernel_step`` with each group's ``(lr', wd')``
-        (:meth:`_run_kernel_with_rule_settings`); returns the closure's loss."""
+        """The step of a class whose kernel runs the rule's settings: the closure (gradients on); every group checked
+        before any update, its ``lr`` and ``weight_decay`` set to the rule's ``(lr', wd')``
+        (:meth:`_check_changed_groups`), so that one step of the kernel, ``w <- (1 - lr'*wd') w - f(lr') u``, is the
+        rule's step; then ``kernel_step`` (the kernel's own step over :attr:`param_groups`). The groups' own values
+        (the scheduler's lr tensor, the user's weight decay) are restored after, also when a check or the kernel
+        raises. Returns the closure's loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._run_kernel_with_rule_settings(kernel_step, self._check_changed_groups())
+        swapped: list[tuple[dict[str, Any], Any, Any]] = []
+        try:
+            self._check_changed_groups(swapped)
+            kernel_step()
+        finally:
+            for group, lr, weight_decay in swapped:
+                group["lr"], group["weight_decay"] = lr, weight_decay
         return loss
 
     def _prepare_group(self, group: dict[str, Any]) -> None:

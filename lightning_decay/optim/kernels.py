@@ -144,7 +144,7 @@ def check_kernel_variant(kernel: type[Optimizer], rule: DecayRule, name: str | N
 
 class KernelRuleOptimizer(DecayOptimizer):
     """The base of :func:`on_kernel`'s classes, placed before the kernel in their bases: the kernel's step runs with
-    the rule's ``(lr', wd')`` (:meth:`DecayOptimizer._run_kernel_with_rule_settings`)."""
+    the rule's ``(lr', wd')`` (:meth:`DecayOptimizer._step_kernel_with_rule_settings`)."""
 
     #: The kernel class (the next base).
     kernel: ClassVar[type[Optimizer]]

@@ -251,7 +251,7 @@ class CautiousMuon(DecayOptimizer, MatrixMuon):
             )
             before.append((params, [p.detach().clone() for p in params], coefficient))
         kernel_step = unhooked_step(MatrixMuon)
-        self._run_kernel_with_rule_settings(lambda: kernel_step(self))
+        self._step_kernel_with_rule_settings(None, lambda: kernel_step(self))
         for params, weights, coefficient in before:
             if not params or coefficient == 0.0:
                 continue
