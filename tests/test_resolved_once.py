@@ -116,10 +116,18 @@ def test_an_unknown_settings_key_is_named_with_its_config_path(make: object, key
         make()  # type: ignore[operator]
 
 
-def test_image_classifier_width_sets_the_small_cnn_and_is_refused_where_unused() -> None:
+def test_image_classifier_width_and_stages_set_the_small_cnn_and_are_refused_where_unused() -> None:
     convolutions = [m for m in ImageClassifier("small_cnn", width=24).modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convolutions] == [24, 48]
     default = [m for m in ImageClassifier("small_cnn").modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in default] == [16, 32]
     with pytest.raises(ValueError, match="width=32 is not used by architecture='mlp'"):
         ImageClassifier("mlp", width=32)
+    deeper = [m for m in ImageClassifier("small_cnn", width=8, stages=3).modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in deeper] == [8, 16, 32]
+    assert ImageClassifier("small_cnn", stages=3)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    for architecture in ("resnet20", "mlp"):
+        with pytest.raises(ValueError, match=f"stages=3 is not used by architecture='{architecture}'"):
+            ImageClassifier(architecture, stages=3)
+    with pytest.raises(ValueError, match="stages"):
+        ImageClassifier("small_cnn", stages=0)

@@ -30,6 +30,8 @@ class ImageClassifier(DecayMixin, LightningModule):
         batch_norm: keep the batch-norm layers (``False``: identity, as in the blog's experiment).
         width: first-stage channels: ResNet20's (16 in He et al.; then ``2*width``, ``4*width``), SmallCNN's
             two layers have ``width`` and ``2*width`` (16: the default ``(16, 32)``); not used by ``mlp``.
+        stages: SmallCNN's conv stages, each doubling the channels and halving the resolution (2: ``(width,
+            2*width)``; 3: ``(width, 2*width, 4*width)``); only ``small_cnn`` takes a value other than 2.
         num_classes: output classes.
         loss_scale: the optimizer sees ``loss_scale * cross_entropy`` (the blog's scale-freeness experiment);
             the logged losses are unscaled.
@@ -48,6 +50,7 @@ class ImageClassifier(DecayMixin, LightningModule):
         architecture: str = "resnet20",
         batch_norm: bool = True,
         width: int = 16,
+        stages: int = 2,
         num_classes: int = 10,
         loss_scale: float = 1.0,
         channels_last: bool = True,
@@ -66,9 +69,11 @@ class ImageClassifier(DecayMixin, LightningModule):
             options["width"] = width
         elif key == "small_cnn":
             channels = check_int("width", width, low=1)
-            options["channels"] = (channels, 2 * channels)
+            options["channels"] = tuple(channels * 2**stage for stage in range(check_int("stages", stages, low=1)))
         elif width != 16:
             raise ValueError(f"width={width!r} is not used by architecture={architecture!r}; leave it at 16")
+        if key != "small_cnn" and stages != 2:
+            raise ValueError(f"stages={stages!r} is not used by architecture={architecture!r}; leave it at 2")
         self.network = build_model(architecture, **options)
         self.loss_scale = checked_loss_scale
         self.channels_last = channels_last

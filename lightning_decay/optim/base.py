@@ -310,8 +310,8 @@ class DecayOptimizer:
         per change and kept in its record; ``(group, its lr, its weight decay)`` is appended where they differ
         (torch's AdamW rule: nowhere), for the caller to restore."""
         groups = self.param_groups
-        compiling = torch.compiler.is_compiling()
-        checked: dict[int, CheckedGroup] = self.__dict__.setdefault("_checked_groups", {})
+        compiling = torch.compiler.is_compiling()  # then every group is checked whole, and no record kept
+        checked: dict[int, CheckedGroup] = {} if compiling else self.__dict__.setdefault("_checked_groups", {})
         if len(checked) > len(groups):  # groups replaced (load_state_dict) or removed
             alive = {id(group) for group in groups}
             for key in [key for key in checked if key not in alive]:
@@ -323,10 +323,10 @@ class DecayOptimizer:
         plain = self._plain_kernel_settings
         entries: list[CheckedGroup | None] = []
         for group in groups:
-            entry = None if compiling else checked.get(id(group))
             if compiling:
                 self._check_group(group)
-            elif entry is None or entry.group is not group:
+                entry = None
+            elif (entry := checked.get(id(group))) is None or entry.group is not group:
                 entry = self._remember_check(group, self._check_group(group))
             else:
                 values = tuple(group.values())
