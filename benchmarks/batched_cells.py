@@ -5,15 +5,19 @@
     python benchmarks/batched_cells.py --grid configs/blog/adamw-vs-adamp.yaml --seeds 0 1 2 --cells 72 \\
         --baseline-cells 12 --jobs 1 --batch-cells 24                   # the blog's 24-cell grid x 3 seeds (GPU)
 
-Runs the first ``--cells`` cells (grid order) of a grid file twice with ``lightning-decay sweep``'s runner
-(:func:`lightning_decay.sweep.run_sweep`), into two fresh folders: (a) one process per cell, the default, and (b)
-``--batch-cells N`` cells sharing a process (default: the cells split evenly over the jobs). Same jobs, same
-threads per job, same machine, one after the other; ``--rounds`` repeats both in alternating order. The decoded-data
-cache is filled before timing, so neither way decodes JPEGs. A way's time runs from the start of the sweep to its
-last finished cell (the pictures drawn after it are not counted). Prints cells per hour of each way, their ratio
-(goal: >= 2.5 on the 2-core CPU of issue 27), the machine's load average before and after, and whether the two
-ways gave the same figures (accuracy, loss, weight norm, norm curve, every logged metric) for every cell.
-``--baseline-cells`` runs (a) on only the first cells (long GPU grids; cells per hour stay comparable).
+Runs the first ``--cells`` cells (grid order) of a grid file with ``lightning-decay sweep``'s runner
+(:func:`lightning_decay.sweep.run_sweep`), into fresh folders: (a) one new interpreter per cell (the runner before
+batching: ``executor: {name: local, options: {start: spawn}}``) and (b) ``--batch-cells N`` cells sharing a process
+(default: the cells split evenly over the jobs), its jobs started as ``--start`` says (default ``auto``: forks of
+the sweep process where safe); with ``--with-forked`` also (c) one cell per process started as ``--start``, to show
+how much of the gain is the fork and how much the shared process. Same jobs, same threads per job, same machine, one
+after the other; ``--rounds`` repeats them, alternating the order. The decoded-data cache is filled before timing
+(in a process of its own), so no way decodes JPEGs. A way's time runs from the start of the sweep to its last
+finished cell (the pictures drawn after it are not counted). Prints cells per hour of each way, the ratio of (b) to
+(a) (goal: >= 2.5 on the 2-core CPU of issue 27), the machine's load average before and after, how each way's jobs
+started, and whether every way gave the figures of (a) (accuracy, loss, weight norm, norm curve, every logged
+metric) for every cell. ``--baseline-cells`` runs (a) on only the first cells (long GPU grids; cells per hour stay
+comparable).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lightning_decay.experiments.cifar10 import DISK_CACHE_ENV, load_source, resolve_source  # noqa: E402
+from lightning_decay.experiments.cifar10 import DISK_CACHE_ENV  # noqa: E402
 from lightning_decay.sweep import GridSpec, run_sweep  # noqa: E402
 from lightning_decay.sweep.batched import cell_config  # noqa: E402
 from lightning_decay.sweep.grid import Axis, Cell  # noqa: E402
@@ -54,7 +59,9 @@ class GridSlice(GridSpec):
         return [cell for cell in super().cells() if cell.id in self.only]
 
 
-def sliced_grid(args: argparse.Namespace, output: Path, cells: int, batch_cells: int | None) -> GridSlice:
+def sliced_grid(
+    args: argparse.Namespace, output: Path, cells: int, batch_cells: int | None, start: str = "auto"
+) -> GridSlice:
     grid = GridSpec.load(args.grid, output)
     if args.seeds is not None:
         axes = tuple(
@@ -68,20 +75,32 @@ def sliced_grid(args: argparse.Namespace, output: Path, cells: int, batch_cells:
         overrides["trainer.max_steps"] = args.max_steps
     if args.data_dir is not None:
         overrides["data.init_args.data_dir"] = None if args.data_dir == "sample" else args.data_dir
-    grid = dataclasses.replace(grid, overrides=tuple(overrides.items()), batch_cells=batch_cells, wandb=None)
+    executor = {"name": "local", "options": {"start": start}}
+    grid = dataclasses.replace(
+        grid, overrides=tuple(overrides.items()), batch_cells=batch_cells, wandb=None, executor=executor
+    )
     chosen = tuple(cell.id for cell in grid.cells()[:cells])
     fields = {field.name: getattr(grid, field.name) for field in dataclasses.fields(GridSpec)}
     return GridSlice(**fields, only=chosen)
 
 
 def warm_data_cache(grid: GridSpec) -> str:
-    """Decode the grid's data set once into the decoded-data cache the cells read (as the sweep sets it)."""
+    """Decode the grid's data set once into the decoded-data cache the cells read (as the sweep sets it), in a
+    process of its own: this one holds no decoded data that a forked job could inherit and a real sweep's would not."""
     os.environ.setdefault(DISK_CACHE_ENV, str(default_data_cache()))
     data = (cell_config(grid, grid.cells()[0]).get("data") or {}).get("init_args") or {}
     started = time.perf_counter()
-    source = resolve_source(data.get("data_dir"), bool(data.get("download", False)))
-    load_source(source)
-    return f"data {source.path} ready in {time.perf_counter() - started:.1f} s (cache: {os.environ[DISK_CACHE_ENV]})"
+    code = (
+        "import sys; from lightning_decay.experiments.cifar10 import load_source, resolve_source; "
+        "source = resolve_source(sys.argv[1] if sys.argv[1] != 'None' else None, sys.argv[2] == 'True'); "
+        "load_source(source); print(source.path)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(data.get("data_dir")), str(bool(data.get("download", False)))],
+        capture_output=True, text=True, check=True,
+    )
+    seconds = time.perf_counter() - started
+    return f"data {done.stdout.strip()} ready in {seconds:.1f} s (cache: {os.environ[DISK_CACHE_ENV]})"
 
 
 def run_way(grid: GridSlice, jobs: int) -> tuple[float, list[str]]:
@@ -117,7 +136,11 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, help="override trainer.max_steps (a shorter cell)")
     parser.add_argument("--data-dir", help="override data.init_args.data_dir ('sample': the package's sample)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat both ways, alternating which goes first")
-    parser.add_argument("--output", help="folder for the two sweeps' outputs (default: a temporary folder)")
+    parser.add_argument("--output", help="folder for the sweeps' outputs (default: a temporary folder)")
+    parser.add_argument("--start", default="auto", choices=["auto", "fork", "spawn"],
+                        help="how the batched way's jobs start (executor local's start option; default auto)")
+    parser.add_argument("--with-forked", action="store_true",
+                        help="also run one cell per process started as --start (where the gain comes from)")
     args = parser.parse_args()
     batch = args.batch_cells or -(-args.cells // args.jobs)
     baseline_cells = args.baseline_cells or args.cells
@@ -132,29 +155,42 @@ def main() -> None:
     )
     print(f"grid {probe.name}: the first {args.cells} cells ({probe.only[0]} ... {probe.only[-1]}), jobs {args.jobs}")
     print(warm_data_cache(probe))
-    times: dict[str, list[float]] = {"one": [], "batched": []}
+    # way: (cells per process, how a job starts, what it is)
+    ways = {
+        "one": (None, "spawn", "one new interpreter per cell (the runner before batching)"),
+        "batched": (batch, args.start, f"batched, {batch} cells per process (start: {args.start})"),
+        "forked": (None, args.start, f"one process per cell (start: {args.start})"),
+    }
+    if not args.with_forked:
+        del ways["forked"]
+    times: dict[str, list[float]] = {way: [] for way in ways}
     outputs: dict[str, Path] = {}
     for round_index in range(args.rounds):
-        ways = ["one", "batched"] if round_index % 2 == 0 else ["batched", "one"]
-        for way in ways:
+        order = list(ways) if round_index % 2 == 0 else list(reversed(ways))
+        for way in order:
+            size, start, _ = ways[way]
             output = root / f"round{round_index}-{way}"
             cells = baseline_cells if way == "one" else args.cells
-            grid = sliced_grid(args, output, cells, None if way == "one" else batch)
-            seconds, _ = run_way(grid, args.jobs)
+            grid = sliced_grid(args, output, cells, size, start)
+            seconds, lines = run_way(grid, args.jobs)
             times[way].append(seconds / cells)
             outputs[way] = output
-            print(f"round {round_index + 1}, {way:7s}: {cells} cells in {seconds:.1f} s ({seconds / cells:.2f} s/cell)")
+            started = lines[0].split(" on ", 1)[-1].split(" -> ")[0] if lines else "?"
+            print(f"round {round_index + 1}, {way:7s}: {cells} cells in {seconds:.1f} s ({seconds / cells:.2f} s/cell)"
+                  f" on {started}")
     load_after = os.getloadavg()
     per_cell = {way: sorted(values)[len(values) // 2] for way, values in times.items()}  # median over rounds
-    one_h, batched_h = 3600 / per_cell["one"], 3600 / per_cell["batched"]
-    print(f"one process per cell:            {one_h:7.0f} cells/h ({args.jobs} jobs)")
-    print(f"batched, {batch:2d} cells per process: {batched_h:7.0f} cells/h ({args.jobs} jobs)")
-    print(f"ratio: {batched_h / one_h:.2f}x (goal >= 2.5x on CPU); load average after "
+    rates = {way: 3600 / seconds for way, seconds in per_cell.items()}
+    for way, (_, _, label) in ways.items():
+        print(f"{label + ':':68s} {rates[way]:6.0f} cells/h ({args.jobs} jobs, {rates[way] / rates['one']:.2f}x)")
+    print(f"ratio batched / one: {rates['batched'] / rates['one']:.2f}x (goal >= 2.5x on CPU); load average after "
           f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
-    one, batched = figures(outputs["one"]), figures(outputs["batched"])
-    same = [cell for cell in one if cell in batched and one[cell] == batched[cell]]
-    print(f"same figures both ways: {len(same)}/{len(one)} cells; outputs in {root}")
-
+    one = figures(outputs["one"])
+    for way in [way for way in ways if way != "one"]:
+        other = figures(outputs[way])
+        same = [cell for cell in one if cell in other and one[cell] == other[cell]]
+        print(f"same figures, one and {way}: {len(same)}/{len(one)} cells")
+    print(f"outputs in {root}")
 
 if __name__ == "__main__":
     main()

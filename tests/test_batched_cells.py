@@ -136,19 +136,24 @@ def test_cells_in_one_process_give_the_figures_of_one_process_each(
     tmp_path: Path, cifar_jpeg_tar: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every scalar Adam variant of the registry and AdamP (twice: the second reuses the compiled kernel), each
-    cell in its own process vs all seven one after another in one process (with W&B offline): bitwise the same
-    result.json numbers, one output.log, one W&B run and one row per cell."""
+    cell in a new interpreter of its own (``start: spawn``) vs all seven one after another in one process, a fork
+    of this (pytest) process (``auto`` on one thread), with W&B offline: bitwise the same result.json numbers,
+    one output.log, one W&B run and one row per cell."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     write_base_config(tmp_path, cifar_jpeg_tar)
     alone, batched = tmp_path / "alone", tmp_path / "batched"
-    grid = batch_grid(tmp_path, alone)
+    spawn = {"name": "local", "options": {"start": "spawn"}}
+    grid = dataclasses.replace(batch_grid(tmp_path, alone), executor=spawn)
     cells = [cell.id for cell in grid.cells()]
-    summary = run_sweep(grid, jobs=2, validate=False, log=lambda line: None)
-    assert summary.exit_code == 0, summary
     lines: list[str] = []
+    summary = run_sweep(grid, jobs=2, validate=False, log=lines.append)
+    assert summary.exit_code == 0, summary
+    assert "each a new interpreter (start: spawn)" in lines[0], lines[0]
+    lines = []
     grid = dataclasses.replace(batch_grid(tmp_path, batched), batch_cells=len(cells), wandb={})
     summary = run_sweep(grid, jobs=1, validate=False, log=lines.append)
     assert summary.exit_code == 0 and sorted(summary.ran) == sorted(cells), (summary, lines)
+    assert "each a fork of the sweep process (start: fork)" in lines[0], lines[0]
 
     def pids(output: Path) -> list[int]:
         return [json.loads((output / "cells" / cell / "result.json").read_text())["pid"] for cell in cells]
@@ -181,6 +186,7 @@ overrides:
   trainer.max_epochs: 1
 batch_cells: 6
 jobs: 1
+threads: 1
 output: OUTPUT
 """
 
@@ -188,9 +194,10 @@ output: OUTPUT
 def test_a_killed_batch_resumes_its_unfinished_cells_and_a_failing_cell_does_not_stop_the_others(
     tmp_path: Path, cifar_jpeg_tar: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Six cells in one process (``batch_cells: 6``). SIGKILL of the sweep after the first cell stops the batch
-    (its process dies with the sweep) and keeps that cell; the rerun runs the five others, in one process again,
-    where the two cells with an invalid lr fail with an error naming the cell and the three after them finish."""
+    """Six cells in one process (``batch_cells: 6``; a fork of the sweep: one thread). SIGKILL of the sweep after
+    the first cell stops the batch (its process dies with the sweep) and keeps that cell; the rerun runs the five
+    others, in one process again, where the two cells with an invalid lr fail with an error naming the cell and the
+    three after them finish."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     write_base_config(tmp_path, cifar_jpeg_tar, step_delay=0.1)
     output = tmp_path / "out"

@@ -79,7 +79,8 @@ def test_gpu_suite_syntax() -> None:
 
 @pytest.mark.slow
 def test_batched_cells_smoke(tmp_path: Path, cifar_jpeg_tar: Path) -> None:
-    """Both ways on 3 cells of a tiny grid (2 steps each): cells per hour, the ratio, the same figures."""
+    """The three ways on 3 cells of a tiny grid (2 steps each): cells per hour, the ratio, the same figures, and
+    how each way's jobs started (new interpreters for the baseline, forks otherwise: one thread, no GPU)."""
     from tests.test_sweep import write_base_config, write_grid
 
     write_base_config(tmp_path, cifar_jpeg_tar)
@@ -90,11 +91,15 @@ def test_batched_cells_smoke(tmp_path: Path, cifar_jpeg_tar: Path) -> None:
     ))
     out = run(
         str(BENCHMARKS / "batched_cells.py"), "--grid", str(grid), "--cells", "3", "--jobs", "1", "--max-steps", "2",
-        "--output", str(tmp_path / "out"), timeout=400,
+        "--output", str(tmp_path / "out"), "--with-forked", timeout=400,
     )
-    assert "round 1, one    : 3 cells" in out and "round 1, batched: 3 cells" in out
-    assert "cells/h" in out and "ratio: " in out
-    assert "same figures both ways: 3/3 cells" in out
+    assert "round 1, one    : 3 cells" in out and "round 1, batched: 3 cells" in out, out
+    assert "round 1, forked : 3 cells" in out, out
+    starts = {way: out.split(f"round 1, {way}")[1].split("\n")[0] for way in ("one", "batched", "forked")}
+    assert "each a new interpreter (start: spawn)" in starts["one"], starts
+    assert "each a fork of the sweep process" in starts["batched"] and "a fork" in starts["forked"], starts
+    assert "cells/h" in out and "ratio batched / one: " in out
+    assert "same figures, one and batched: 3/3 cells" in out and "same figures, one and forked: 3/3 cells" in out
 
 
 def test_configure_calls_counts_the_plan_path() -> None:

@@ -6,11 +6,13 @@ failed cell and its log, keeps ``--jobs`` cells at once, and resumes the same wa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -197,3 +199,40 @@ def test_a_job_that_dies_says_which_job_and_where_its_log_is(name: str, tmp_path
             assert job_log.exists() and str(tmp_path) in str(job_log)
     finally:
         executor.shutdown()
+
+
+def test_local_jobs_fork_only_where_it_is_safe_and_a_wrong_start_is_named(grids: dict[str, Path]) -> None:
+    """``executor: {name: local, options: {start: ...}}``: ``auto`` forks for one-thread cells on a CPU machine
+    with no other thread in the sweep process, else spawns and says why; ``fork`` where unsafe, a misspelt
+    value or option: an error naming it, from the dry run on (before any cell runs)."""
+    out = Path("out")
+    assert "each a fork of the sweep process (start: fork)" in make_executor("local", {}, out, threads=1).describe()
+    assert "each a new interpreter (start: spawn)" in make_executor(
+        "local", {"start": "spawn"}, out, threads=1
+    ).describe()
+    assert "each a new interpreter (start: spawn: cells run on 2 threads" in make_executor(
+        "local", {}, out, threads=2
+    ).describe()
+    assert "(start: spawn: GPUs are visible" in make_executor("local", {}, out, gpus=["0"], threads=1).describe()
+    with pytest.raises(ExecutorError, match="start: fork is not safe here: cells run on 2 threads.*start: spawn"):
+        make_executor("local", {"start": "fork"}, out, threads=2)
+    with pytest.raises(ExecutorError, match="start must be one of auto, fork, spawn, got 'sideways'"):
+        make_executor("local", {"start": "sideways"}, out, threads=1)
+    with pytest.raises(ExecutorError, match="executor local: unknown option.*strat.*known: start"):
+        make_executor("local", {"strat": "fork"}, out, threads=1)
+
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait)
+    helper.start()
+    try:
+        assert "2 Python threads" in make_executor("local", {}, out, threads=1).describe()
+        with pytest.raises(ExecutorError, match="start: fork is not safe here: the sweep process runs 2 Python"):
+            make_executor("local", {"start": "fork"}, out, threads=1)
+    finally:
+        release.set()
+        helper.join()
+
+    grid = GridSpec.load(grids["local"])  # threads: 1
+    two_threads = dataclasses.replace(grid, threads=2, executor={"name": "local", "options": {"start": "fork"}})
+    with pytest.raises(GridError, match="start: fork is not safe here: cells run on 2 threads"):
+        run_sweep(two_threads, dry_run=True, log=lambda line: None)

@@ -476,14 +476,19 @@ def process_running(pid: int) -> bool:
         return False
 
 
+#: How the local jobs start: new interpreters, or (``auto`` with one thread per cell) forks of the sweep process.
+STARTS = {"spawn": "executor: {name: local, options: {start: spawn}}\n", "fork": "threads: 1\n"}
+
+
+@pytest.mark.parametrize("start", list(STARTS))
 def test_sweep_end_to_end_interrupt_kill_resume(
-    tmp_path: Path, cifar_jpeg_tar: Path, monkeypatch: pytest.MonkeyPatch
+    start: str, tmp_path: Path, cifar_jpeg_tar: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")  # never online from a test, whatever credentials the machine has
     monkeypatch.setenv("WANDB_SILENT", "true")
     write_base_config(tmp_path, cifar_jpeg_tar, step_delay=0.02)
     output = tmp_path / "out"
-    grid_path = write_grid(tmp_path, GRID_2X2.replace("OUTPUT", str(output)))
+    grid_path = write_grid(tmp_path, GRID_2X2.replace("OUTPUT", str(output)) + STARTS[start])
     grid = GridSpec.load(grid_path)
     cells = [c.id for c in grid.cells()]
     result = {cid: output / "cells" / cid / "result.json" for cid in cells}
@@ -496,6 +501,7 @@ def test_sweep_end_to_end_interrupt_kill_resume(
     sweep.send_signal(signal.SIGINT)
     out, _ = sweep.communicate(timeout=60)
     assert sweep.returncode == 130, out
+    assert f"each a {'fork of the sweep process' if start == 'fork' else 'new interpreter'} (start: {start})" in out
     assert "interrupted" in out and "[1/4] adamw__lr=0.001__weight_decay=0.0 ok" in out
     assert json.loads(result[cells[0]].read_text())["status"] == "ok"
     assert not any(is_claimed(path) for path in folder.values())

@@ -37,7 +37,9 @@ from lightning_decay.sweep.cell import run_cell
 from lightning_decay.sweep.grid import DEFAULT_AXIS_KEYS, Cell, GridSpec
 from lightning_decay.sweep.results import LOG_FILE, SPEC_FILE
 
-__all__ = ["SHARED_AXES", "cell_config", "describe_batches", "plan_batches", "run_cells", "share_key"]
+__all__ = [
+    "SHARED_AXES", "cell_config", "describe_batches", "plan_batches", "reset_torch_flags", "run_cells", "share_key",
+]
 
 #: Axes whose values do not change what cells share (the model and the data): they may differ within a batch.
 SHARED_AXES = tuple(DEFAULT_AXIS_KEYS)  # lr, weight_decay, seed
@@ -170,15 +172,31 @@ class _ProcessState:
         torch.set_rng_state(self.torch_rng)
         random.setstate(self.python_rng)
         np.random.set_state(self.numpy_rng)
-        flags = self.flags
-        torch.use_deterministic_algorithms(flags["deterministic"], warn_only=flags["warn_only"])
-        torch.backends.cudnn.benchmark = flags["cudnn_benchmark"]
-        torch.backends.cudnn.deterministic = flags["cudnn_deterministic"]
-        torch.set_float32_matmul_precision(flags["matmul_precision"])
-        torch.set_default_dtype(flags["default_dtype"])
-        torch.set_num_threads(flags["threads"])
-        torch.set_grad_enabled(flags["grad"])
-        torch.autograd.set_detect_anomaly(flags["anomaly"])
+        _apply_torch_flags(self.flags)
+
+
+#: torch's global flags in a new interpreter (what :func:`reset_torch_flags` sets; ``threads`` aside).
+_NEW_INTERPRETER_FLAGS = {
+    "deterministic": False, "warn_only": False, "cudnn_benchmark": False, "cudnn_deterministic": False,
+    "matmul_precision": "highest", "default_dtype": torch.float32, "grad": True, "anomaly": False,
+}
+
+
+def reset_torch_flags() -> None:
+    """torch's global flags (deterministic algorithms, cuDNN, matmul precision, default dtype, grad mode, anomaly
+    detection) as a new interpreter has them; the thread count is the cell's (set by :func:`run_cell`)."""
+    _apply_torch_flags({**_NEW_INTERPRETER_FLAGS, "threads": torch.get_num_threads()})
+
+
+def _apply_torch_flags(flags: dict[str, Any]) -> None:
+    torch.use_deterministic_algorithms(flags["deterministic"], warn_only=flags["warn_only"])
+    torch.backends.cudnn.benchmark = flags["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = flags["cudnn_deterministic"]
+    torch.set_float32_matmul_precision(flags["matmul_precision"])
+    torch.set_default_dtype(flags["default_dtype"])
+    torch.set_num_threads(flags["threads"])
+    torch.set_grad_enabled(flags["grad"])
+    torch.autograd.set_detect_anomaly(flags["anomaly"])
 
 
 def _torch_flags() -> dict[str, Any]:

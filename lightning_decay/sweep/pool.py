@@ -83,12 +83,12 @@ def run_sweep(
     name = executor or grid.executor["name"]
     options = grid.executor["options"] if name == grid.executor["name"] else {}
     gpus = _visible_gpus() if name == "local" else []
-    try:
-        pool = make_executor(name, options, grid.output, gpus)
-    except ExecutorError as error:
-        raise GridError(str(error)) from None
     jobs = jobs or grid.jobs or max(1, len(gpus))
     threads = grid.threads or max(1, _usable_cpus() // jobs)
+    try:
+        pool = make_executor(name, options, grid.output, gpus, threads)
+    except ExecutorError as error:
+        raise GridError(str(error)) from None
     log(
         f"sweep {grid.name}: {len(cells)} cells, {len(summary.skipped)} done, {len(todo)} to run"
         + (f", {len(summary.locked)} running elsewhere" if summary.locked else "")

@@ -36,8 +36,12 @@ class Unit:
 
     def arguments(self) -> list[str]:
         """The command after ``python``: ``-m lightning_decay.sweep run-cell SPEC... --attempt ID...``."""
+        return ["-m", "lightning_decay.sweep", "run-cell", *self.command()]
+
+    def command(self) -> list[str]:
+        """The arguments of ``run-cell``: ``SPEC... --attempt ID...`` (:func:`run_cell_command`)."""
         specs = [str(folder.resolve() / SPEC_FILE) for folder in self.folders]
-        return ["-m", "lightning_decay.sweep", "run-cell", *specs, "--attempt", *self.attempts]
+        return [*specs, "--attempt", *self.attempts]
 
     @property
     def log(self) -> Path:

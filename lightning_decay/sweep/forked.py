@@ -1,0 +1,162 @@
+"""A local job started as a fork of the sweep process instead of a fresh interpreter (``executor: {name: local,
+options: {start: fork}}``; ``auto``, the default, forks where it is safe).
+
+A fresh cell process spends ~6 s importing torch and Lightning before its first cell, as long as a small cell's
+training; the sweep process has imported them already, so a copy of it (``os.fork``) starts its cells at once. The
+copy is made to start as the job's command would in a fresh interpreter: its own session (so a stop reaches its
+whole process group), its output (file descriptors 1 and 2 and ``sys.stdout`` / ``sys.stderr``) in the job's log,
+stdin from ``/dev/null``, the job's environment, the default signal handlers, no inherited exit handlers, torch's
+global flags and random generators as a new interpreter has them; then it runs ``run-cell`` on its cells
+(:func:`~lightning_decay.sweep.units.run_cell_command`) and leaves with the command's exit code.
+
+What does not survive a fork decides where it is safe (:func:`fork_hazard`): a process with other Python threads
+(their locks are copied held), OpenMP's thread pool once a parallel region ran (a forked child that uses more than
+one thread waits for workers it does not have: cells must run on one thread), and CUDA (a GPU machine spawns).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+
+from lightning_decay.sweep.batched import reset_torch_flags
+from lightning_decay.sweep.units import Unit, run_cell_command
+
+__all__ = ["START_METHODS", "fork_hazard", "fork_unit"]
+
+#: How the local executor starts a job: ``auto`` (fork when :func:`fork_hazard` finds nothing, else spawn),
+#: ``fork`` (a copy of the sweep process; refused where unsafe) or ``spawn`` (a fresh interpreter).
+START_METHODS = ("auto", "fork", "spawn")
+#: The seed of torch's default CPU generator in a new interpreter (c10's ``default_rng_seed_val``).
+_TORCH_FRESH_SEED = 67280421310721
+#: ``sys.argv[0]`` of ``python -m lightning_decay.sweep``.
+_MAIN = str(Path(__file__).with_name("__main__.py"))
+
+
+def fork_hazard(threads: int, gpus: Sequence[str]) -> str | None:
+    """Why this process must not fork cell processes (None when it may): not Linux, cells on more than one thread
+    (OpenMP), GPUs visible or CUDA started (CUDA), or other Python threads running in this process."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return f"the sweep runs on {sys.platform}, not Linux"
+    if threads != 1:
+        return f"cells run on {threads} threads (a forked OpenMP pool of more than one thread hangs)"
+    if gpus:
+        return "GPUs are visible to the sweep (CUDA does not survive a fork)"
+    if torch.cuda.is_initialized():
+        return "CUDA has started in the sweep process (it does not survive a fork)"
+    others = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
+    if others:
+        return (
+            f"the sweep process runs {len(others) + 1} Python threads ({', '.join(others)} besides this one: "
+            "their locks would be copied held)"
+        )
+    return None
+
+
+def fork_unit(unit: Unit, env: Mapping[str, str]) -> int:
+    """Start ``unit`` in a fork of this process with ``env`` as its whole environment; returns the child's pid once
+    the child leads its own session (``os.killpg(pid, ...)`` reaches it from the first moment)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(ready_read)
+        _run_child(unit, env, ready_write)
+    os.close(ready_write)
+    try:
+        os.read(ready_read, 1)  # the child wrote after setsid, or died (end of file)
+    finally:
+        os.close(ready_read)
+    return pid
+
+
+def _run_child(unit: Unit, env: Mapping[str, str], ready_write: int) -> NoReturn:
+    code = 1
+    try:
+        _default_signal_handlers()  # before the sweep can signal it: the sweep's handlers must not catch a stop
+        os.setsid()
+        os.write(ready_write, b".")
+        os.close(ready_write)
+        _start_like_a_new_interpreter(unit, env)
+        code = run_cell_command(unit.command())
+    except KeyboardInterrupt:
+        code = 130
+    except SystemExit as exit_request:
+        code = exit_request.code if isinstance(exit_request.code, int) else 1
+    except BaseException:
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()  # the handlers the cells registered (the sweep's were dropped)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _start_like_a_new_interpreter(unit: Unit, env: Mapping[str, str]) -> None:
+    """The process state a fresh ``python -m lightning_decay.sweep run-cell ...`` would start its cells from."""
+    atexit._clear()  # the sweep's exit handlers are the sweep's business
+    _output_to(str(unit.log))
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = [_MAIN, "run-cell", *unit.command()]
+    random.seed()
+    np.random.seed()
+    torch.manual_seed(_TORCH_FRESH_SEED)
+    reset_torch_flags()
+
+
+def _default_signal_handlers() -> None:
+    """The handlers a new interpreter has (Ctrl-C raises KeyboardInterrupt, the others their default action)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _output_to(log: str) -> None:
+    """stdin from /dev/null, file descriptors 1 and 2 to ``log`` (truncated, as the spawned command's), and the
+    Python streams (and logging handlers that wrote to the old ones) on those descriptors."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    old = {"stdout": {id(sys.stdout), id(sys.__stdout__)}, "stderr": {id(sys.stderr), id(sys.__stderr__)}}
+    streams = {
+        "stdout": io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True),
+        "stderr": io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True),
+    }
+    sys.stdout = sys.__stdout__ = streams["stdout"]
+    sys.stderr = sys.__stderr__ = streams["stderr"]
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    for handler in _stream_handlers():
+        for name, ids in old.items():
+            if id(handler.stream) in ids:
+                handler.setStream(streams[name])
+
+
+def _stream_handlers() -> list[logging.StreamHandler[Any]]:
+    loggers = [logging.getLogger(), *(item for item in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(item, logging.Logger))]
+    return [
+        handler for item in loggers for handler in item.handlers
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    ]
