@@ -17,7 +17,8 @@
 # 7. (part "batched", issue 27) sweep cells per hour on the GPU, one process per cell vs 24 cells per process: the
 #    blog's 24-cell grid (configs/blog/adamw-vs-adamp.yaml) x seeds 0-2 = 72 cells, 156 steps each (2 epochs of
 #    the 10,000 training images), the one-process-per-cell way on its first 8 cells; the data is the CIFAR-10
-#    archive at ../shared/data when present, else the package's 10,000-image sample.
+#    archive at ../shared/data when present, else the package's 10,000-image sample; then the lever the sweep
+#    does not use yet: 24 ResNet20s trained as one vmapped ensemble vs one after another (benchmarks/ensemble_step.py).
 # Paste the output into docs/performance.md with the date and the hardware.
 set -euo pipefail
 
@@ -79,8 +80,10 @@ capped() {
 
   if [ "$PART" = batched ]; then  # part: batched (its caps are counted apart from the main part's)
   section "sweep cells per hour: one process per cell vs 24 cells per process (blog grid x 3 seeds, 72 cells)"
-  capped 420 python3 benchmarks/batched_cells.py --grid configs/blog/adamw-vs-adamp.yaml --seeds 0 1 2 \
+  capped 360 python3 benchmarks/batched_cells.py --grid configs/blog/adamw-vs-adamp.yaml --seeds 0 1 2 \
     --cells 72 --baseline-cells 8 --jobs 1 --batch-cells 24 --max-steps 156 --data-dir "$DATA"
+  section "a vmapped ensemble of the blog grid's 24 ResNet20s (no BN) vs the 24 models one after another, per step"
+  capped 60 python3 benchmarks/ensemble_step.py --device cuda --copies 24 --batch 128 --steps 20 --warmup 3
   fi
 
   section "done"

@@ -102,6 +102,25 @@ def test_batched_cells_smoke(tmp_path: Path, cifar_jpeg_tar: Path) -> None:
     assert "same figures, one and batched: 3/3 cells" in out and "same figures, one and forked: 3/3 cells" in out
 
 
+def test_ensemble_step_smoke() -> None:
+    """Two tiny copies both ways: the rates, their ratio, and the ensemble equal to the separate models in float64
+    (the same first step: what issue 27 asks of an ensemble), within float32 reassociation in float32."""
+    import re
+
+    out = run(
+        str(BENCHMARKS / "ensemble_step.py"), "--model", "small_cnn", "--copies", "2", "--batch", "8", "--steps", "1",
+        "--warmup", "1", "--threads", "1", "--variant", "adamw-paper",
+    )
+    assert "one vmapped ensemble:" in out and "ratio ensemble / separate:" in out, out
+    exact = re.search(r"float64, ensemble vs separate: (\S+), (\S+) \(goal <= 1e-06: ok\)", out)
+    assert exact is not None and float(exact.group(1)) <= 1e-12 and float(exact.group(2)) <= 1e-12, out
+    measured = {
+        way: float(re.search(rf"float32 {way} vs float64 separate: (\S+),", out).group(1))
+        for way in ("separate", "ensemble")
+    }
+    assert all(value < 1e-3 for value in measured.values()), out
+
+
 def test_configure_calls_counts_the_plan_path() -> None:
     """The issue-26 measures of configuring one AdamW model, at their goals: at most 50 validator calls and 3
     registry lookups; through the integration modules at most 12 crossings, one star from the plan (mixin -> plan ->
