@@ -5,9 +5,10 @@ A fresh cell process spends ~6 s importing torch and Lightning before its first 
 training; the sweep process has imported them already, so a copy of it (``os.fork``) starts its cells at once. The
 copy is made to start as the job's command would in a fresh interpreter: its own session (so a stop reaches its
 whole process group), its output (file descriptors 1 and 2 and ``sys.stdout`` / ``sys.stderr``) in the job's log,
-stdin from ``/dev/null``, the job's environment, the default signal handlers, no inherited exit handlers, torch's
-global flags and random generators as a new interpreter has them; then it runs ``run-cell`` on its cells
-(:func:`~lightning_decay.sweep.units.run_cell_command`) and leaves with the command's exit code.
+stdin from ``/dev/null``, the job's environment, the default signal handlers, no inherited exit handlers, warnings
+the sweep process showed shown again, torch's global flags and random generators as a new interpreter has them;
+then it runs ``run-cell`` on its cells (:func:`~lightning_decay.sweep.units.run_cell_command`) and leaves with the
+command's exit code.
 
 What does not survive a fork decides where it is safe (:func:`fork_hazard`): a process with other Python threads
 (their locks are copied held), OpenMP's thread pool once a parallel region ran (a forked child that uses more than
@@ -26,6 +27,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -116,6 +118,8 @@ def _start_like_a_new_interpreter(unit: Unit, env: Mapping[str, str]) -> None:
     os.environ.clear()
     os.environ.update(env)
     sys.argv = [_MAIN, "run-cell", *unit.command()]
+    with warnings.catch_warnings():  # leaving it marks every "shown once already" record stale: cells warn again
+        pass
     random.seed()
     np.random.seed()
     torch.manual_seed(_TORCH_FRESH_SEED)
