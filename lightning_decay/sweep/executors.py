@@ -126,8 +126,11 @@ class _ForkedJob(Job):
 
     def poll(self) -> int | None:
         if self.code is None:
-            with contextlib.suppress(ChildProcessError):
+            try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already (SIGCHLD ignored): gone, code unknown; Popen.poll says 0
+                self.code = 0
+            else:
                 if pid:
                     self.code = os.waitstatus_to_exitcode(status)
         return self.code

@@ -43,8 +43,6 @@ __all__ = ["START_METHODS", "fork_hazard", "fork_unit"]
 #: How the local executor starts a job: ``auto`` (fork when :func:`fork_hazard` finds nothing, else spawn),
 #: ``fork`` (a copy of the sweep process; refused where unsafe) or ``spawn`` (a fresh interpreter).
 START_METHODS = ("auto", "fork", "spawn")
-#: The seed of torch's default CPU generator in a new interpreter (c10's ``default_rng_seed_val``).
-_TORCH_FRESH_SEED = 67280421310721
 #: ``sys.argv[0]`` of ``python -m lightning_decay.sweep``.
 _MAIN = str(Path(__file__).with_name("__main__.py"))
 
@@ -120,9 +118,9 @@ def _start_like_a_new_interpreter(unit: Unit, env: Mapping[str, str]) -> None:
     sys.argv = [_MAIN, "run-cell", *unit.command()]
     with warnings.catch_warnings():  # leaving it marks every "shown once already" record stale: cells warn again
         pass
-    random.seed()
+    random.seed()  # a new interpreter's generators start from fresh entropy (each fork its own)
     np.random.seed()
-    torch.manual_seed(_TORCH_FRESH_SEED)
+    torch.seed()
     reset_torch_flags()
 
 
