@@ -182,10 +182,10 @@ _NEW_INTERPRETER_FLAGS = {
 }
 
 
-def reset_torch_flags() -> None:
+def reset_torch_flags(threads: int) -> None:
     """torch's global flags (deterministic algorithms, cuDNN, matmul precision, default dtype, grad mode, anomaly
-    detection) as a new interpreter has them; the thread count is the cell's (set by :func:`run_cell`)."""
-    _apply_torch_flags({**_NEW_INTERPRETER_FLAGS, "threads": torch.get_num_threads()})
+    detection) as a new interpreter has them, with ``threads`` threads (a new interpreter's ``OMP_NUM_THREADS``)."""
+    _apply_torch_flags({**_NEW_INTERPRETER_FLAGS, "threads": threads})
 
 
 def _apply_torch_flags(flags: dict[str, Any]) -> None:

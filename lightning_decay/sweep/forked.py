@@ -118,10 +118,10 @@ def _start_like_a_new_interpreter(unit: Unit, env: Mapping[str, str]) -> None:
     sys.argv = [_MAIN, "run-cell", *unit.command()]
     with warnings.catch_warnings():  # leaving it marks every "shown once already" record stale: cells warn again
         pass
+    reset_torch_flags(int(env.get("OMP_NUM_THREADS") or 1))  # before any torch op: one thread (fork_hazard)
     random.seed()  # a new interpreter's generators start from fresh entropy (each fork its own)
     np.random.seed()
     torch.seed()
-    reset_torch_flags()
 
 
 def _default_signal_handlers() -> None:
