@@ -90,8 +90,8 @@ class Separate:
             if not keep_grad:
                 optimizer.zero_grad(set_to_none=True)
 
-    def weights(self, index: int) -> list[Tensor]:
-        return [param.detach() for param in self.models[index].parameters()]
+    def parameters(self, index: int) -> list[Tensor]:
+        return list(self.models[index].parameters())
 
 
 class Ensemble:
@@ -120,8 +120,8 @@ class Ensemble:
             if not keep_grad:
                 optimizer.zero_grad(set_to_none=True)
 
-    def weights(self, index: int) -> list[Tensor]:
-        return [param.detach() for param in self.params[index]]
+    def parameters(self, index: int) -> list[Tensor]:
+        return self.params[index]
 
 
 def largest_relative_difference(pairs: list[tuple[Tensor, Tensor]]) -> float:
@@ -131,10 +131,6 @@ def largest_relative_difference(pairs: list[tuple[Tensor, Tensor]]) -> float:
         difference = (a - b).norm().item()
         worst = max(worst, difference / b.norm().item() if difference > 0 else 0.0)
     return worst
-
-
-def weight_pairs(separate: Separate, ensemble: Ensemble, copies: int) -> list[tuple[Tensor, Tensor]]:
-    return [(a, b) for index in range(copies) for a, b in zip(ensemble.weights(index), separate.weights(index))]
 
 
 def first_step(models: list[nn.Module], args: argparse.Namespace, dtype: torch.dtype, device: torch.device
@@ -153,13 +149,11 @@ def first_step(models: list[nn.Module], args: argparse.Namespace, dtype: torch.d
 
 
 def grads(runner: Separate | Ensemble, copies: int) -> list[Tensor]:
-    params = [p for i in range(copies) for p in (runner.models[i].parameters() if isinstance(runner, Separate)
-                                                    else runner.params[i])]
-    return [param.grad.double() for param in params]
+    return [param.grad.double() for index in range(copies) for param in runner.parameters(index)]
 
 
 def weights(runner: Separate | Ensemble, copies: int) -> list[Tensor]:
-    return [weight.double() for index in range(copies) for weight in runner.weights(index)]
+    return [param.detach().double() for index in range(copies) for param in runner.parameters(index)]
 
 
 def main() -> None:
@@ -211,7 +205,7 @@ def main() -> None:
             synchronize(device)
             if step >= args.warmup:
                 seconds[way] += time.perf_counter() - started
-    last = largest_relative_difference(weight_pairs(separate, ensemble, args.copies))
+    last = largest_relative_difference(list(zip(weights(ensemble, args.copies), weights(separate, args.copies))))
     rate = {way: args.copies * args.batch * args.steps / value for way, value in seconds.items()}
     print(f"separate models, one after another: {rate['separate']:10.0f} images/s")
     print(f"one vmapped ensemble:               {rate['ensemble']:10.0f} images/s")
@@ -233,6 +227,7 @@ def main() -> None:
     print(f"  float32, ensemble vs separate: {distance(grads, ensemble32, separate32)}, "
           f"{distance(weights, ensemble32, separate32)}")
     print(f"  weights after {steps} float32 steps: {last:.1e}")
+
 
 if __name__ == "__main__":
     main()
