@@ -570,3 +570,40 @@ def test_sweep_end_to_end_interrupt_kill_resume(
     base.write_text(base.read_text().replace("step_delay: 0.02", "step_delay: 0.0"))
     with pytest.raises(GridError, match="other settings"):
         run_sweep(GridSpec.load(grid_path), log=lines.append)
+
+
+#: Two cells, one fast and one slow (0.5 s per training step): the slow one runs when the fast one is done.
+GRID_FAST_SLOW = """
+name: fast-slow
+configs: base.yaml
+variant_key: model.init_args.variant
+variants: [adamw]
+axes:
+  step_delay: {key: model.init_args.step_delay, values: [0.0, 0.5]}
+overrides:
+  trainer.max_epochs: 2
+output: OUTPUT
+"""
+
+
+@pytest.mark.parametrize("start", list(STARTS))
+def test_an_error_in_the_sweep_process_stops_its_running_cells(
+    start: str, tmp_path: Path, cifar_jpeg_tar: Path
+) -> None:
+    """An exception in the sweep process (here the log's pipe closing, as under ``| head``) stops the cells still
+    running before it propagates: no cell process outlives the sweep, none keeps its claim."""
+    write_base_config(tmp_path, cifar_jpeg_tar)
+    grid = GridSpec.load(write_grid(tmp_path, GRID_FAST_SLOW.replace("OUTPUT", str(tmp_path / "out")) + STARTS[start]))
+    folders = [tmp_path / "out" / "cells" / cell.id for cell in grid.cells()]
+    running: list[int] = []
+
+    def log(line: str) -> None:
+        if line.startswith("[1/"):
+            running.extend(pid for pid in map(running_pid, folders) if pid is not None)
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        run_sweep(grid, jobs=2, validate=False, log=log)
+    assert running, "a cell was still running when the error came"
+    assert not [pid for pid in running if process_running(pid)]
+    assert not [folder for folder in folders if is_claimed(folder)]

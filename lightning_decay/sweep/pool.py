@@ -209,8 +209,11 @@ def _run_cells(
                 time.sleep(_POLL_S)
         except KeyboardInterrupt:  # not in the main thread: no handlers, Ctrl-C arrives as an exception
             stop_requests.append(signal.SIGINT)
-        except BaseException:  # e.g. a submission refused: the executor's resources go (a local Ray instance)
-            pool.shutdown()
+        except BaseException:  # e.g. a submission refused, a closed pipe under the log: no cell outlives the sweep
+            try:
+                _terminate(running, stop_requests)
+            finally:
+                pool.shutdown()  # the executor's resources go too (a local Ray instance)
             raise
         try:
             if stop_requests:
