@@ -6,11 +6,15 @@ images, batch 8: 5 steps per epoch) in real cell processes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_decay.optim.registry import REGISTRY
@@ -123,6 +127,23 @@ def test_cells_sharing_model_and_data_are_batched(tmp_path: Path, cifar_jpeg_tar
         GridSpec.from_dict({**raw, "batch_cells": 0}, path=tmp_path / "grid.yaml")
 
 
+@contextlib.contextmanager
+def deadline(seconds: int, what: str) -> Iterator[None]:
+    """Fail (TimeoutError naming ``what``) instead of hanging when the block runs past ``seconds``: a SIGALRM in
+    this thread, since a Python thread would make the sweep process unsafe to fork."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"{what}: still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 #: The numbers of a cell's ``result.json`` that must not depend on how the cells were run (timings may).
 SAME_FIGURES = ("status", "accuracy", "train_loss", "weight_norm", "norm_history", "metrics", "epochs", "steps")
 
@@ -137,21 +158,29 @@ def test_cells_in_one_process_give_the_figures_of_one_process_each(
 ) -> None:
     """Every scalar Adam variant of the registry and AdamP (twice: the second reuses the compiled kernel), each
     cell in a new interpreter of its own (``start: spawn``) vs all seven one after another in one process, a fork
-    of this (pytest) process (``auto`` on one thread), with W&B offline: bitwise the same result.json numbers,
-    one output.log, one W&B run and one row per cell."""
+    of this (pytest) process (``auto``), with W&B offline: bitwise the same result.json numbers, one output.log,
+    one W&B run and one row per cell. The cells run on two threads, and this process ran two-thread OpenMP regions
+    before the fork: the child would hang on the copied pool if the sweep did not end it first."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     write_base_config(tmp_path, cifar_jpeg_tar)
     alone, batched = tmp_path / "alone", tmp_path / "batched"
     spawn = {"name": "local", "options": {"start": "spawn"}}
-    grid = dataclasses.replace(batch_grid(tmp_path, alone), executor=spawn)
+    grid = dataclasses.replace(batch_grid(tmp_path, alone), executor=spawn, threads=2)
     cells = [cell.id for cell in grid.cells()]
     lines: list[str] = []
     summary = run_sweep(grid, jobs=2, validate=False, log=lines.append)
     assert summary.exit_code == 0, summary
     assert "each a new interpreter (start: spawn)" in lines[0], lines[0]
     lines = []
-    grid = dataclasses.replace(batch_grid(tmp_path, batched), batch_cells=len(cells), wandb={})
-    summary = run_sweep(grid, jobs=1, validate=False, log=lines.append)
+    grid = dataclasses.replace(batch_grid(tmp_path, batched), batch_cells=len(cells), wandb={}, threads=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # an OpenMP pool of two threads in this process, as a sweep that ran anything before has
+        torch.randn(512, 512) @ torch.randn(512, 512)
+    finally:
+        torch.set_num_threads(threads)
+    with deadline(600, "the forked two-thread cells (a copied OpenMP pool hangs them)"):
+        summary = run_sweep(grid, jobs=1, validate=False, log=lines.append)
     assert summary.exit_code == 0 and sorted(summary.ran) == sorted(cells), (summary, lines)
     assert "each a fork of the sweep process (start: fork)" in lines[0], lines[0]
 

@@ -11,14 +11,19 @@ then it runs ``run-cell`` on its cells (:func:`~lightning_decay.sweep.units.run_
 command's exit code.
 
 What does not survive a fork decides where it is safe (:func:`fork_hazard`): a process with other Python threads
-(their locks are copied held), OpenMP's thread pool once a parallel region ran (a forked child that uses more than
-one thread waits for workers it does not have: cells must run on one thread), and CUDA (a GPU machine spawns).
+(their locks are copied held) and CUDA (a GPU machine spawns). OpenMP's thread pool does not survive either: once a
+parallel region ran, GNU libgomp keeps its workers, and a forked child that runs on more than one thread waits for
+workers it does not have (GCC bug 60035). So before each fork the sweep process ends its pool with OpenMP 5's
+``omp_pause_resource_all(omp_pause_hard)`` (:func:`_release_openmp_pool`; the next parallel region starts a new
+one); where this process has no libgomp that can, cells must run on one thread.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import functools
 import io
 import logging
 import os
@@ -28,7 +33,7 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,15 +50,21 @@ __all__ = ["START_METHODS", "fork_hazard", "fork_unit"]
 START_METHODS = ("auto", "fork", "spawn")
 #: ``sys.argv[0]`` of ``python -m lightning_decay.sweep``.
 _MAIN = str(Path(__file__).with_name("__main__.py"))
+#: ``omp_pause_hard`` of OpenMP 5's ``omp_pause_resource_t``: end the runtime's threads, not only park them.
+_OMP_PAUSE_HARD = 2
 
 
 def fork_hazard(threads: int, gpus: Sequence[str]) -> str | None:
     """Why this process must not fork cell processes (None when it may): not Linux, cells on more than one thread
-    (OpenMP), GPUs visible or CUDA started (CUDA), or other Python threads running in this process."""
+    where OpenMP's pool cannot be ended first (:func:`_release_openmp_pool`), GPUs visible or CUDA started (CUDA),
+    or other Python threads running in this process."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return f"the sweep runs on {sys.platform}, not Linux"
-    if threads != 1:
-        return f"cells run on {threads} threads (a forked OpenMP pool of more than one thread hangs)"
+    if threads != 1 and _release_openmp_pool() is None:
+        return (
+            f"cells run on {threads} threads and this process's OpenMP runtime is not a GNU libgomp that can end its "
+            "thread pool before a fork (a forked pool of more than one thread hangs)"
+        )
     if gpus:
         return "GPUs are visible to the sweep (CUDA does not survive a fork)"
     if torch.cuda.is_initialized():
@@ -70,6 +81,9 @@ def fork_hazard(threads: int, gpus: Sequence[str]) -> str | None:
 def fork_unit(unit: Unit, env: Mapping[str, str]) -> int:
     """Start ``unit`` in a fork of this process with ``env`` as its whole environment; returns the child's pid once
     the child leads its own session (``os.killpg(pid, ...)`` reaches it from the first moment)."""
+    release = _release_openmp_pool()
+    if release is not None and (code := release()) != 0:
+        raise RuntimeError(f"omp_pause_resource_all returned {code}: OpenMP's thread pool is still running")
     sys.stdout.flush()
     sys.stderr.flush()
     ready_read, ready_write = os.pipe()
@@ -83,6 +97,25 @@ def fork_unit(unit: Unit, env: Mapping[str, str]) -> int:
     finally:
         os.close(ready_read)
     return pid
+
+
+@functools.cache
+def _release_openmp_pool() -> Callable[[], int] | None:
+    """``omp_pause_resource_all(omp_pause_hard)`` of the GNU libgomp this process loaded (torch's OpenMP runtime on
+    Linux), which ends the pool's worker threads and returns 0; None where no libgomp here has it (GCC < 9)."""
+    if not Path("/proc/self/maps").exists():
+        return None
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if Path(line.split()[-1]).name.startswith("libgomp")})
+    for path in paths:
+        try:
+            pause = ctypes.CDLL(path).omp_pause_resource_all
+        except (OSError, AttributeError):
+            continue
+        pause.argtypes = [ctypes.c_int]
+        pause.restype = ctypes.c_int
+        return functools.partial(pause, _OMP_PAUSE_HARD)
+    return None
 
 
 def _run_child(unit: Unit, env: Mapping[str, str], ready_write: int) -> NoReturn:
@@ -118,7 +151,7 @@ def _start_like_a_new_interpreter(unit: Unit, env: Mapping[str, str]) -> None:
     sys.argv = [_MAIN, "run-cell", *unit.command()]
     with warnings.catch_warnings():  # leaving it marks every "shown once already" record stale: cells warn again
         pass
-    reset_torch_flags(int(env.get("OMP_NUM_THREADS") or 1))  # before any torch op: one thread (fork_hazard)
+    reset_torch_flags(int(env.get("OMP_NUM_THREADS") or 1))  # before any torch op
     random.seed()  # a new interpreter's generators start from fresh entropy (each fork its own)
     np.random.seed()
     torch.seed()
