@@ -15,9 +15,11 @@ CIFAR-shaped images, as N cells of a grid), trained two ways on the same device 
     each copy's gradient is its own.
 
 Prints images per second of each way (after ``--warmup`` steps; CUDA synchronized), their ratio (goal: > 1, or the
-ensemble does not pay on this device), and how far the ensemble is from the separate models: the first step's
-gradients and the weights after it, as the largest norm-wise relative difference over the copies' tensors
-(``||ensemble - separate|| / ||separate||``), and the weights after the last step. In float32 the two ways sum in
+ensemble does not pay on this device), the hours issue 27's GPU target (the blog's 24-cell grid x 3 seeds, 100
+epochs of 50,000 images: 3.6e8 training images in one GPU-hour) takes at each rate (training steps only), and how
+far the ensemble is from the separate models: the first step's gradients and the weights after it, as the largest
+norm-wise relative difference over the copies' tensors (``||ensemble - separate|| / ||separate||``), and the
+weights after the last step. In float32 the two ways sum in
 other orders (a vmapped convolution is a grouped one), ~1e-6 to 1e-5 on this CPU, and Adam's first step turns a
 gradient near ``eps`` into a different update, so the weights differ more than the gradients; the same first step in
 float64, where reassociation is ~1e-15, shows whether the ensemble computes the same thing (issue 27: within 1e-6).
@@ -48,6 +50,8 @@ from lightning_decay.optim import resolve_variant  # noqa: E402
 
 #: Goal of issue 27's item 1 for the first step: the ensemble equals the separate models up to reassociation.
 FIRST_STEP_GOAL = 1e-6
+#: Issue 27's GPU target: the blog's 24-cell grid x 3 seeds, 100 epochs of 50,000 images each, in one GPU-hour.
+TARGET_IMAGES = 24 * 3 * 100 * 50_000
 
 
 def build_model(name: str) -> nn.Module:
@@ -210,6 +214,9 @@ def main() -> None:
     print(f"separate models, one after another: {rate['separate']:10.0f} images/s")
     print(f"one vmapped ensemble:               {rate['ensemble']:10.0f} images/s")
     print(f"ratio ensemble / separate: {rate['ensemble'] / rate['separate']:.2f}x (> 1: the ensemble pays here)")
+    hours = {way: TARGET_IMAGES / value / 3600 for way, value in rate.items()}
+    print(f"issue 27's target at these rates ({TARGET_IMAGES:.1e} training images, goal 1 GPU-hour; training steps "
+          f"only): separate {hours['separate']:.2f} h, ensemble {hours['ensemble']:.2f} h")
     print("after the first step, largest ||difference|| / ||reference|| over the copies' tensors (gradients, weights):")
     separate64, ensemble64 = first_step(models, args, torch.float64, device)
     separate32, ensemble32 = first_step(models, args, torch.float32, device)

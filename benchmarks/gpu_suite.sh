@@ -18,7 +18,8 @@
 #    blog's 24-cell grid (configs/blog/adamw-vs-adamp.yaml) x seeds 0-2 = 72 cells, 156 steps each (2 epochs of
 #    the 10,000 training images), the one-process-per-cell way on its first 8 cells; the data is the CIFAR-10
 #    archive at ../shared/data when present, else the package's 10,000-image sample; then the lever the sweep
-#    does not use yet: 24 ResNet20s trained as one vmapped ensemble vs one after another (benchmarks/ensemble_step.py).
+#    does not use yet: 24 ResNet20s trained as one vmapped ensemble vs one after another (benchmarks/ensemble_step.py),
+#    with the GPU-hours the full target (72 cells x 100 epochs x 50,000 images) takes at each way's rate.
 # Paste the output into docs/performance.md with the date and the hardware.
 set -euo pipefail
 

@@ -119,6 +119,12 @@ def test_ensemble_step_smoke() -> None:
         for way in ("separate", "ensemble")
     }
     assert all(value < 1e-3 for value in measured.values()), out
+    # The projection to issue 27's GPU target (72 cells x 100 epochs x 50,000 images) follows from the printed rates.
+    rates = [float(value) for value in re.findall(r"(?:another|ensemble):\s+(\d+) images/s", out)]
+    hours = re.search(r"goal 1 GPU-hour; training steps only\): separate (\S+) h, ensemble (\S+) h", out)
+    assert len(rates) == 2 and hours is not None, out
+    for rate, projected in zip(rates, hours.groups()):
+        assert float(projected) == pytest.approx(3.6e8 / rate / 3600, rel=0.02, abs=0.01), out
 
 
 def test_configure_calls_counts_the_plan_path() -> None:
