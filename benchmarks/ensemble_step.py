@@ -18,11 +18,11 @@ Prints images per second of each way (after ``--warmup`` steps; CUDA synchronize
 ensemble does not pay on this device), the hours issue 27's GPU target (the blog's 24-cell grid x 3 seeds, 100
 epochs of 50,000 images: 3.6e8 training images in one GPU-hour) takes at each rate (training steps only), and how
 far the ensemble is from the separate models: the first step's gradients and the weights after it, as the largest
-norm-wise relative difference over the copies' tensors (``||ensemble - separate|| / ||separate||``), and the
-weights after the last step. In float32 the two ways sum in
-other orders (a vmapped convolution is a grouped one), ~1e-6 to 1e-5 on this CPU, and Adam's first step turns a
-gradient near ``eps`` into a different update, so the weights differ more than the gradients; the same first step in
-float64, where reassociation is ~1e-15, shows whether the ensemble computes the same thing (issue 27: within 1e-6).
+norm-wise relative difference over the copies' tensors (``||ensemble - separate|| / ||separate||``), and the weights
+after the last step. In float32 the two ways sum in other orders (a vmapped convolution is a grouped one), ~1e-6 to
+1e-5 on this CPU, and Adam's first step turns a gradient near ``eps`` into a different update, so the weights differ
+more than the gradients; the same first step in float64, where reassociation is ~1e-15, shows whether the ensemble
+computes the same thing (issue 27: within 1e-6).
 Models without batch norm only: vmap cannot update running statistics in place.
 """
 
